@@ -1,0 +1,1 @@
+"""Flower apps: the ClientApp and the ServerApp (each a module-level ``app``)."""

@@ -1,0 +1,216 @@
+"""The fedkd ServerApp: builds data, student and strategy from the config and runs the rounds.
+
+Two ways in, one code path:
+
+* ``python -m simulations.run`` composes the config with Hydra, calls :func:`prepare_run`
+  (so bad input fails before Ray starts) and hands :func:`make_server_app` to the engine.
+* ``flwr run .`` loads the module-level ``app``; it composes the same config from the
+  run config's ``overrides`` string and writes into ``out-dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedkd.config import check_top_level, compose_config, options, strategy_class
+from fedkd.data import get_federated_data
+from fedkd.devices import resolve_device
+from fedkd.distill import build_loss
+from fedkd.errors import ConfigError
+from fedkd.models import FedKDModel, build_model, count_parameters, model_size_bytes
+from fedkd.progress import RoundProgress, summary_table
+from fedkd.results import RunWriter, summarize
+from fedkd.setup import FederationSetup, LocalTraining
+from fedkd.train import evaluate
+from strategies.base import FedKDStrategy, RunAssets, student_arrays
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROUND_TIMEOUT_SECONDS = 3600.0
+
+
+@dataclass
+class RunPlan:
+    """A validated run: the plain config and everything built from it on the server."""
+
+    config: dict[str, Any]
+    assets: RunAssets
+    strategy: FedKDStrategy
+
+
+def build_setup(cfg: dict[str, Any]) -> FederationSetup:
+    """The client-facing part of the config."""
+    data_cfg = cfg.get("data", {})
+    backend = cfg["backend"]
+    try:
+        local = LocalTraining(**cfg.get("client", {}))
+    except TypeError as exc:
+        raise ConfigError(f"client: {exc}") from exc
+    return FederationSetup(
+        dataset=dict(cfg["dataset"]),
+        partition=dict(cfg["partition"]),
+        num_clients=cfg["num_clients"],
+        seed=cfg["seed"],
+        model=dict(cfg["model"]),
+        local=local,
+        proxy_fraction=data_cfg.get("proxy_fraction", 0.2),
+        proxy_labeled=data_cfg.get("proxy_labeled", False),
+        test_fraction=data_cfg.get("test_fraction", 0.2),
+        local_test_fraction=data_cfg.get("local_test_fraction", 0.2),
+        device=str(backend.get("device", "cpu")),
+        torch_threads=int(backend.get("torch_threads", 1)),
+    )
+
+
+def _build(spec: dict[str, Any], key: str, data: Any, seed: int) -> FedKDModel:
+    try:
+        return build_model(
+            spec["name"],
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            seed=seed,
+            **options(spec),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
+def prepare_run(cfg: dict[str, Any]) -> RunPlan:
+    """Validate the config and build data, student, loss and strategy.
+
+    Everything that can be wrong in a config fails here, with a :class:`ConfigError`
+    naming the key, before any Ray worker starts. The data is cached per process, so the
+    ServerApp (which runs in this process under the simulation engine) reuses it.
+    """
+    check_top_level(cfg)
+    setup = build_setup(cfg)
+    cls = strategy_class(cfg["strategy"])
+    if not issubclass(cls, FedKDStrategy):
+        raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
+    if (cls.sends_weights or cls.shares_weights) and cfg["model"] != cfg["student"]:
+        raise ConfigError(
+            f"strategy {cfg['strategy']['name']!r} shares weights, so model and student must be "
+            f"the same architecture (model={cfg['model']}, student={cfg['student']})"
+        )
+    data = get_federated_data(**setup.data_kwargs())
+    _build(setup.model, "model", data, setup.seed)  # the clients' model must build too
+    student = _build(cfg["student"], "student", data, setup.seed)
+    device = resolve_device(setup.device)
+    distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
+    assets = RunAssets(
+        setup=setup, data=data, student=student.to(device), distill_loss=distill_loss, device=device
+    )
+    try:
+        strategy = cls(assets, **options(cfg["strategy"]))
+    except TypeError as exc:
+        raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
+    return RunPlan(config=cfg, assets=assets, strategy=strategy)
+
+
+def run_federation(
+    grid: Grid, plan: RunPlan, run_dir: Path, *, show_progress: bool = True
+) -> dict[str, Any]:
+    """Run all rounds on ``grid`` and write the run directory; returns the summary."""
+    cfg, assets, strategy = plan.config, plan.assets, plan.strategy
+    writer = RunWriter(run_dir)
+    writer.start(cfg)
+    eval_model = copy.deepcopy(assets.student)
+    started = last_round_end = time.perf_counter()
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        nonlocal last_round_end
+        eval_model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        loss, accuracy = evaluate(
+            eval_model, assets.data.test_x, assets.data.test_y, device=assets.device
+        )
+        now = time.perf_counter()
+        row: dict[str, Any] = {
+            "round": server_round,
+            "student_accuracy": accuracy,
+            "student_loss": loss,
+        }
+        if server_round >= 1:
+            round_metrics = strategy.round_metrics.get(server_round, {})
+            row.update(
+                {
+                    "clients_ok": 0,
+                    "clients_failed": 0,
+                    "uplink_bytes": 0,
+                    "downlink_bytes": 0,
+                    **round_metrics,
+                    "seconds": now - last_round_end,
+                }
+            )
+        last_round_end = now
+        writer.append(row)
+        progress.update(row)
+        return MetricRecord({"student-accuracy": accuracy, "student-loss": loss})
+
+    status, error = "completed", None
+    progress = RoundProgress(cfg["num_rounds"], enabled=show_progress)
+    try:
+        with progress:
+            strategy.start(
+                grid=grid,
+                initial_arrays=student_arrays(assets.student),
+                num_rounds=cfg["num_rounds"],
+                timeout=float(cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)),
+                train_config=ConfigRecord(),
+                evaluate_fn=evaluate_fn,
+            )
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary = summarize(
+            writer.rows,
+            config=cfg,
+            wall_seconds=time.perf_counter() - started,
+            student_parameters=count_parameters(assets.student),
+            student_size_bytes=model_size_bytes(assets.student),
+            status=status,
+            error=error,
+        )
+        writer.finish(summary)
+        if show_progress:
+            progress.console.print(summary_table(summary))
+            progress.console.print(f"results in {run_dir}")
+    return summary
+
+
+def make_server_app(plan: RunPlan, run_dir: Path, *, show_progress: bool = True) -> ServerApp:
+    """A ServerApp bound to an already validated plan (the simulation runner's path)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, plan, run_dir, show_progress=show_progress)
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point under ``flwr run``: config from the run config's ``overrides``."""
+    overrides = str(context.run_config.get("overrides", ""))
+    out_dir = str(context.run_config.get("out-dir", ""))
+    cfg = compose_config(overrides)
+    run_dir = (
+        Path(out_dir)
+        if out_dir
+        else Path("outputs") / f"flwr-run-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    )
+    plan = prepare_run(cfg)
+    run_federation(grid, plan, run_dir, show_progress=False)

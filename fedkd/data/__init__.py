@@ -1,0 +1,43 @@
+"""Data loading, partitioning and the federated view used by fedkd."""
+
+from fedkd.data.datasets import (
+    DATASET_NAMES,
+    DATASET_OPTIONS,
+    RawDataset,
+    load_dataset,
+    resolve_dataset_options,
+)
+from fedkd.data.federated import (
+    ClientData,
+    FederatedData,
+    build_federated_data,
+    clear_federated_data_cache,
+    get_federated_data,
+    validate_data_config,
+)
+from fedkd.data.partition import (
+    CLASS_ASSIGNMENT_MODES,
+    PARTITION_NAMES,
+    PARTITION_OPTIONS,
+    partition_indices,
+    resolve_partition_options,
+)
+
+__all__ = [
+    "CLASS_ASSIGNMENT_MODES",
+    "DATASET_NAMES",
+    "DATASET_OPTIONS",
+    "PARTITION_NAMES",
+    "PARTITION_OPTIONS",
+    "ClientData",
+    "FederatedData",
+    "RawDataset",
+    "build_federated_data",
+    "clear_federated_data_cache",
+    "get_federated_data",
+    "load_dataset",
+    "partition_indices",
+    "resolve_dataset_options",
+    "resolve_partition_options",
+    "validate_data_config",
+]

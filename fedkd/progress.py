@@ -1,0 +1,95 @@
+"""The one progress display of a run, and the final summary table (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class RoundProgress:
+    """A progress bar over rounds whose description shows the latest accuracies."""
+
+    def __init__(self, num_rounds: int, *, enabled: bool = True, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]fedkd[/bold] round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not enabled,
+            transient=False,
+        )
+        self._task = self._progress.add_task("starting", total=num_rounds)
+
+    def __enter__(self) -> RoundProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, row: Mapping[str, Any]) -> None:
+        """Show one finished round."""
+        parts = [f"student {_pct(row.get('student_accuracy'))}"]
+        if row.get("ensemble_accuracy") is not None:
+            parts.append(f"ensemble {_pct(row['ensemble_accuracy'])}")
+        if row.get("clients_failed"):
+            parts.append(f"[red]{row['clients_failed']} failed[/red]")
+        self._progress.update(
+            self._task, completed=row.get("round", 0), description="  ".join(parts)
+        )
+
+
+def summary_table(summary: Mapping[str, Any]) -> Table:
+    """The results table printed at the end of a run."""
+    final = summary.get("final", {})
+    best = summary.get("best", {})
+    table = Table(
+        title=(
+            f"fedkd: {summary['strategy']} on {summary['dataset']} "
+            f"({summary['num_clients']} clients, {summary.get('rounds_completed', 0)}/"
+            f"{summary['num_rounds']} rounds, {summary['status']})"
+        )
+    )
+    table.add_column("metric")
+    table.add_column("final", justify="right")
+    table.add_column("best (round)", justify="right")
+    for key, label in (
+        ("student_accuracy", "student test accuracy"),
+        ("ensemble_accuracy", "teacher ensemble test accuracy"),
+        ("client_accuracy", "clients' local test accuracy"),
+    ):
+        if key in final or key in best:
+            best_entry = best.get(key)
+            table.add_row(
+                label,
+                _pct(final.get(key)),
+                f"{_pct(best_entry['value'])} ({best_entry['round']})" if best_entry else "-",
+            )
+    comm = summary.get("communication", {})
+    table.add_row("uplink, all rounds", _bytes(comm.get("uplink_bytes", 0)), "")
+    table.add_row("downlink, all rounds", _bytes(comm.get("downlink_bytes", 0)), "")
+    table.add_row(
+        "student size", f"{summary['parameters']:,} params / {_bytes(summary['size_bytes'])}", ""
+    )
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s", "")
+    return table
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, int | float) else "-"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"

@@ -1,0 +1,284 @@
+"""Local supervised training, prediction and evaluation on numpy arrays."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedkd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """Result of :func:`train_local`.
+
+    Attributes
+    ----------
+    loss : float
+        Mean cross-entropy over the examples of the last epoch (training mode).
+    num_examples : int
+        Number of training examples (``len(x)``).
+    steps : int
+        Optimizer steps taken over all epochs.
+    """
+
+    loss: float
+    num_examples: int
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> TrainReport:
+    """Train ``model`` in place with cross-entropy on ``(x, y)``.
+
+    YAML (keys named in errors): ``client: {epochs: 1, batch_size: 32, lr: 0.01,
+    optimizer: sgd, momentum: 0.9, weight_decay: 0.0}``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Model returning logits; moved to ``device`` in place. Its train/eval mode is
+        restored afterwards.
+    x : np.ndarray
+        Inputs ``(N, *input_shape)``, converted to float32.
+    y : np.ndarray
+        Integer labels ``(N,)``.
+    epochs, batch_size : int
+        Number of passes and mini-batch size (last batch may be smaller).
+    lr : float
+        Learning rate.
+    optimizer : {"sgd", "adam"}
+        SGD uses ``momentum``; Adam ignores it.
+    momentum, weight_decay : float
+        Optimizer hyper-parameters.
+    seed : int
+        Seeds the shuffling generator and (via a forked RNG) dropout; the global RNG state
+        is left untouched.
+    device : str or torch.device
+        Device to train on.
+
+    Returns
+    -------
+    TrainReport
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is empty or ``x``/``y`` lengths differ.
+    ConfigError
+        For invalid hyper-parameters (``client.<key>``).
+    """
+    check_hparams("client", epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or momentum < 0:
+        raise ConfigError(f"client.momentum must be a number >= 0, got {momentum!r}")
+    n = _check_xy(x, y)
+    dev = torch.device(device)
+    model.to(dev)
+    xt = as_float_tensor(x, dev)
+    yt = as_label_tensor(y, dev)
+    opt = make_optimizer(
+        optimizer,
+        model.parameters(),
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        key="client.optimizer",
+    )
+    gen = torch.Generator().manual_seed(seed)
+    steps = 0
+    last_loss = math.nan
+    was_training = model.training
+    model.train()
+    try:
+        with seeded_rng(seed, dev):
+            for _ in range(epochs):
+                total = torch.zeros((), device=dev)
+                for idx in minibatches(n, batch_size, generator=gen, device=dev):
+                    opt.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(xt[idx]), yt[idx])
+                    loss.backward()
+                    opt.step()
+                    total += loss.detach() * idx.numel()
+                    steps += 1
+                last_loss = float(total) / n
+    finally:
+        model.train(was_training)
+    logger.debug("train_local: %d examples, %d steps, last-epoch loss %.4f", n, steps, last_loss)
+    return TrainReport(loss=last_loss, num_examples=n, steps=steps)
+
+
+def predict_probs(
+    model: nn.Module,
+    x: np.ndarray,
+    *,
+    batch_size: int = 2048,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Return softmax probabilities of ``model`` on ``x`` as float32 ``(N, num_classes)``.
+
+    Runs in eval mode under :func:`torch.inference_mode`; the model's previous train/eval
+    mode is restored.
+    """
+    check_hparams("predict", batch_size=batch_size)
+    dev = torch.device(device)
+    model.to(dev)
+    logits = _logits(model, as_float_tensor(x, dev), batch_size=batch_size)
+    with torch.inference_mode():
+        probs = torch.softmax(logits.float(), dim=1)
+    return probs.cpu().numpy().astype(np.float32, copy=False)
+
+
+def evaluate(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int = 2048,
+    device: str | torch.device = "cpu",
+) -> tuple[float, float]:
+    """Return ``(mean cross-entropy, accuracy)`` of ``model`` on ``(x, y)`` in eval mode.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is empty or ``x``/``y`` lengths differ.
+    """
+    check_hparams("evaluate", batch_size=batch_size)
+    n = _check_xy(x, y)
+    dev = torch.device(device)
+    model.to(dev)
+    yt = as_label_tensor(y, dev)
+    logits = _logits(model, as_float_tensor(x, dev), batch_size=batch_size)
+    with torch.inference_mode():
+        loss = F.cross_entropy(logits.float(), yt, reduction="sum")
+        correct = (logits.argmax(dim=1) == yt).sum()
+    return float(loss) / n, float(correct) / n
+
+
+# ----------------------------------------------------------------------------- helpers
+# Shared with fedkd.distill.loop.
+
+
+def as_float_tensor(x: np.ndarray, device: torch.device) -> Tensor:
+    """Convert ``x`` to a float32 tensor on ``device`` (zero-copy on CPU when possible)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+
+
+def as_label_tensor(y: np.ndarray, device: torch.device) -> Tensor:
+    """Convert integer labels ``y`` to an int64 tensor on ``device``."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).to(device)
+
+
+def minibatches(
+    n: int, batch_size: int, *, generator: torch.Generator, device: torch.device
+) -> Iterator[Tensor]:
+    """Yield index tensors of a fresh permutation of ``range(n)`` drawn from ``generator``."""
+    perm = torch.randperm(n, generator=generator).to(device)
+    for start in range(0, n, batch_size):
+        yield perm[start : start + batch_size]
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork the global torch RNG (CPU, plus ``device`` if CUDA) and seed it with ``seed``.
+
+    Makes dropout deterministic without changing the caller's RNG state.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[nn.Parameter],
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    key: str = "client.optimizer",
+) -> torch.optim.Optimizer:
+    """Build ``"sgd"`` (with ``momentum``) or ``"adam"``; else ConfigError naming ``key``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"{key} must be one of {list(OPTIMIZER_NAMES)}, got {name!r}")
+
+
+def check_hparams(
+    prefix: str,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+) -> None:
+    """Raise ConfigError naming ``<prefix>.<key>`` for invalid training hyper-parameters."""
+    for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"{prefix}.{key} must be a positive integer, got {value!r}")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"{prefix}.lr must be a finite number > 0, got {lr!r}")
+    if weight_decay is not None and not (
+        isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0
+    ):
+        raise ConfigError(
+            f"{prefix}.weight_decay must be a finite number >= 0, got {weight_decay!r}"
+        )
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray) -> int:
+    n = len(x)
+    if n == 0:
+        raise ValueError("x is empty: need at least one example")
+    if len(y) != n:
+        raise ValueError(f"x and y lengths differ: {n} vs {len(y)}")
+    return n
+
+
+def _logits(model: nn.Module, xt: Tensor, *, batch_size: int) -> Tensor:
+    """Eval-mode logits of ``model`` on ``xt`` in batches, restoring the previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if xt.shape[0] <= batch_size:
+                return model(xt)
+            return torch.cat(
+                [model(xt[i : i + batch_size]) for i in range(0, xt.shape[0], batch_size)]
+            )
+    finally:
+        model.train(was_training)

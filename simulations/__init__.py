@@ -1,0 +1,1 @@
+"""Entry points (Hydra) and the simulation-engine glue."""

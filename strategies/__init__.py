@@ -1,0 +1,1 @@
+"""Server strategies of fedkd, one method per module, built on :mod:`strategies.base`."""

@@ -1,0 +1,482 @@
+"""What every fedkd strategy shares: discovery, seeded sampling, reply checks, bookkeeping.
+
+A method subclasses :class:`FedKDStrategy`, declares what clients share (class flags), and
+implements :meth:`FedKDStrategy.aggregate`, which turns the validated replies of one round
+into the next global ``ArrayRecord`` (usually the distilled student's weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from fedkd import keys
+from fedkd.data import FederatedData
+from fedkd.distill import ensemble_accuracy
+from fedkd.errors import ConfigError
+from fedkd.models import FedKDModel
+from fedkd.setup import FederationSetup
+from fedkd.train import predict_probs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunAssets:
+    """Server-side objects a strategy works with, built once by the ServerApp.
+
+    Attributes
+    ----------
+    setup : FederationSetup
+        The settings every client receives (dataset, partition, client model, training).
+    data : FederatedData
+        The federated view of the dataset; the server uses its proxy and test set only.
+    student : FedKDModel
+        The global student, trained in place by the strategy.
+    distill_loss : nn.Module
+        The loss used for distillation steps (``distill`` config group).
+    device : torch.device
+        Where server-side training and inference run.
+    """
+
+    setup: FederationSetup
+    data: FederatedData
+    student: FedKDModel
+    distill_loss: nn.Module
+    device: torch.device
+
+
+class FedKDStrategy(Strategy):
+    """Base class of fedkd strategies (Flower Message API).
+
+    Parameters
+    ----------
+    assets : RunAssets
+        Server-side data, student and loss.
+    fraction_train : float
+        Fraction of clients sampled for training each round (default 1.0). Sampling is
+        seeded by ``(seed, round)`` over partition ids, so it does not depend on Flower's
+        random node ids.
+    fraction_evaluate : float
+        Fraction of clients that evaluate the global model on their local test split each
+        round (default 0.0: off).
+    min_train_replies : int
+        Fewest valid training replies a round needs; with fewer, the round is skipped (the
+        global state is kept) and the reason is logged and counted.
+
+    Notes
+    -----
+    Before the first round every node receives a ``query`` message and answers with its
+    partition id, example count and label histogram (``RecordDict`` key ``metrics``).
+    Train messages carry ``config`` (keys ``server-round``, ``fedkd-setup``,
+    ``share-weights``, ``share-proxy-probs``, ``share-test-probs``, ``train-seed``) and,
+    when :attr:`sends_weights`, ``arrays`` with the global weights.
+    """
+
+    #: Clients receive the global weights and start local training from them.
+    sends_weights: ClassVar[bool] = True
+    #: Clients send their trained weights back.
+    shares_weights: ClassVar[bool] = False
+    #: Clients send soft predictions on the proxy set.
+    shares_proxy_predictions: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        assets: RunAssets,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 0.0,
+        min_train_replies: int = 1,
+    ) -> None:
+        if not 0.0 < fraction_train <= 1.0:
+            raise ConfigError(f"strategy.fraction_train must be in (0, 1], got {fraction_train}")
+        if not 0.0 <= fraction_evaluate <= 1.0:
+            raise ConfigError(
+                f"strategy.fraction_evaluate must be in [0, 1], got {fraction_evaluate}"
+            )
+        if min_train_replies < 1:
+            raise ConfigError(f"strategy.min_train_replies must be >= 1, got {min_train_replies}")
+        self.assets = assets
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.min_train_replies = min_train_replies
+        self.node_of_partition: dict[int, int] = {}
+        self.label_histograms: dict[int, list[int]] = {}
+        self.round_metrics: dict[int, dict[str, Any]] = {}
+        self._sent_to: dict[int, int] = {}  # node id -> partition id, current round
+        self._setup_json = assets.setup.to_json()
+
+    # ------------------------------------------------------------------ discovery
+    def discover(self, grid: Grid, timeout: float | None = None) -> None:
+        """Ask every node for its partition id (once); map partition ids to node ids."""
+        if self.node_of_partition:
+            return
+        node_ids = sorted(grid.get_node_ids())
+        content = RecordDict({keys.CONFIG: ConfigRecord({keys.SETUP: self._setup_json})})
+        messages = [
+            Message(content=content, message_type=MessageType.QUERY, dst_node_id=node_id)
+            for node_id in node_ids
+        ]
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                logger.warning("node %s failed discovery: %s", node_id, _first_line(reply))
+                continue
+            metrics = reply.content.metric_records[keys.METRICS]
+            partition_id = int(metrics[keys.PARTITION_ID])  # type: ignore[arg-type]
+            if partition_id in self.node_of_partition:
+                logger.warning(
+                    "partition %s claimed by nodes %s and %s; keeping the first",
+                    partition_id,
+                    self.node_of_partition[partition_id],
+                    node_id,
+                )
+                continue
+            self.node_of_partition[partition_id] = node_id
+            self.label_histograms[partition_id] = [
+                int(c)
+                for c in metrics[keys.LABEL_HISTOGRAM]  # type: ignore[union-attr]
+            ]
+        if not self.node_of_partition:
+            raise RuntimeError("no node answered the discovery query; nothing to train on")
+        logger.info("discovered %s of %s nodes", len(self.node_of_partition), len(node_ids))
+
+    def sample_partitions(self, server_round: int, fraction: float, *, stream: int) -> list[int]:
+        """Sorted partition ids sampled reproducibly from ``(seed, round, stream)``."""
+        available = sorted(self.node_of_partition)
+        count = max(1, round(fraction * len(available)))
+        if count >= len(available):
+            return available
+        rng = np.random.default_rng([self.assets.setup.seed, server_round, stream])
+        return sorted(int(p) for p in rng.choice(available, size=count, replace=False))
+
+    # ------------------------------------------------------------------ training
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """Round settings sent to clients; subclasses add method-specific keys."""
+        return {
+            keys.SERVER_ROUND: server_round,
+            keys.SETUP: self._setup_json,
+            keys.SHARE_WEIGHTS: self.shares_weights,
+            keys.SHARE_PROXY_PROBS: self.shares_proxy_predictions,
+            keys.SHARE_TEST_PROBS: self.shares_proxy_predictions,
+        }
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and send each the round config (and the global weights)."""
+        self.discover(grid)
+        partitions = self.sample_partitions(server_round, self.fraction_train, stream=0)
+        metrics = self.round_metrics.setdefault(server_round, {})
+        metrics["clients_sampled"] = len(partitions)
+        self._sent_to = {}
+        messages = []
+        payload_bytes = arrays.count_bytes() if self.sends_weights else 0
+        for partition_id in partitions:
+            round_config = ConfigRecord(
+                {
+                    **dict(config),
+                    **self.train_config(server_round),
+                    keys.TRAIN_SEED: round_seed(
+                        self.assets.setup.seed, server_round, 0, partition_id
+                    ),
+                }
+            )
+            content = RecordDict({keys.CONFIG: round_config})
+            if self.sends_weights:
+                content[keys.ARRAYS] = arrays
+            node_id = self.node_of_partition[partition_id]
+            self._sent_to[node_id] = partition_id
+            messages.append(
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
+            )
+        metrics["downlink_bytes"] = payload_bytes * len(messages)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies, then let the method aggregate the valid ones."""
+        replies = list(replies)
+        valid, failures = self.validate_replies(server_round, replies)
+        metrics = self.round_metrics.setdefault(server_round, {})
+        missing = metrics.get("clients_sampled", len(replies)) - len(replies)
+        if missing > 0:
+            failures["no reply (timeout)"] += missing
+        metrics["clients_ok"] = len(valid)
+        metrics["clients_failed"] = sum(failures.values())
+        if failures:
+            metrics["failure_reasons"] = dict(failures)
+            logger.warning(
+                "round %s: %s client failures: %s",
+                server_round,
+                sum(failures.values()),
+                dict(failures),
+            )
+        metrics["uplink_bytes"] = sum(_uplink_bytes(reply) for reply in valid)
+        if valid:
+            total = sum(num_examples(r) for r in valid)
+            metrics["train_loss"] = (
+                sum(_metric(r, keys.TRAIN_LOSS) * num_examples(r) for r in valid) / total
+            )
+        if len(valid) < self.min_train_replies:
+            metrics["skipped"] = (
+                f"{len(valid)} valid replies < min_train_replies={self.min_train_replies}"
+            )
+            logger.warning("round %s skipped: %s", server_round, metrics["skipped"])
+            return None, MetricRecord({"clients-ok": len(valid)})
+        new_arrays = self.aggregate(server_round, valid)
+        return new_arrays, MetricRecord(
+            {
+                "clients-ok": len(valid),
+                "clients-failed": metrics["clients_failed"],
+                "uplink-bytes": metrics["uplink_bytes"],
+            }
+        )
+
+    @abstractmethod
+    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        """Turn one round's valid replies into the next global ArrayRecord."""
+
+    # ------------------------------------------------------------------ checks
+    def validate_replies(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[list[Message], Counter[str]]:
+        """Split replies into valid ones and counted failure reasons."""
+        valid: list[Message] = []
+        failures: Counter[str] = Counter()
+        for reply in replies:
+            reason = self.check_reply(reply)
+            if reason is None:
+                valid.append(reply)
+            else:
+                failures[reason] += 1
+                logger.info(
+                    "round %s: rejected reply from node %s: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    reason,
+                )
+        return valid, failures
+
+    def check_reply(self, reply: Message) -> str | None:
+        """Return why a training reply is unusable, or None when it is fine.
+
+        Client errors are reduced to their first line: full tracebacks stay on the client.
+        """
+        if reply.has_error():
+            return f"client error: {_first_line(reply)}"
+        if reply.metadata.src_node_id not in self._sent_to:
+            return "reply from a node that was not sampled this round"
+        content = reply.content
+        if keys.METRICS not in content.metric_records:
+            return "missing metrics"
+        num_examples = content.metric_records[keys.METRICS].get(keys.NUM_EXAMPLES)
+        if not isinstance(num_examples, int) or num_examples < 1:
+            return "implausible num-examples"
+        if self.shares_weights:
+            if keys.ARRAYS not in content.array_records:
+                return "missing weights"
+            reason = _check_weights(content.array_records[keys.ARRAYS], self.assets.student)
+            if reason:
+                return reason
+        if self.shares_proxy_predictions:
+            if keys.PREDICTIONS not in content.array_records:
+                return "missing proxy predictions"
+            expected = (len(self.assets.data.proxy_x), self.assets.data.num_classes)
+            reason = _check_probs(
+                content.array_records[keys.PREDICTIONS], keys.PROXY_PROBS, expected
+            )
+            if reason:
+                return reason
+        return None
+
+    # ------------------------------------------------------------------ helpers for methods
+    def proxy_probs(self, replies: list[Message]) -> np.ndarray:
+        """Stack the clients' shared proxy predictions: (clients, proxy examples, classes)."""
+        return np.stack(
+            [r.content.array_records[keys.PREDICTIONS][keys.PROXY_PROBS].numpy() for r in replies]
+        )
+
+    def record_ensemble_accuracy(self, server_round: int, test_probs: np.ndarray) -> None:
+        """Store the teacher ensemble's accuracy on the server test set for this round."""
+        self.round_metrics.setdefault(server_round, {})["ensemble_accuracy"] = ensemble_accuracy(
+            test_probs, self.assets.data.test_y
+        )
+
+    def client_test_probs(self, replies: list[Message]) -> np.ndarray | None:
+        """Clients' evaluation-only test predictions, when every valid reply has them."""
+        expected = (len(self.assets.data.test_y), self.assets.data.num_classes)
+        probs = []
+        for reply in replies:
+            if keys.EVALUATION not in reply.content.array_records:
+                return None
+            if _check_probs(
+                reply.content.array_records[keys.EVALUATION], keys.TEST_PROBS, expected
+            ):
+                return None
+            probs.append(reply.content.array_records[keys.EVALUATION][keys.TEST_PROBS].numpy())
+        return np.stack(probs) if probs else None
+
+    def predict_with_weights(self, replies: list[Message], inputs: np.ndarray) -> np.ndarray:
+        """Run every client's returned weights on ``inputs`` on the server: (clients, N, C)."""
+        model = self.assets.student
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        outputs = []
+        try:
+            for reply in replies:
+                state = reply.content.array_records[keys.ARRAYS].to_torch_state_dict()
+                model.load_state_dict(state, strict=True)
+                outputs.append(predict_probs(model, inputs, device=self.assets.device))
+        finally:
+            model.load_state_dict(saved)
+        return np.stack(outputs)
+
+    # ------------------------------------------------------------------ federated evaluation
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global weights to a fraction of clients for local-test evaluation."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        partitions = self.sample_partitions(server_round, self.fraction_evaluate, stream=1)
+        content = RecordDict(
+            {
+                keys.ARRAYS: arrays,
+                keys.CONFIG: ConfigRecord(
+                    {**dict(config), keys.SERVER_ROUND: server_round, keys.SETUP: self._setup_json}
+                ),
+            }
+        )
+        metrics = self.round_metrics.setdefault(server_round, {})
+        metrics["downlink_bytes"] = metrics.get("downlink_bytes", 0) + arrays.count_bytes() * len(
+            partitions
+        )
+        return [
+            Message(
+                content=content,
+                message_type=MessageType.EVALUATE,
+                dst_node_id=self.node_of_partition[p],
+            )
+            for p in partitions
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Example-weighted mean of the clients' local test accuracy."""
+        ok = [r for r in replies if not r.has_error() and keys.METRICS in r.content.metric_records]
+        counted = [r for r in ok if num_examples(r) > 0]
+        if not counted:
+            return None
+        total = sum(num_examples(r) for r in counted)
+        accuracy = sum(_metric(r, keys.ACCURACY) * num_examples(r) for r in counted) / total
+        self.round_metrics.setdefault(server_round, {})["client_accuracy"] = accuracy
+        return MetricRecord({"client-accuracy": accuracy})
+
+    def summary(self) -> None:
+        """Log the strategy settings (Flower calls this at start)."""
+        logger.info(
+            "%s: fraction_train=%s fraction_evaluate=%s min_train_replies=%s",
+            type(self).__name__,
+            self.fraction_train,
+            self.fraction_evaluate,
+            self.min_train_replies,
+        )
+
+
+def weighted_average(
+    state_dicts: list[dict[str, np.ndarray]], weights: list[float]
+) -> dict[str, np.ndarray]:
+    """Weighted mean of state dicts with identical keys/shapes (weights need not sum to 1)."""
+    if not state_dicts or len(state_dicts) != len(weights):
+        raise ValueError("need one weight per state dict and at least one state dict")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights must sum to a positive number")
+    averaged: dict[str, np.ndarray] = {}
+    for name, first in state_dicts[0].items():
+        acc = np.zeros(first.shape, dtype=np.float64)
+        for state, weight in zip(state_dicts, weights, strict=True):
+            acc += state[name].astype(np.float64) * (weight / total)
+        averaged[name] = acc.astype(first.dtype)
+    return averaged
+
+
+def student_arrays(model: nn.Module) -> ArrayRecord:
+    """The model's weights as an ArrayRecord (moved to CPU first)."""
+    return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def reply_state_dict(reply: Message) -> dict[str, np.ndarray]:
+    """The weights a reply carries, as numpy arrays keyed by parameter name."""
+    return {name: array.numpy() for name, array in reply.content.array_records[keys.ARRAYS].items()}
+
+
+def _metric(reply: Message, key: str) -> float:
+    value = reply.content.metric_records[keys.METRICS][key]
+    if not isinstance(value, int | float):
+        raise TypeError(f"metric {key!r} is not a number")
+    return float(value)
+
+
+def num_examples(reply: Message) -> int:
+    """The example count a reply reports (its weight in averages)."""
+    return int(_metric(reply, keys.NUM_EXAMPLES))
+
+
+def _uplink_bytes(reply: Message) -> int:
+    """ArrayRecord bytes a reply carries, excluding evaluation-only outputs."""
+    return sum(
+        record.count_bytes()
+        for name, record in reply.content.array_records.items()
+        if name != keys.EVALUATION
+    )
+
+
+def _first_line(reply: Message) -> str:
+    reason = (reply.error.reason if reply.error else None) or ""
+    lines = [line for line in reason.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else f"error code {reply.error.code}"
+
+
+def round_seed(seed: int, server_round: int, *stream: int) -> int:
+    """A 32-bit seed derived from ``(seed, round, *stream)``; streams keep uses independent."""
+    return int(np.random.SeedSequence([seed, server_round, *stream]).generate_state(1)[0])
+
+
+def _check_weights(record: ArrayRecord, reference: nn.Module) -> str | None:
+    expected = reference.state_dict()
+    if set(record.keys()) != set(expected.keys()):
+        return "weights: unexpected parameter names"
+    for name, array in record.items():
+        if tuple(array.shape) != tuple(expected[name].shape):
+            return f"weights: wrong shape for {name}"
+        values = array.numpy()
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return "weights: non-finite values"
+    return None
+
+
+def _check_probs(record: ArrayRecord, key: str, expected_shape: tuple[int, int]) -> str | None:
+    if key not in record:
+        return f"{key}: missing"
+    values = record[key].numpy()
+    if values.shape != expected_shape:
+        return f"{key}: shape {values.shape}, expected {expected_shape}"
+    if values.dtype.kind != "f" or not np.isfinite(values).all():
+        return f"{key}: not finite floats"
+    if (values < -1e-6).any() or not np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
+        return f"{key}: rows are not probability vectors"
+    return None

@@ -1,0 +1,43 @@
+"""FedAvg baseline: the example-weighted mean of client weights is the global model."""
+
+from __future__ import annotations
+
+from flwr.app import Array, ArrayRecord, Message
+
+from strategies.base import FedKDStrategy, num_examples, reply_state_dict, weighted_average
+
+
+class FedAvg(FedKDStrategy):
+    """Federated Averaging (McMahan et al., 2017, "Communication-Efficient Learning of
+    Deep Networks from Decentralized Data").
+
+    Round ``t``::
+
+        send w_t to the sampled clients S_t
+        each client k in S_t: w_k <- local SGD from w_t on its private data (n_k examples)
+        w_{t+1} = sum_k n_k w_k / sum_k n_k
+
+    No distillation: the global model *is* the student, so ``student_accuracy`` of a
+    FedAvg run is the FedAvg model's accuracy, the weight-sharing baseline for every
+    distillation method.
+
+    Parameters
+    ----------
+    assets, fraction_train, fraction_evaluate, min_train_replies
+        See :class:`strategies.base.FedKDStrategy`.
+
+    Client keys honoured: ``arrays`` (global weights in), ``share-weights`` (true),
+    ``num-examples`` (the averaging weight).
+    """
+
+    shares_weights = True
+
+    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        """Example-weighted average of the returned weights, loaded into the student."""
+        averaged = weighted_average(
+            [reply_state_dict(r) for r in replies],
+            [float(num_examples(r)) for r in replies],
+        )
+        record = ArrayRecord({name: Array(values) for name, values in averaged.items()})
+        self.assets.student.load_state_dict(record.to_torch_state_dict(), strict=True)
+        return record
