@@ -86,3 +86,25 @@ class InProcessGrid:
 @pytest.fixture
 def in_process_grid() -> type[InProcessGrid]:
     return InProcessGrid
+
+
+def run_in_process(overrides: list[str], run_dir: Any) -> dict[str, Any]:
+    """Compose the real config and run the real ServerApp path on an InProcessGrid (no Ray)."""
+    from fedkd.apps.client import app as client_app
+    from fedkd.apps.server import prepare_run, run_federation
+    from fedkd.config import compose_config
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        cfg = compose_config([*overrides, "progress=false"])
+        plan = prepare_run(cfg)
+        grid = InProcessGrid(client_app, cfg["num_clients"])
+        return run_federation(grid, plan, run_dir, show_progress=False)  # type: ignore[arg-type]
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture
+def in_process_run() -> Any:
+    return run_in_process

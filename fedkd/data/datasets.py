@@ -1,9 +1,15 @@
-"""Dataset registry: load a named dataset into plain numpy arrays (:class:`RawDataset`)."""
+"""Dataset registry: load a named dataset into plain numpy arrays (:class:`RawDataset`).
+
+The ``hf`` dataset loads any Hugging Face dataset (Hub id or local parquet/CSV files)
+through flwr-datasets :class:`~flwr_datasets.FederatedDataset`.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -330,6 +336,20 @@ def _split_to_xy(
     return np.concatenate(parts, axis=1), labels
 
 
+def _disable_flwr_datasets_telemetry() -> None:
+    """Default flwr-datasets telemetry to off unless the user set ``FLWR_TELEMETRY_ENABLED``.
+
+    flwr-datasets POSTs an event to ``telemetry.flower.ai`` on every first ``load_split``
+    unless ``FLWR_TELEMETRY_ENABLED`` is ``"0"``; it reads that variable once, when
+    ``flwr_datasets.common.telemetry`` is imported. So set the default before importing it,
+    and if it was already imported with the variable unset, bring its flag in line.
+    """
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    telemetry = sys.modules.get("flwr_datasets.common.telemetry")
+    if telemetry is not None and os.environ["FLWR_TELEMETRY_ENABLED"] == "0":
+        telemetry.FLWR_TELEMETRY_ENABLED = "0"  # type: ignore[attr-defined]
+
+
 def _load_hf(
     path: str,
     data_files: str | Sequence[str] | Mapping[str, Any] | None,
@@ -338,7 +358,18 @@ def _load_hf(
     train_split: str,
     test_split: str | None,
 ) -> RawDataset:
-    import datasets as hf_datasets
+    """Load any Hugging Face dataset through flwr-datasets ``FederatedDataset``.
+
+    ``path`` and ``data_files`` go to ``FederatedDataset(dataset=path, data_files=...)``,
+    which forwards them to ``datasets.load_dataset`` (so local parquet/CSV files work).
+    Shuffling is off, so rows keep the source order; the splits are read whole with
+    ``load_split`` (the train split gets a one-partition IID partitioner only because
+    ``FederatedDataset`` requires one; fedkd partitions the numpy arrays itself later).
+    flwr-datasets telemetry defaults to off (``FLWR_TELEMETRY_ENABLED=0``).
+    """
+    _disable_flwr_datasets_telemetry()
+    from flwr_datasets import FederatedDataset
+    from flwr_datasets.partitioner import IidPartitioner
 
     kwargs: dict[str, Any] = {}
     if data_files is not None:
@@ -349,20 +380,37 @@ def _load_hf(
             if isinstance(data_files, str)
             else list(data_files)
         )
-    logger.info("loading Hugging Face dataset %r (data_files=%r)", path, data_files)
+
+    def check_splits(loaded: Any) -> Any:
+        # Runs inside FederatedDataset right after datasets.load_dataset (its
+        # "preprocessor" hook), so a missing split is reported with the available ones.
+        available = sorted(loaded.keys())
+        for key, split_name in (("train_split", train_split), ("test_split", test_split)):
+            if split_name is not None and split_name not in loaded:
+                raise ConfigError(
+                    f"dataset.{key}: split {split_name!r} not found; available splits: {available}"
+                )
+        return loaded
+
+    logger.info(
+        "loading Hugging Face dataset %r through flwr-datasets FederatedDataset (data_files=%r)",
+        path,
+        data_files,
+    )
+    federated = FederatedDataset(
+        dataset=path,
+        partitioners={train_split: IidPartitioner(num_partitions=1)},
+        preprocessor=check_splits,
+        shuffle=False,
+        **kwargs,
+    )
     try:
-        loaded = hf_datasets.load_dataset(path, **kwargs)
+        train = federated.load_split(train_split)  # first call runs load_dataset
+        test = None if test_split is None else federated.load_split(test_split)
+    except ConfigError:
+        raise
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"dataset.path: could not load {path!r}: {error}") from error
-    if not isinstance(loaded, hf_datasets.DatasetDict):
-        raise ConfigError(f"dataset.path: {path!r} did not load as a dict of splits")
-    available = sorted(loaded.keys())
-    for key, split_name in (("train_split", train_split), ("test_split", test_split)):
-        if split_name is not None and split_name not in loaded:
-            raise ConfigError(
-                f"dataset.{key}: split {split_name!r} not found; available splits: {available}"
-            )
-    train = loaded[train_split]
     columns = list(train.column_names)
     if label not in columns:
         raise ConfigError(f"dataset.label: column {label!r} not found; columns: {columns}")
@@ -387,8 +435,8 @@ def _load_hf(
     x, raw_labels = _split_to_xy(train, feature_columns, label, image)
     x_test: np.ndarray | None = None
     raw_test_labels: np.ndarray | None = None
-    if test_split is not None:
-        x_test, raw_test_labels = _split_to_xy(loaded[test_split], feature_columns, label, image)
+    if test is not None:
+        x_test, raw_test_labels = _split_to_xy(test, feature_columns, label, image)
 
     all_labels = (
         raw_labels if raw_test_labels is None else np.concatenate([raw_labels, raw_test_labels])
@@ -446,7 +494,9 @@ def load_dataset(name: str, **options: Any) -> RawDataset:
         - ``synthetic``: ``num_samples`` (2000), ``num_features`` (20), ``num_classes`` (4),
           ``class_sep`` (1.5), ``seed`` (0). Gaussian clusters with centres drawn from
           ``N(0, class_sep^2 I)`` and unit-variance noise; balanced classes.
-        - ``hf``: ``path`` (Hub id or builder name such as ``"parquet"``/``"csv"``),
+        - ``hf``: loaded through flwr-datasets ``FederatedDataset`` (unshuffled, whole
+          splits via ``load_split``; telemetry off unless ``FLWR_TELEMETRY_ENABLED`` is set).
+          ``path`` (Hub id or builder name such as ``"parquet"``/``"csv"``),
           ``data_files``, ``features`` (column list or a single image column; default:
           all non-label columns), ``label`` (``"label"``), ``train_split`` (``"train"``),
           ``test_split`` (None). Labels are mapped to ``0..K-1`` by sorted unique value;

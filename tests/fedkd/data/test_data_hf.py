@@ -1,15 +1,23 @@
-"""Tests for the ``hf`` dataset loader on small local parquet / CSV files (no network)."""
+"""Tests for the ``hf`` dataset loader on small local parquet / CSV files (no network).
+
+The loader goes through flwr-datasets ``FederatedDataset``; these tests run offline.
+"""
 
 from __future__ import annotations
 
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
+import flwr_datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets import config as hf_config
+from flwr_datasets.common import telemetry
 
 from fedkd.data import build_federated_data, load_dataset
 from fedkd.errors import ConfigError
@@ -26,11 +34,99 @@ FRAME = pd.DataFrame(
 EXPECTED_Y = [2, 0, 2, 1, 0, 2, 1, 0]
 
 
+def _drain_telemetry_queue() -> None:
+    """Wait for queued flwr-datasets telemetry events (a one-worker executor) to run."""
+    executor = telemetry.state["executor"]
+    if executor is not None:
+        executor.submit(lambda: None).result(timeout=30)
+
+
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Force offline mode and keep the datasets cache inside tmp_path."""
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Force offline mode and keep the datasets cache (and ``~/.flwr``) inside tmp_path."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setattr(hf_config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # flwr-datasets writes ~/.flwr/source
+    yield
+    _drain_telemetry_queue()  # let this test's events finish while still patched
+
+
+class _SpyFederatedDataset(flwr_datasets.FederatedDataset):
+    """Delegates to the real ``FederatedDataset``, recording how it is used."""
+
+    instances: ClassVar[list[_SpyFederatedDataset]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.init_kwargs = kwargs
+        self.split_calls: list[str] = []
+        self.partition_calls = 0
+        _SpyFederatedDataset.instances.append(self)
+
+    def load_split(self, split: str) -> Any:
+        self.split_calls.append(split)
+        return super().load_split(split)
+
+    def load_partition(self, partition_id: int, split: str | None = None) -> Any:
+        self.partition_calls += 1
+        return super().load_partition(partition_id, split)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> type[_SpyFederatedDataset]:
+    monkeypatch.setattr(_SpyFederatedDataset, "instances", [])
+    monkeypatch.setattr(flwr_datasets, "FederatedDataset", _SpyFederatedDataset)
+    return _SpyFederatedDataset
+
+
+def test_loads_through_federated_dataset(tmp_path: Path, spy: type[_SpyFederatedDataset]) -> None:
+    train_path, test_path = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    FRAME.to_parquet(train_path)
+    FRAME.iloc[::-1].to_parquet(test_path)
+    data_files = {"train": str(train_path), "test": str(test_path)}
+    data = load_dataset(
+        "hf",
+        path="parquet",
+        data_files=data_files,
+        features=["height", "weight"],
+        label="species",
+        test_split="test",
+    )
+    assert len(spy.instances) == 1
+    (federated,) = spy.instances
+    kwargs = federated.init_kwargs
+    assert kwargs["dataset"] == "parquet"
+    assert kwargs["data_files"] == data_files  # forwarded to datasets.load_dataset
+    assert kwargs["shuffle"] is False
+    assert list(kwargs["partitioners"]) == ["train"]
+    assert federated.split_calls == ["train", "test"]
+    assert federated.partition_calls == 0
+    # unshuffled: rows keep the file order
+    assert data.y.tolist() == EXPECTED_Y
+    assert data.y_test is not None and data.y_test.tolist() == EXPECTED_Y[::-1]
+
+
+def test_federated_dataset_telemetry_off_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _drain_telemetry_queue()  # events queued by earlier tests must not run while patched
+    # Simulate flwr_datasets imported with the variable unset (telemetry on).
+    monkeypatch.delenv("FLWR_TELEMETRY_ENABLED", raising=False)
+    monkeypatch.setattr(telemetry, "FLWR_TELEMETRY_ENABLED", "1")
+    requests: list[Any] = []
+
+    def fake_urlopen(request: Any, *args: Any, **kwargs: Any) -> Any:
+        requests.append(request)
+        raise AssertionError("telemetry request attempted")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    path = tmp_path / "animals.parquet"
+    FRAME.to_parquet(path)
+    load_dataset("hf", path="parquet", data_files=str(path), label="species", features="height")
+    _drain_telemetry_queue()
+    assert telemetry.FLWR_TELEMETRY_ENABLED == "0"
+    assert requests == []
 
 
 def test_parquet_tabular_with_label_remapping(tmp_path: Path) -> None:
@@ -100,8 +196,15 @@ def test_hf_errors_name_keys(tmp_path: Path) -> None:
         load_dataset("hf", **common, label="species", features=["missing"])
     with pytest.raises(ConfigError, match=r"dataset\.test_split"):
         load_dataset("hf", **common, label="species", features=["height"], test_split="validation")
+    with pytest.raises(ConfigError, match=r"dataset\.train_split"):
+        load_dataset("hf", **common, label="species", features=["height"], train_split="x")
     with pytest.raises(ConfigError, match=r"dataset\.labels"):
         load_dataset("hf", **common, labels="species")
+    missing = {"path": "parquet", "data_files": str(tmp_path / "missing.parquet")}
+    with pytest.raises(ConfigError, match=r"dataset\.path"):
+        load_dataset("hf", **missing, label="species")
+    with pytest.raises(ConfigError, match=r"dataset\.path"):
+        load_dataset("hf", path=str(tmp_path / "no_such_dir"), label="species")
 
 
 def test_hf_in_federated_view(tmp_path: Path) -> None:
