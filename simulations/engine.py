@@ -69,14 +69,15 @@ def run_on_ray(
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     config = backend_config(backend)
-    from flwr.simulation import run_simulation  # deferred: importing it is slow
-
     if not verbose:
         # Flower logs every round at INFO and warns that run_simulation is deprecated
         # (it is still the supported in-process entry point in 1.42); fedkd's own
         # progress display reports rounds instead.
         logging.getLogger("flwr").setLevel(logging.ERROR)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        for name in ("alembic", "alembic.runtime.plugins", "alembic.runtime.migration"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    from flwr.simulation import run_simulation  # deferred: importing it is slow
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         run_simulation(

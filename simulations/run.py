@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,11 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final student accuracy (for sweepers)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run(to_plain(cfg), run_dir)
+    try:
+        summary = run(to_plain(cfg), run_dir)
+    except ConfigError as exc:  # a user's mistake: one clear line, no traceback
+        print(f"fedkd: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     final = summary.get("final", {})
     accuracy = final.get("student_accuracy")
     return float(accuracy) if accuracy is not None else None

@@ -268,6 +268,9 @@ class FedKDStrategy(Strategy):
                     reply.metadata.src_node_id,
                     reason,
                 )
+        # Replies arrive in completion order; aggregate in partition order so that float
+        # sums (and so every metric) do not depend on which actor finished first.
+        valid.sort(key=lambda reply: self._sent_to[reply.metadata.src_node_id])
         return valid, failures
 
     def check_reply(self, reply: Message) -> str | None:

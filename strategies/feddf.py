@@ -107,6 +107,7 @@ class FedDF(FedAvg):
                 batch_size=self.distill_batch_size,
                 lr=self.distill_lr,
                 optimizer=self.distill_optimizer,
+                proxy_y=data.proxy_y,  # None unless data.proxy_labeled: then (1 - alpha) CE
                 seed=round_seed(self.assets.setup.seed, server_round, 1),
                 device=self.assets.device,
             )

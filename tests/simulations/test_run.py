@@ -91,3 +91,12 @@ def test_bad_input_fails_before_ray_and_leaves_no_run_dir(overrides, key, tmp_pa
         run(cfg, run_dir)
     assert not ray.is_initialized()
     assert not run_dir.exists()
+
+
+def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path):
+    run_dir = tmp_path / "never"
+    proc = _cli("partition.alpha=0", f"hydra.run.dir={run_dir}", timeout=120)
+    assert proc.returncode == 2
+    assert "fedkd: invalid configuration: partition.alpha" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not run_dir.exists()
