@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from fedkd.errors import ConfigError
 
@@ -51,10 +52,17 @@ def compose_config(overrides: Sequence[str] | str = ()) -> dict[str, Any]:
 
 def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """A resolved plain-dict copy of a config, without Hydra's own ``hydra`` node."""
-    if isinstance(cfg, DictConfig):
-        plain = OmegaConf.to_container(cfg, resolve=True)
-    else:
-        plain = OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)
+    try:
+        if isinstance(cfg, DictConfig):
+            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        else:
+            plain = OmegaConf.to_container(
+                OmegaConf.create(dict(cfg)), resolve=True, throw_on_missing=True
+            )
+    except OmegaConfBaseException as exc:  # e.g. dataset=hf without dataset.path
+        raise ConfigError(
+            str(exc).splitlines()[0] + f" (key: {getattr(exc, 'full_key', '?')})"
+        ) from exc
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     return {str(k): v for k, v in plain.items()}

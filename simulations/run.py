@@ -62,7 +62,8 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(to_plain(cfg), run_dir)
-    except ConfigError as exc:  # a user's mistake: one clear line, no traceback
+    except ConfigError as exc:
+        _remove_empty_run_dir(run_dir)  # a user's mistake: one clear line, no traceback
         print(f"fedkd: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     final = summary.get("final", {})
