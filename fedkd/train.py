@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,27 +108,60 @@ def train_local(
         weight_decay=weight_decay,
         key="client.optimizer",
     )
-    gen = torch.Generator().manual_seed(seed)
+    epoch_losses, steps = run_epochs(
+        model,
+        opt,
+        num_examples=n,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device=dev,
+        batch_loss=lambda idx: F.cross_entropy(model(xt[idx]), yt[idx]),
+    )
+    last_loss = epoch_losses[-1] if epoch_losses else math.nan
+    logger.debug("train_local: %d examples, %d steps, last-epoch loss %.4f", n, steps, last_loss)
+    return TrainReport(loss=last_loss, num_examples=n, steps=steps)
+
+
+def run_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    num_examples: int,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    batch_loss: Callable[[Tensor], Tensor],
+) -> tuple[list[float], int]:
+    """Seeded mini-batch epochs shared by local training and distillation.
+
+    ``batch_loss(indices)`` computes the loss of one mini-batch (indices into tensors the
+    caller already placed on ``device``). Returns the example-weighted mean loss of each
+    epoch and the number of optimizer steps; the model's train/eval mode is restored.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    epoch_losses: list[float] = []
     steps = 0
-    last_loss = math.nan
     was_training = model.training
     model.train()
     try:
-        with seeded_rng(seed, dev):
+        with seeded_rng(seed, device):
             for _ in range(epochs):
-                total = torch.zeros((), device=dev)
-                for idx in minibatches(n, batch_size, generator=gen, device=dev):
-                    opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(xt[idx]), yt[idx])
+                total = torch.zeros((), device=device)
+                for idx in minibatches(
+                    num_examples, batch_size, generator=generator, device=device
+                ):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = batch_loss(idx)
                     loss.backward()
-                    opt.step()
+                    optimizer.step()
                     total += loss.detach() * idx.numel()
                     steps += 1
-                last_loss = float(total) / n
+                epoch_losses.append(float(total) / num_examples)
     finally:
         model.train(was_training)
-    logger.debug("train_local: %d examples, %d steps, last-epoch loss %.4f", n, steps, last_loss)
-    return TrainReport(loss=last_loss, num_examples=n, steps=steps)
+    return epoch_losses, steps
 
 
 def predict_probs(

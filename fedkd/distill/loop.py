@@ -14,9 +14,8 @@ from fedkd.train import (
     as_label_tensor,
     check_hparams,
     make_optimizer,
-    minibatches,
     predict_probs,
-    seeded_rng,
+    run_epochs,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,25 +116,16 @@ def distill(
         weight_decay=weight_decay,
         key="distill.optimizer",
     )
-    gen = torch.Generator().manual_seed(seed)
-    epoch_losses: list[float] = []
-    steps = 0
-    was_training = model.training
-    model.train()
-    try:
-        with seeded_rng(seed, dev):
-            for _ in range(epochs):
-                total = torch.zeros((), device=dev)
-                for idx in minibatches(n, batch_size, generator=gen, device=dev):
-                    opt.zero_grad(set_to_none=True)
-                    value = loss(model(xt[idx]), tt[idx], None if yt is None else yt[idx])
-                    value.backward()
-                    opt.step()
-                    total += value.detach() * idx.numel()
-                    steps += 1
-                epoch_losses.append(float(total) / n)
-    finally:
-        model.train(was_training)
+    epoch_losses, steps = run_epochs(
+        model,
+        opt,
+        num_examples=n,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device=dev,
+        batch_loss=lambda idx: loss(model(xt[idx]), tt[idx], None if yt is None else yt[idx]),
+    )
     logger.debug("distill: %d proxy examples, %d steps, epoch losses %s", n, steps, epoch_losses)
     return DistillReport(epoch_losses=tuple(epoch_losses), steps=steps)
 
