@@ -362,9 +362,9 @@ class FedKDStrategy(Strategy):
                 ),
             }
         )
-        metrics = self.round_metrics.setdefault(server_round, {})
-        metrics["downlink_bytes"] = metrics.get("downlink_bytes", 0) + arrays.count_bytes() * len(
-            partitions
+        # Evaluation traffic is reported apart: it measures the run, not the method.
+        self.round_metrics.setdefault(server_round, {})["evaluation_downlink_bytes"] = (
+            arrays.count_bytes() * len(partitions)
         )
         return [
             Message(

@@ -233,3 +233,14 @@ def test_query_message_type_is_used_for_discovery(task_identity, in_process_grid
     plan.strategy.discover(grid)
     assert {m.metadata.message_type for m in grid.sent} == {MessageType.QUERY}
     assert isinstance(plan.strategy, FedAvg)
+
+
+def test_evaluation_traffic_is_counted_apart(task_identity, in_process_grid) -> None:
+    plan = _plan("strategy=fedavg", "strategy.fraction_evaluate=0.5")
+    grid = in_process_grid(client_app, 4)
+    weights = _weights_like(plan.strategy, 0.0)
+    plan.strategy.start(grid=grid, initial_arrays=weights, num_rounds=1)
+    metrics = plan.strategy.round_metrics[1]
+    assert metrics["downlink_bytes"] == 4 * weights.count_bytes()  # train messages only
+    assert metrics["evaluation_downlink_bytes"] == 2 * weights.count_bytes()
+    assert 0.0 <= metrics["client_accuracy"] <= 1.0
