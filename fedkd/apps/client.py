@@ -164,7 +164,9 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     if bool(config.get(keys.SHARE_WEIGHTS, False)):
-        content[keys.ARRAYS] = ArrayRecord(model.state_dict())
+        content[keys.ARRAYS] = ArrayRecord(
+            {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        )
     if bool(config.get(keys.SHARE_PROXY_PROBS, False)):
         proxy_probs = predict_probs(model, runtime.data.proxy_x, device=device)
         content[keys.PREDICTIONS] = ArrayRecord({keys.PROXY_PROBS: _array(proxy_probs)})
