@@ -30,3 +30,25 @@ LOSS = "loss"
 # Node config keys (simulation: set by Flower; deployment: set with --node-config)
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
+
+# --- methods where clients keep their own models (FedMD, DS-FL, FD, local-only) ---
+TARGETS = "targets"  # ArrayRecord: server -> client targets to digest
+KEEP_MODEL = "keep-model"  # client restores/saves its model in context.state
+STATE_MODEL = "fedkd-model"  # context.state key of a client's own model
+PROXY_ROUND_SIZE = "proxy-round-size"  # proxy examples scored per round (0: all)
+TARGETS_ROUND = "targets-round"  # the round whose proxy subset the targets refer to
+DIGEST_EPOCHS = "digest-epochs"
+DIGEST_LR = "digest-lr"
+DIGEST_BATCH_SIZE = "digest-batch-size"
+DIGEST_TEMPERATURE = "digest-temperature"
+WARMUP_PUBLIC_EPOCHS = "warmup-public-epochs"  # FedMD transfer learning on the labeled proxy
+LOCAL_EPOCHS = "local-epochs"  # overrides client.epochs for this round when present
+# FD (Jeong et al. 2018): per-label logit sharing
+SHARE_LABEL_LOGITS = "share-label-logits"
+FD_BETA = "fd-beta"
+FD_TEMPERATURE = "fd-temperature"
+LABEL_LOGITS = "label-logits"  # (C, C) mean logits per true label
+LABEL_COUNTS = "label-counts"  # (C,) examples per label
+# extra reply metrics
+LOCAL_ACCURACY = "local-accuracy"  # the client's model on its own local test split
+ARCHITECTURE = "architecture"  # index into the run's client architectures

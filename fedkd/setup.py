@@ -10,6 +10,47 @@ from typing import Any
 from fedkd.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
+HETERO = "hetero"
+ASSIGNMENTS = ("round_robin", "map")
+
+
+def architectures(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The distinct client architectures a ``model`` config describes.
+
+    A single architecture is ``{"name": "mlp", ...options}``; a heterogeneous federation is
+    ``{"name": "hetero", "architectures": [spec, ...], "assignment": "round_robin" | "map",
+    "map": {partition_id: index}}``.
+    """
+    if model.get("name") != HETERO:
+        return [dict(model)]
+    specs = model.get("architectures")
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError("model.architectures must be a non-empty list of model specs")
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"model.architectures[{index}] must be a mapping with a 'name'")
+    return [dict(spec) for spec in specs]
+
+
+def architecture_index(model: dict[str, Any], partition_id: int) -> int:
+    """Which of :func:`architectures` the client with ``partition_id`` uses."""
+    specs = architectures(model)
+    if model.get("name") != HETERO:
+        return 0
+    assignment = model.get("assignment", "round_robin")
+    if assignment not in ASSIGNMENTS:
+        raise ConfigError(f"model.assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+    if assignment == "round_robin":
+        return partition_id % len(specs)
+    mapping = {int(k): int(v) for k, v in (model.get("map") or {}).items()}
+    if partition_id not in mapping:
+        raise ConfigError(f"model.map has no entry for partition {partition_id}")
+    index = mapping[partition_id]
+    if not 0 <= index < len(specs):
+        raise ConfigError(
+            f"model.map[{partition_id}] = {index} is not an index into model.architectures"
+        )
+    return index
 
 
 @dataclass(frozen=True)
@@ -71,6 +112,9 @@ class FederationSetup:
     proxy_labeled: bool = False
     test_fraction: float = 0.2
     local_test_fraction: float = 0.2
+    proxy_size: int | None = None
+    proxy_classes: list[int] | None = None
+    proxy_dataset: dict[str, Any] | None = None
     device: str = "cpu"
     torch_threads: int = 1
 
@@ -85,7 +129,19 @@ class FederationSetup:
             "proxy_labeled": self.proxy_labeled,
             "test_fraction": self.test_fraction,
             "local_test_fraction": self.local_test_fraction,
+            "proxy_size": self.proxy_size,
+            "proxy_classes": self.proxy_classes,
+            "proxy_dataset": self.proxy_dataset,
         }
+
+    @property
+    def architectures(self) -> list[dict[str, Any]]:
+        """The client architectures of this run (one unless ``model.name`` is ``hetero``)."""
+        return architectures(self.model)
+
+    def model_for(self, partition_id: int) -> dict[str, Any]:
+        """The model spec the client with ``partition_id`` trains."""
+        return self.architectures[architecture_index(self.model, partition_id)]
 
     def to_json(self) -> str:
         """Serialize to a canonical JSON string (sorted keys)."""

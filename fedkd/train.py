@@ -185,6 +185,21 @@ def predict_probs(
     return probs.cpu().numpy().astype(np.float32, copy=False)
 
 
+def predict_logits(
+    model: nn.Module,
+    x: np.ndarray,
+    *,
+    batch_size: int = 2048,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Return the raw logits of ``model`` on ``x`` as float32 ``(N, num_classes)`` (eval mode)."""
+    check_hparams("predict", batch_size=batch_size)
+    dev = torch.device(device)
+    model.to(dev)
+    logits = _logits(model, as_float_tensor(x, dev), batch_size=batch_size)
+    return logits.float().cpu().numpy().astype(np.float32, copy=False)
+
+
 def evaluate(
     model: nn.Module,
     x: np.ndarray,

@@ -11,7 +11,7 @@ import logging
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,12 +22,12 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedkd import keys
-from fedkd.data import FederatedData
-from fedkd.distill import ensemble_accuracy
+from fedkd.data import FederatedData, proxy_round_indices
+from fedkd.distill import agreement, distill, teacher_targets, validate_target_rule
 from fedkd.errors import ConfigError
-from fedkd.models import FedKDModel
+from fedkd.models import FedKDModel, build_model
 from fedkd.setup import FederationSetup
-from fedkd.train import predict_probs
+from fedkd.train import evaluate, predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ class RunAssets:
         The loss used for distillation steps (``distill`` config group).
     device : torch.device
         Where server-side training and inference run.
+    aggregation : dict
+        The teacher-target rule (``aggregation`` config group): ``name`` and options.
+    student_config : dict
+        The ``student`` config group (to tell which client architecture, if any, it is).
     """
 
     setup: FederationSetup
@@ -55,6 +59,8 @@ class RunAssets:
     student: FedKDModel
     distill_loss: nn.Module
     device: torch.device
+    aggregation: dict[str, Any] = field(default_factory=lambda: {"name": "mean"})
+    student_config: dict[str, Any] = field(default_factory=dict)
 
 
 class FedKDStrategy(Strategy):
@@ -90,6 +96,14 @@ class FedKDStrategy(Strategy):
     shares_weights: ClassVar[bool] = False
     #: Clients send soft predictions on the proxy set.
     shares_proxy_predictions: ClassVar[bool] = False
+    #: Clients keep their own model across rounds (``context.state``).
+    keeps_client_models: ClassVar[bool] = False
+    #: Clients send per-label mean logits (FD).
+    shares_label_logits: ClassVar[bool] = False
+    #: The method forms a teacher ensemble (its accuracy is reported each round).
+    forms_ensemble: ClassVar[bool] = False
+    #: Every client must train the student's architecture (weights go into the student).
+    requires_student_architecture: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -98,7 +112,19 @@ class FedKDStrategy(Strategy):
         fraction_train: float = 1.0,
         fraction_evaluate: float = 0.0,
         min_train_replies: int = 1,
+        proxy_round_size: int = 0,
+        distill_epochs: int = 20,
+        distill_batch_size: int = 64,
+        distill_lr: float = 1e-4,
+        distill_optimizer: str = "adam",
     ) -> None:
+        if proxy_round_size < 0:
+            raise ConfigError(
+                f"strategy.proxy_round_size must be >= 0 (0: whole proxy), got {proxy_round_size}"
+            )
+        if distill_epochs < 0:
+            raise ConfigError(f"strategy.distill_epochs must be >= 0, got {distill_epochs}")
+        validate_target_rule(assets.aggregation.get("name", "mean"), **_options(assets.aggregation))
         if not 0.0 < fraction_train <= 1.0:
             raise ConfigError(f"strategy.fraction_train must be in (0, 1], got {fraction_train}")
         if not 0.0 <= fraction_evaluate <= 1.0:
@@ -111,6 +137,15 @@ class FedKDStrategy(Strategy):
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_replies = min_train_replies
+        self.proxy_round_size = proxy_round_size
+        self.distill_epochs = distill_epochs
+        self.distill_batch_size = distill_batch_size
+        self.distill_lr = distill_lr
+        self.distill_optimizer = distill_optimizer
+        self.round_targets: ArrayRecord | None = None  # what clients digest next round
+        self.targets_round = 0  # the round whose proxy subset round_targets refer to
+        self.architecture_of: dict[int, int] = {}
+        self._architecture_models: dict[int, FedKDModel] = {}
         self.node_of_partition: dict[int, int] = {}
         self.label_histograms: dict[int, list[int]] = {}
         self.round_metrics: dict[int, dict[str, Any]] = {}
@@ -148,6 +183,7 @@ class FedKDStrategy(Strategy):
                 int(c)
                 for c in metrics[keys.LABEL_HISTOGRAM]  # type: ignore[union-attr]
             ]
+            self.architecture_of[partition_id] = int(metrics.get(keys.ARCHITECTURE, 0))  # type: ignore[arg-type]
         if not self.node_of_partition:
             raise RuntimeError("no node answered the discovery query; nothing to train on")
         logger.info("discovered %s of %s nodes", len(self.node_of_partition), len(node_ids))
@@ -169,20 +205,36 @@ class FedKDStrategy(Strategy):
             keys.SETUP: self._setup_json,
             keys.SHARE_WEIGHTS: self.shares_weights,
             keys.SHARE_PROXY_PROBS: self.shares_proxy_predictions,
-            keys.SHARE_TEST_PROBS: self.shares_proxy_predictions,
+            keys.SHARE_LABEL_LOGITS: self.shares_label_logits,
+            # evaluation only (never counted as uplink): per-client and ensemble diagnostics
+            keys.SHARE_TEST_PROBS: True,
+            keys.KEEP_MODEL: self.keeps_client_models,
+            keys.PROXY_ROUND_SIZE: self.proxy_round_size,
+            keys.TARGETS_ROUND: self.targets_round,
         }
+
+    def weights_for(self, partition_id: int, arrays: ArrayRecord) -> ArrayRecord:
+        """The weights a client starts from (heterogeneous methods send per architecture)."""
+        return arrays
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients and send each the round config (and the global weights)."""
+        """Sample clients and send each the round config (and weights and/or targets)."""
         self.discover(grid)
         partitions = self.sample_partitions(server_round, self.fraction_train, stream=0)
         metrics = self.round_metrics.setdefault(server_round, {})
         metrics["clients_sampled"] = len(partitions)
         self._sent_to = {}
+        self.proxy_indices = proxy_round_indices(
+            len(self.assets.data.proxy_x),
+            size=self.proxy_round_size or None,
+            seed=self.assets.setup.seed,
+            server_round=server_round,
+        )
         messages = []
-        payload_bytes = arrays.count_bytes() if self.sends_weights else 0
+        downlink_bytes = 0
+        record_bytes: dict[int, int] = {}  # the same record goes to many clients
         for partition_id in partitions:
             round_config = ConfigRecord(
                 {
@@ -195,13 +247,19 @@ class FedKDStrategy(Strategy):
             )
             content = RecordDict({keys.CONFIG: round_config})
             if self.sends_weights:
-                content[keys.ARRAYS] = arrays
+                content[keys.ARRAYS] = self.weights_for(partition_id, arrays)
+            if self.round_targets is not None:
+                content[keys.TARGETS] = self.round_targets
+            for record in content.array_records.values():
+                if id(record) not in record_bytes:
+                    record_bytes[id(record)] = record.count_bytes()
+                downlink_bytes += record_bytes[id(record)]
             node_id = self.node_of_partition[partition_id]
             self._sent_to[node_id] = partition_id
             messages.append(
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
             )
-        metrics["downlink_bytes"] = payload_bytes * len(messages)
+        metrics["downlink_bytes"] = downlink_bytes
         return messages
 
     def aggregate_train(
@@ -230,6 +288,7 @@ class FedKDStrategy(Strategy):
             metrics["train_loss"] = (
                 sum(_metric(r, keys.TRAIN_LOSS) * num_examples(r) for r in valid) / total
             )
+        self.record_diagnostics(server_round, valid)
         if len(valid) < self.min_train_replies:
             metrics["skipped"] = (
                 f"{len(valid)} valid replies < min_train_replies={self.min_train_replies}"
@@ -291,32 +350,95 @@ class FedKDStrategy(Strategy):
         if self.shares_weights:
             if keys.ARRAYS not in content.array_records:
                 return "missing weights"
-            reason = _check_weights(content.array_records[keys.ARRAYS], self.assets.student)
+            reference = self.architecture_model(self.architecture_of_reply(reply))
+            reason = _check_weights(content.array_records[keys.ARRAYS], reference)
             if reason:
                 return reason
+        num_classes = self.assets.data.num_classes
         if self.shares_proxy_predictions:
             if keys.PREDICTIONS not in content.array_records:
                 return "missing proxy predictions"
-            expected = (len(self.assets.data.proxy_x), self.assets.data.num_classes)
+            expected = (len(self.proxy_indices), num_classes)
             reason = _check_probs(
                 content.array_records[keys.PREDICTIONS], keys.PROXY_PROBS, expected
             )
             if reason:
                 return reason
+        if self.shares_label_logits:
+            shared = content.array_records.get(keys.PREDICTIONS)
+            if shared is None or keys.LABEL_LOGITS not in shared or keys.LABEL_COUNTS not in shared:
+                return "missing label logits"
+            logits, counts = shared[keys.LABEL_LOGITS].numpy(), shared[keys.LABEL_COUNTS].numpy()
+            if logits.shape != (num_classes, num_classes) or counts.shape != (num_classes,):
+                return "label logits: wrong shape"
+            if not (np.isfinite(logits).all() and np.isfinite(counts).all()) or (counts < 0).any():
+                return "label logits: not finite or negative counts"
         return None
 
     # ------------------------------------------------------------------ helpers for methods
+    def partition_of(self, reply: Message) -> int:
+        """The partition id a (validated) reply answers for."""
+        return self._sent_to[reply.metadata.src_node_id]
+
+    def architecture_of_reply(self, reply: Message) -> int:
+        return self.architecture_of.get(self.partition_of(reply), 0)
+
+    def architecture_model(self, index: int) -> FedKDModel:
+        """A server-side model object of client architecture ``index`` (built once)."""
+        model = self._architecture_models.get(index)
+        if model is None:
+            spec = self.assets.setup.architectures[index]
+            model = build_model(
+                spec["name"],
+                input_shape=self.assets.data.input_shape,
+                num_classes=self.assets.data.num_classes,
+                seed=self.assets.setup.seed,
+                **{k: v for k, v in spec.items() if k != "name"},
+            ).to(self.assets.device)
+            self._architecture_models[index] = model
+        return model
+
     def proxy_probs(self, replies: list[Message]) -> np.ndarray:
-        """Stack the clients' shared proxy predictions: (clients, proxy examples, classes)."""
+        """Stack the clients' shared proxy predictions: (clients, proxy subset, classes)."""
         return np.stack(
             [r.content.array_records[keys.PREDICTIONS][keys.PROXY_PROBS].numpy() for r in replies]
         )
 
-    def record_ensemble_accuracy(self, server_round: int, test_probs: np.ndarray) -> None:
-        """Store the teacher ensemble's accuracy on the server test set for this round."""
-        self.round_metrics.setdefault(server_round, {})["ensemble_accuracy"] = ensemble_accuracy(
-            test_probs, self.assets.data.test_y
+    def teacher_targets(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
+        """Combine per-client probabilities with the configured rule (``aggregation``)."""
+        rule = self.assets.aggregation
+        partitions = [self.partition_of(r) for r in replies]
+        histograms = np.array([self.label_histograms.get(p, []) for p in partitions])
+        return teacher_targets(
+            client_probs,
+            rule=rule.get("name", "mean"),
+            num_examples=np.array([num_examples(r) for r in replies], dtype=np.float64),
+            label_histograms=histograms if histograms.ndim == 2 and histograms.size else None,
+            **_options(rule),
         )
+
+    def record_diagnostics(self, server_round: int, replies: list[Message]) -> None:
+        """Per-client accuracy on the server test set (mean/min/max), the clients' accuracy
+        on their own local test splits, and the teacher ensemble's test accuracy."""
+        metrics = self.round_metrics.setdefault(server_round, {})
+        local = [
+            _metric(r, keys.LOCAL_ACCURACY)
+            for r in replies
+            if keys.LOCAL_ACCURACY in r.content.metric_records[keys.METRICS]
+        ]
+        if local:
+            metrics["personalized_accuracy_mean"] = float(np.mean(local))
+        test_probs = self.client_test_probs(replies)
+        if test_probs is None:
+            return
+        labels = self.assets.data.test_y
+        per_client = (test_probs.argmax(axis=2) == labels[None, :]).mean(axis=1)
+        metrics["client_accuracy_mean"] = float(per_client.mean())
+        metrics["client_accuracy_min"] = float(per_client.min())
+        metrics["client_accuracy_max"] = float(per_client.max())
+        if self.forms_ensemble:
+            ensemble = self.teacher_targets(test_probs, replies)
+            metrics["ensemble_accuracy"] = float((ensemble.argmax(axis=1) == labels).mean())
 
     def client_test_probs(self, replies: list[Message]) -> np.ndarray | None:
         """Clients' evaluation-only test predictions, when every valid reply has them."""
@@ -334,17 +456,50 @@ class FedKDStrategy(Strategy):
 
     def predict_with_weights(self, replies: list[Message], inputs: np.ndarray) -> np.ndarray:
         """Run every client's returned weights on ``inputs`` on the server: (clients, N, C)."""
-        model = self.assets.student
-        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         outputs = []
-        try:
-            for reply in replies:
-                state = reply.content.array_records[keys.ARRAYS].to_torch_state_dict()
-                model.load_state_dict(state, strict=True)
-                outputs.append(predict_probs(model, inputs, device=self.assets.device))
-        finally:
-            model.load_state_dict(saved)
+        for reply in replies:
+            model = self.architecture_model(self.architecture_of_reply(reply))
+            state = reply.content.array_records[keys.ARRAYS].to_torch_state_dict()
+            model.load_state_dict(state, strict=True)
+            outputs.append(predict_probs(model, inputs, device=self.assets.device))
         return np.stack(outputs)
+
+    def distill_student(
+        self,
+        server_round: int,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        *,
+        labels: np.ndarray | None = None,
+        model: FedKDModel | None = None,
+    ) -> None:
+        """Distill ``model`` (default: the student) toward ``targets`` on ``inputs``, recording
+        the student's test accuracy before and after, the loss and the agreement."""
+        model = self.assets.student if model is None else model
+        metrics = self.round_metrics.setdefault(server_round, {})
+        data = self.assets.data
+        if model is self.assets.student:
+            _, metrics["student_accuracy_before_distill"] = evaluate(
+                model, data.test_x, data.test_y, device=self.assets.device
+            )
+        if self.distill_epochs > 0:
+            report = distill(
+                model,
+                inputs,
+                targets,
+                loss=self.assets.distill_loss,
+                epochs=self.distill_epochs,
+                batch_size=self.distill_batch_size,
+                lr=self.distill_lr,
+                optimizer=self.distill_optimizer,
+                proxy_y=labels,
+                seed=round_seed(self.assets.setup.seed, server_round, 1),
+                device=self.assets.device,
+            )
+            if model is self.assets.student:
+                metrics["distill_loss"] = report.epoch_losses[-1]
+        if model is self.assets.student:
+            metrics["proxy_agreement"] = agreement(model, inputs, targets)
 
     # ------------------------------------------------------------------ federated evaluation
     def configure_evaluate(
@@ -354,17 +509,20 @@ class FedKDStrategy(Strategy):
         if self.fraction_evaluate == 0.0:
             return []
         partitions = self.sample_partitions(server_round, self.fraction_evaluate, stream=1)
-        content = RecordDict(
+        eval_config = ConfigRecord(
             {
-                keys.ARRAYS: arrays,
-                keys.CONFIG: ConfigRecord(
-                    {**dict(config), keys.SERVER_ROUND: server_round, keys.SETUP: self._setup_json}
-                ),
+                **dict(config),
+                keys.SERVER_ROUND: server_round,
+                keys.SETUP: self._setup_json,
+                keys.KEEP_MODEL: self.keeps_client_models,
             }
         )
+        content = RecordDict({keys.CONFIG: eval_config})
+        if self.sends_weights:
+            content[keys.ARRAYS] = arrays
         # Evaluation traffic is reported apart: it measures the run, not the method.
         self.round_metrics.setdefault(server_round, {})["evaluation_downlink_bytes"] = (
-            arrays.count_bytes() * len(partitions)
+            arrays.count_bytes() * len(partitions) if self.sends_weights else 0
         )
         return [
             Message(
@@ -397,6 +555,10 @@ class FedKDStrategy(Strategy):
             self.fraction_evaluate,
             self.min_train_replies,
         )
+
+
+def _options(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "name" and not k.startswith("_")}
 
 
 def weighted_average(

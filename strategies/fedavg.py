@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from flwr.app import Array, ArrayRecord, Message
 
 from strategies.base import FedKDStrategy, num_examples, reply_state_dict, weighted_average
@@ -19,7 +21,7 @@ class FedAvg(FedKDStrategy):
 
     No distillation: the global model *is* the student, so ``student_accuracy`` of a
     FedAvg run is the FedAvg model's accuracy, the weight-sharing baseline for every
-    distillation method.
+    distillation method. Every client must train the student's architecture.
 
     Parameters
     ----------
@@ -31,13 +33,19 @@ class FedAvg(FedKDStrategy):
     """
 
     shares_weights = True
+    #: The averaged weights are loaded into the student: one architecture for all.
+    requires_student_architecture: ClassVar[bool] = True
 
     def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         """Example-weighted average of the returned weights, loaded into the student."""
-        averaged = weighted_average(
-            [reply_state_dict(r) for r in replies],
-            [float(num_examples(r)) for r in replies],
-        )
-        record = ArrayRecord({name: Array(values) for name, values in averaged.items()})
+        record = average_replies(replies)
         self.assets.student.load_state_dict(record.to_torch_state_dict(), strict=True)
         return record
+
+
+def average_replies(replies: list[Message]) -> ArrayRecord:
+    """The example-weighted average of the weights in ``replies`` as an ArrayRecord."""
+    averaged = weighted_average(
+        [reply_state_dict(r) for r in replies], [float(num_examples(r)) for r in replies]
+    )
+    return ArrayRecord({name: Array(values) for name, values in averaged.items()})

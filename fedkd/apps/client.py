@@ -3,6 +3,17 @@
 The same ``app`` runs under Flower's simulation engine, ``flwr run`` and real SuperNodes.
 Everything it needs arrives with the message (``fedkd-setup``) plus the node config
 (``partition-id``); datasets, partitions and models are built once per process and reused.
+
+One ``train`` message runs, in order and as the round config asks:
+
+1. start weights: the ``arrays`` the server sent (weight-sharing methods), else the
+   client's own model from ``context.state`` (``keep-model``), else the seeded initial
+   weights of its architecture;
+2. warm-up on the labeled proxy (``warmup-public-epochs``, first participation only);
+3. digest: distill toward the server's ``targets`` on the proxy subset they refer to;
+4. revisit: local training on private data (with FD's per-label regularizer when the
+   server sent ``label-logits``);
+5. reply with what the round asks to share, and save the model when it keeps one.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,12 +29,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedkd import keys
-from fedkd.data import ClientData, FederatedData, get_federated_data
+from fedkd.data import ClientData, FederatedData, get_federated_data, proxy_round_indices
 from fedkd.devices import resolve_device, set_torch_threads
+from fedkd.distill import KDLoss, distill
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, build_model
-from fedkd.setup import FederationSetup
-from fedkd.train import evaluate, predict_probs, train_local
+from fedkd.setup import FederationSetup, architecture_index
+from fedkd.train import evaluate, predict_logits, predict_probs, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -31,27 +44,38 @@ app = ClientApp()
 
 @dataclass
 class _ClientRuntime:
-    """What one client process keeps between messages."""
+    """What one client process keeps between messages for one partition."""
 
     setup: FederationSetup
     data: FederatedData
     client_data: ClientData
+    partition_id: int
+    architecture: int
     model: FedKDModel
     initial_state: dict[str, torch.Tensor]
     device: torch.device
 
-    def load_round_weights(self, message: Message) -> None:
-        """Load the weights the server sent, or the seeded initial weights if it sent none.
+    def load_start_weights(self, message: Message, context: Context, *, keep_model: bool) -> bool:
+        """Load this round's starting weights; True when the client starts from scratch.
 
-        The model object is shared by all clients this process simulates, so it must never
-        carry one client's weights into another client's round.
+        The model object is shared by all clients of one architecture in this process, so
+        it must never carry one client's weights into another client's round.
         """
         state_dict: Mapping[str, torch.Tensor] = self.initial_state
+        fresh = True
         if keys.ARRAYS in message.content.array_records:
             state_dict = message.content.array_records[keys.ARRAYS].to_torch_state_dict()
+            fresh = False
+        elif keep_model and keys.STATE_MODEL in context.state.array_records:
+            state_dict = context.state.array_records[keys.STATE_MODEL].to_torch_state_dict()
+            fresh = False
         self.model.load_state_dict(
             {k: v.to(self.device) for k, v in state_dict.items()}, strict=True
         )
+        return fresh
+
+    def weights_record(self) -> ArrayRecord:
+        return ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
 
 _runtimes: dict[tuple[str, int], _ClientRuntime] = {}
@@ -77,6 +101,25 @@ def _partition_id(context: Context, setup: FederationSetup) -> int:
     return partition_id
 
 
+def _model(
+    spec: dict[str, Any], data: FederatedData, seed: int, device: torch.device
+) -> tuple[FedKDModel, dict[str, torch.Tensor]]:
+    """One model object (and its seeded initial weights) per architecture and process."""
+    key = (repr(sorted(spec.items())), f"{data.input_shape}/{data.num_classes}/{seed}/{device}")
+    cached = _models.get(key)
+    if cached is None:
+        model = build_model(
+            spec["name"],
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            seed=seed,
+            **{k: v for k, v in spec.items() if k != "name"},
+        ).to(device)
+        cached = (model, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        _models[key] = cached
+    return cached
+
+
 def _runtime(message: Message, context: Context) -> _ClientRuntime:
     setup_json = str(message.content.config_records[keys.CONFIG][keys.SETUP])
     setup = FederationSetup.from_json(setup_json)
@@ -87,26 +130,15 @@ def _runtime(message: Message, context: Context) -> _ClientRuntime:
         set_torch_threads(setup.torch_threads)
         device = resolve_device(setup.device)
         data = get_federated_data(**setup.data_kwargs())
-        model_key = (repr(sorted(setup.model.items())), f"{data.input_shape}/{data.num_classes}")
-        cached = _models.get(model_key)
-        if cached is None:
-            model_options = {k: v for k, v in setup.model.items() if k != "name"}
-            model = build_model(
-                setup.model["name"],
-                input_shape=data.input_shape,
-                num_classes=data.num_classes,
-                seed=setup.seed,
-                **model_options,
-            ).to(device)
-            initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            cached = (model, initial_state)
-            _models[model_key] = cached
+        model, initial_state = _model(setup.model_for(partition_id), data, setup.seed, device)
         runtime = _ClientRuntime(
             setup=setup,
             data=data,
             client_data=data.client_data(partition_id),
-            model=cached[0],
-            initial_state=cached[1],
+            partition_id=partition_id,
+            architecture=architecture_index(setup.model, partition_id),
+            model=model,
+            initial_state=initial_state,
             device=device,
         )
         _runtimes[cache_key] = runtime
@@ -117,16 +149,121 @@ def _array(values: np.ndarray) -> Array:
     return Array(np.ascontiguousarray(values, dtype=np.float32))
 
 
+def _int(config: ConfigRecord, key: str, default: int = 0) -> int:
+    value = config.get(key, default)
+    return int(value) if isinstance(value, int | float) else default
+
+
+def _float(config: ConfigRecord, key: str, default: float) -> float:
+    value = config.get(key, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def _round_indices(runtime: _ClientRuntime, config: ConfigRecord, server_round: int) -> np.ndarray:
+    size = _int(config, keys.PROXY_ROUND_SIZE)
+    return proxy_round_indices(
+        len(runtime.data.proxy_x),
+        size=size if size > 0 else None,
+        seed=runtime.setup.seed,
+        server_round=server_round,
+    )
+
+
+def _digest(runtime: _ClientRuntime, config: ConfigRecord, targets: ArrayRecord, seed: int) -> None:
+    """Fit the server's consensus on the proxy subset it was computed on (FedMD's digest)."""
+    epochs = _int(config, keys.DIGEST_EPOCHS)
+    if epochs <= 0 or keys.PROXY_PROBS not in targets:
+        return
+    indices = _round_indices(runtime, config, _int(config, keys.TARGETS_ROUND))
+    consensus = targets[keys.PROXY_PROBS].numpy()
+    expected = (len(indices), runtime.data.num_classes)
+    if consensus.shape != expected:
+        raise ValueError(f"targets have shape {consensus.shape}, expected {expected}")
+    distill(
+        runtime.model,
+        runtime.data.proxy_x[indices],
+        consensus,
+        loss=KDLoss(temperature=_float(config, keys.DIGEST_TEMPERATURE, 1.0)),
+        epochs=epochs,
+        batch_size=_int(config, keys.DIGEST_BATCH_SIZE, 32),
+        lr=_float(config, keys.DIGEST_LR, 1e-3),
+        optimizer="adam",
+        seed=seed,
+        device=runtime.device,
+    )
+
+
+def _train_private(
+    runtime: _ClientRuntime, config: ConfigRecord, targets: ArrayRecord | None, seed: int
+) -> float:
+    """Local training on private data; FD adds a pull toward the global per-label logits."""
+    local = runtime.setup.local
+    epochs = _int(config, keys.LOCAL_EPOCHS, local.epochs)
+    x, y = runtime.client_data.train_x, runtime.client_data.train_y
+    if epochs <= 0:
+        return float("nan")
+    if targets is not None and keys.LABEL_LOGITS in targets:
+        temperature = _float(config, keys.FD_TEMPERATURE, 1.0)
+        global_logits = targets[keys.LABEL_LOGITS].numpy()
+        counts = targets[keys.LABEL_COUNTS].numpy()
+        soft = torch.softmax(torch.from_numpy(global_logits) / temperature, dim=1).numpy()
+        # Labels nobody reported have no global logits: their target is the hard label.
+        onehot = np.eye(runtime.data.num_classes, dtype=np.float32)
+        per_label = np.where((counts > 0)[:, None], soft, onehot).astype(np.float32)
+        report = distill(
+            runtime.model,
+            x,
+            per_label[y],
+            loss=KDLoss(temperature=temperature, alpha=_float(config, keys.FD_BETA, 0.5)),
+            epochs=epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            proxy_y=y,
+            seed=seed,
+            device=runtime.device,
+            weight_decay=local.weight_decay,
+        )
+        return report.epoch_losses[-1]
+    train_report = train_local(
+        runtime.model,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=local.batch_size,
+        lr=local.lr,
+        optimizer=local.optimizer,
+        momentum=local.momentum,
+        weight_decay=local.weight_decay,
+        seed=seed,
+        device=runtime.device,
+    )
+    return train_report.loss
+
+
+def _label_logits(runtime: _ClientRuntime) -> tuple[np.ndarray, np.ndarray]:
+    """FD's upload: mean logits per true label on private data, and the label counts."""
+    num_classes = runtime.data.num_classes
+    logits = predict_logits(runtime.model, runtime.client_data.train_x, device=runtime.device)
+    labels = runtime.client_data.train_y
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
+    sums = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(sums, labels, logits)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    return means.astype(np.float32), counts
+
+
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Describe this client: partition id, example count and label histogram."""
+    """Describe this client: partition id, example count, label histogram, architecture."""
     runtime = _runtime(message, context)
     histogram = np.bincount(runtime.client_data.train_y, minlength=runtime.data.num_classes)
     metrics = MetricRecord(
         {
-            keys.PARTITION_ID: _partition_id(context, runtime.setup),
+            keys.PARTITION_ID: runtime.partition_id,
             keys.NUM_EXAMPLES: len(runtime.client_data.train_y),
             keys.LABEL_HISTOGRAM: [int(c) for c in histogram],
+            keys.ARCHITECTURE: runtime.architecture,
         }
     )
     return Message(RecordDict({keys.METRICS: metrics}), reply_to=message)
@@ -134,65 +271,89 @@ def query(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """Train locally, then share what the round asks for (weights and/or proxy predictions)."""
+    """Warm up, digest, train locally, then share what the round asks for."""
     runtime = _runtime(message, context)
-    config: ConfigRecord = message.content.config_records[keys.CONFIG]
-    model, device, local = runtime.model, runtime.device, runtime.setup.local
-    runtime.load_round_weights(message)
-    report = train_local(
-        model,
-        runtime.client_data.train_x,
-        runtime.client_data.train_y,
-        epochs=local.epochs,
-        batch_size=local.batch_size,
-        lr=local.lr,
-        optimizer=local.optimizer,
-        momentum=local.momentum,
-        weight_decay=local.weight_decay,
-        seed=int(config[keys.TRAIN_SEED]),  # type: ignore[arg-type]
-        device=device,
-    )
-    content = RecordDict(
-        {
-            keys.METRICS: MetricRecord(
-                {
-                    keys.NUM_EXAMPLES: report.num_examples,
-                    keys.TRAIN_LOSS: float(report.loss),
-                    keys.PARTITION_ID: _partition_id(context, runtime.setup),
-                }
-            )
-        }
-    )
-    if bool(config.get(keys.SHARE_WEIGHTS, False)):
-        content[keys.ARRAYS] = ArrayRecord(
-            {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = message.content.config_records[keys.CONFIG]
+    keep_model = bool(config.get(keys.KEEP_MODEL, False))
+    seed = _int(config, keys.TRAIN_SEED)
+    data, device = runtime.data, runtime.device
+    fresh = runtime.load_start_weights(message, context, keep_model=keep_model)
+
+    warmup_epochs = _int(config, keys.WARMUP_PUBLIC_EPOCHS)
+    if keep_model and fresh and warmup_epochs > 0:
+        if data.proxy_y is None:
+            raise ConfigError("FedMD warm-up needs a labeled proxy: set data.proxy_labeled=true")
+        local = runtime.setup.local
+        train_local(
+            runtime.model,
+            data.proxy_x,
+            data.proxy_y,
+            epochs=warmup_epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            momentum=local.momentum,
+            seed=seed,
+            device=device,
         )
+    targets = message.content.array_records.get(keys.TARGETS)
+    if targets is not None:
+        _digest(runtime, config, targets, seed=(seed + 1) % 2**32)
+    train_loss = _train_private(runtime, config, targets, seed)
+    if keep_model:
+        context.state[keys.STATE_MODEL] = runtime.weights_record()
+
+    metrics: dict[str, Any] = {
+        keys.NUM_EXAMPLES: len(runtime.client_data.train_y),
+        keys.TRAIN_LOSS: float(train_loss),
+        keys.PARTITION_ID: runtime.partition_id,
+        keys.ARCHITECTURE: runtime.architecture,
+    }
+    if len(runtime.client_data.test_y):
+        _, metrics[keys.LOCAL_ACCURACY] = evaluate(
+            runtime.model, runtime.client_data.test_x, runtime.client_data.test_y, device=device
+        )
+    content = RecordDict({keys.METRICS: MetricRecord(metrics)})
+    if bool(config.get(keys.SHARE_WEIGHTS, False)):
+        content[keys.ARRAYS] = runtime.weights_record()
+    shared: dict[str, Array] = {}
     if bool(config.get(keys.SHARE_PROXY_PROBS, False)):
-        proxy_probs = predict_probs(model, runtime.data.proxy_x, device=device)
-        content[keys.PREDICTIONS] = ArrayRecord({keys.PROXY_PROBS: _array(proxy_probs)})
+        indices = _round_indices(runtime, config, _int(config, keys.SERVER_ROUND))
+        shared[keys.PROXY_PROBS] = _array(
+            predict_probs(runtime.model, data.proxy_x[indices], device=device)
+        )
+    if bool(config.get(keys.SHARE_LABEL_LOGITS, False)):
+        label_logits, label_counts = _label_logits(runtime)
+        shared[keys.LABEL_LOGITS] = _array(label_logits)
+        shared[keys.LABEL_COUNTS] = _array(label_counts)
+    if shared:
+        content[keys.PREDICTIONS] = ArrayRecord(shared)
     if bool(config.get(keys.SHARE_TEST_PROBS, False)):
-        test_probs = predict_probs(model, runtime.data.test_x, device=device)
+        test_probs = predict_probs(runtime.model, data.test_x, device=device)
         content[keys.EVALUATION] = ArrayRecord({keys.TEST_PROBS: _array(test_probs)})
     return Message(content, reply_to=message)
 
 
 @app.evaluate()
 def evaluate_local(message: Message, context: Context) -> Message:
-    """Accuracy of the received global model on this client's local test split."""
+    """Accuracy on this client's local test split of the global model (when the server sends
+    weights) or of the client's own model (methods where clients keep theirs)."""
     runtime = _runtime(message, context)
-    model, device = runtime.model, runtime.device
-    runtime.load_round_weights(message)
+    config = message.content.config_records[keys.CONFIG]
+    runtime.load_start_weights(
+        message, context, keep_model=bool(config.get(keys.KEEP_MODEL, False))
+    )
     test_x, test_y = runtime.client_data.test_x, runtime.client_data.test_y
     if len(test_y) == 0:
         loss, accuracy = 0.0, 0.0
     else:
-        loss, accuracy = evaluate(model, test_x, test_y, device=device)
+        loss, accuracy = evaluate(runtime.model, test_x, test_y, device=runtime.device)
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: len(test_y),
             keys.LOSS: float(loss),
             keys.ACCURACY: float(accuracy),
-            keys.PARTITION_ID: _partition_id(context, runtime.setup),
+            keys.PARTITION_ID: runtime.partition_id,
         }
     )
     return Message(RecordDict({keys.METRICS: metrics}), reply_to=message)

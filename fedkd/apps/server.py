@@ -10,7 +10,6 @@ Two ways in, one code path:
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -66,6 +65,9 @@ def build_setup(cfg: dict[str, Any]) -> FederationSetup:
         proxy_labeled=data_cfg.get("proxy_labeled", False),
         test_fraction=data_cfg.get("test_fraction", 0.2),
         local_test_fraction=data_cfg.get("local_test_fraction", 0.2),
+        proxy_size=data_cfg.get("proxy_size"),
+        proxy_classes=data_cfg.get("proxy_classes"),
+        proxy_dataset=data_cfg.get("proxy_dataset"),
         device=str(backend.get("device", "cpu")),
         torch_threads=int(backend.get("torch_threads", 1)),
     )
@@ -96,18 +98,28 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     cls = strategy_class(cfg["strategy"])
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
-    if (cls.sends_weights or cls.shares_weights) and cfg["model"] != cfg["student"]:
+    if cls.requires_student_architecture and cfg["model"] != cfg["student"]:
+        kind = "mixed architectures" if cfg["model"]["name"] == "hetero" else "another architecture"
         raise ConfigError(
-            f"strategy {cfg['strategy']['name']!r} shares weights, so model and student must be "
-            f"the same architecture (model={cfg['model']}, student={cfg['student']})"
+            f"strategy {cfg['strategy']['name']!r} averages client weights into the student, so "
+            f"model and student must be the same single architecture; got {kind} "
+            f"(model={cfg['model']}, student={cfg['student']})"
         )
     data = get_federated_data(**setup.data_kwargs())
-    _build(setup.model, "model", data, setup.seed)  # the clients' model must build too
+    for spec in setup.architectures:  # every client architecture must build too
+        _build(spec, "model", data, setup.seed)
     student = _build(cfg["student"], "student", data, setup.seed)
     device = resolve_device(setup.device)
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
+    aggregation = dict(cfg.get("aggregation") or {"name": "mean"})
     assets = RunAssets(
-        setup=setup, data=data, student=student.to(device), distill_loss=distill_loss, device=device
+        setup=setup,
+        data=data,
+        student=student.to(device),
+        distill_loss=distill_loss,
+        device=device,
+        aggregation=aggregation,
+        student_config=dict(cfg["student"]),
     )
     try:
         strategy = cls(assets, **options(cfg["strategy"]))
@@ -123,14 +135,14 @@ def run_federation(
     cfg, assets, strategy = plan.config, plan.assets, plan.strategy
     writer = RunWriter(run_dir)
     writer.start(cfg)
-    eval_model = copy.deepcopy(assets.student)
     started = last_round_end = time.perf_counter()
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal last_round_end
-        eval_model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        # The strategy's student is the model under test; ``arrays`` is whatever the method
+        # sends between rounds (student weights, or consensus targets).
         loss, accuracy = evaluate(
-            eval_model, assets.data.test_x, assets.data.test_y, device=assets.device
+            assets.student, assets.data.test_x, assets.data.test_y, device=assets.device
         )
         now = time.perf_counter()
         row: dict[str, Any] = {

@@ -13,6 +13,7 @@ from fedkd.data.federated import (
     build_federated_data,
     clear_federated_data_cache,
     get_federated_data,
+    proxy_round_indices,
     validate_data_config,
 )
 from fedkd.data.partition import (
@@ -37,6 +38,7 @@ __all__ = [
     "get_federated_data",
     "load_dataset",
     "partition_indices",
+    "proxy_round_indices",
     "resolve_dataset_options",
     "resolve_partition_options",
     "validate_data_config",

@@ -6,7 +6,7 @@ import json
 import logging
 import operator
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -26,6 +26,11 @@ STD_FLOOR = 1e-8
 _TEST_SPLIT_STREAM = 1
 _PROXY_SPLIT_STREAM = 2
 _LOCAL_SPLIT_STREAM = 3
+_PROXY_CAP_STREAM = 4
+_PROXY_ROUND_STREAM = 7
+
+#: Value of :attr:`FederatedData.proxy_source` when the proxy is split off the private data.
+PROXY_SOURCE_SPLIT = "split"
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,13 +73,24 @@ class FederatedData:
     proxy_x : np.ndarray
         Public proxy inputs (for distillation).
     proxy_y : np.ndarray | None
-        Proxy labels, or None when the proxy is unlabeled.
+        Proxy labels, or None when the proxy is unlabeled. Always in the private label
+        space ``0..num_classes-1`` when present.
     test_x, test_y : np.ndarray
         Held-out server test set.
     local_test_fraction : float
         Fraction of each client's partition used as its local test set.
     seed : int
         Seed all splits were derived from.
+    proxy_source : str
+        Where the proxy comes from: ``"split"`` (split off the private data) or the
+        registry name of the other dataset it was drawn from (``proxy_dataset``).
+    proxy_labels_for_diagnostics : np.ndarray | None
+        The true proxy labels (int64, aligned with ``proxy_x``) whenever the source has
+        them, even when the proxy is unlabeled for training (``proxy_y`` is None). For
+        reporting only (e.g. class overlap between proxy and private data):
+        **strategies must not train on it** -- use ``proxy_y``. When the proxy comes from
+        another dataset with a different ``num_classes`` these are that dataset's class
+        ids, not private ones.
     """
 
     name: str
@@ -89,6 +105,8 @@ class FederatedData:
     test_y: np.ndarray
     local_test_fraction: float
     seed: int
+    proxy_source: str = PROXY_SOURCE_SPLIT
+    proxy_labels_for_diagnostics: np.ndarray | None = None
 
     @property
     def num_clients(self) -> int:
@@ -180,6 +198,53 @@ def _split_mapping(config: Any, key: str) -> tuple[Any, dict[str, Any]]:
     return config["name"], options
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_proxy_size(key: str, value: Any) -> int | None:
+    """``None`` or an integer >= 1 (``key`` names it in the error)."""
+    if value is None:
+        return None
+    if not _is_int(value) or int(value) < 1:
+        raise ConfigError(f"{key} must be an integer >= 1 or None, got {value!r}")
+    return int(value)
+
+
+def _check_proxy_classes(value: Any) -> tuple[int, ...] | None:
+    """``None`` or a non-empty sequence of class ids >= 0; returned sorted and unique."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.tolist() if value.ndim == 1 else value
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise ConfigError(f"data.proxy_classes must be None or a list of class ids, got {value!r}")
+    bad = [item for item in value if not _is_int(item) or int(item) < 0]
+    if bad:
+        raise ConfigError(
+            f"data.proxy_classes must hold integer class ids >= 0, got {list(value)!r} "
+            f"(invalid: {bad!r})"
+        )
+    if len(value) == 0:
+        raise ConfigError(
+            "data.proxy_classes must be None (all classes) or a non-empty list of class "
+            "ids; an empty list would leave the proxy empty"
+        )
+    return tuple(sorted({int(item) for item in value}))
+
+
+def _check_proxy_dataset(value: Any) -> tuple[str, dict[str, Any]] | None:
+    """``None`` or a ``{"name": ..., **options}`` mapping accepted by the dataset registry."""
+    if value is None:
+        return None
+    name, options = _split_mapping(value, "data.proxy_dataset")
+    try:
+        resolve_dataset_options(name, options)
+    except ConfigError as error:
+        raise ConfigError(f"data.proxy_dataset: {error}") from error
+    return str(name), options
+
+
 def validate_data_config(
     dataset: Mapping[str, Any],
     partition: Mapping[str, Any],
@@ -188,6 +253,9 @@ def validate_data_config(
     proxy_fraction: float,
     test_fraction: float,
     local_test_fraction: float,
+    proxy_size: int | None = None,
+    proxy_classes: Sequence[int] | None = None,
+    proxy_dataset: Mapping[str, Any] | None = None,
 ) -> None:
     """Cheap validation of a data configuration (no data is loaded).
 
@@ -203,6 +271,14 @@ def validate_data_config(
         Must lie in the open interval (0, 1).
     local_test_fraction : float
         Must lie in [0, 1).
+    proxy_size : int | None
+        None or an integer >= 1 (key ``data.proxy_size``).
+    proxy_classes : Sequence[int] | None
+        None or a non-empty list of integer class ids >= 0 (key ``data.proxy_classes``;
+        the upper bound ``num_classes`` is only checked once the data is loaded).
+    proxy_dataset : Mapping[str, Any] | None
+        None or ``{"name": <dataset name>, **options}`` with a registered name and valid
+        options (key ``data.proxy_dataset``; shapes are only checked once loaded).
 
     Raises
     ------
@@ -229,6 +305,9 @@ def validate_data_config(
         raise ConfigError(
             f"local_test_fraction must be a number in [0, 1), got {local_test_fraction!r}"
         )
+    _check_proxy_size("data.proxy_size", proxy_size)
+    _check_proxy_classes(proxy_classes)
+    _check_proxy_dataset(proxy_dataset)
 
 
 def _stratified_split(
@@ -241,6 +320,21 @@ def _stratified_split(
     """
     num_samples = len(labels)
     total = min(max(1, round(fraction * num_samples)), num_samples - 1)
+    return _stratified_take(labels, total, rng)
+
+
+def _stratified_take(
+    labels: np.ndarray, total: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``arange(len(labels))`` into (rest, taken) with exactly ``total`` taken.
+
+    ``total`` (in ``[0, N]``) is allocated to classes proportionally by largest
+    remainder (ties broken randomly, seeded), then drawn at random within each class.
+    """
+    num_samples = len(labels)
+    if num_samples == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
     classes, counts = np.unique(labels, return_counts=True)
     quotas = counts * (total / num_samples)
     per_class = np.floor(quotas).astype(np.int64)
@@ -260,6 +354,48 @@ def _stratified_split(
     return np.flatnonzero(mask).astype(np.int64), taken
 
 
+def _select_proxy(
+    labels: np.ndarray,
+    *,
+    classes: tuple[int, ...] | None,
+    size: int | None,
+    num_classes: int,
+    seed: int,
+) -> np.ndarray:
+    """Indices (sorted int64) of the proxy examples kept after class filtering and capping.
+
+    First keep only labels in ``classes`` (if given), then draw a stratified, seeded
+    subsample of ``size`` examples (if given and smaller than what is left).
+    """
+    kept = np.arange(len(labels), dtype=np.int64)
+    if classes is not None:
+        out_of_range = [cls for cls in classes if cls >= num_classes]
+        if out_of_range:
+            raise ConfigError(
+                f"data.proxy_classes: class id(s) {out_of_range} out of range; the proxy "
+                f"source has {num_classes} classes (valid ids 0..{num_classes - 1})"
+            )
+        kept = np.flatnonzero(np.isin(labels, classes)).astype(np.int64)
+        if len(kept) == 0:
+            present = sorted(int(cls) for cls in np.unique(labels))
+            raise ConfigError(
+                f"data.proxy_classes={list(classes)}: proxy is empty after class filtering "
+                f"(the proxy holds classes {present})"
+            )
+    if size is not None:
+        if size > len(kept):
+            logger.warning(
+                "data.proxy_size=%d exceeds the %d available proxy examples; keeping all",
+                size,
+                len(kept),
+            )
+        elif size < len(kept):
+            rng = np.random.default_rng([seed, _PROXY_CAP_STREAM])
+            _, taken = _stratified_take(labels[kept], size, rng)
+            kept = kept[taken]
+    return kept
+
+
 def build_federated_data(
     dataset: Mapping[str, Any],
     partition: Mapping[str, Any],
@@ -270,6 +406,9 @@ def build_federated_data(
     proxy_labeled: bool = False,
     test_fraction: float = 0.2,
     local_test_fraction: float = 0.2,
+    proxy_size: int | None = None,
+    proxy_classes: Sequence[int] | None = None,
+    proxy_dataset: Mapping[str, Any] | None = None,
 ) -> FederatedData:
     """Load a dataset and split it into server test set, public proxy and client partitions.
 
@@ -278,6 +417,14 @@ def build_federated_data(
     as the public proxy; partition the remaining training pool into ``num_clients``
     partitions. Tabular data (1-D inputs) is standardised with mean/std fitted on the
     training pool only (std floored at 1e-8) and applied to pool, proxy and test.
+
+    Proxy control (all off by default, which reproduces the plain split exactly):
+    with ``proxy_dataset`` the proxy is instead the whole training data of another
+    registered dataset and nothing is split off the private data; ``proxy_classes``
+    then keeps only proxy examples of the listed classes; ``proxy_size`` finally caps
+    the proxy with a stratified, seeded subsample. Filtered or capped-away examples are
+    dropped (never added to the training pool), so the client partitions are the same
+    as without these options.
 
     Parameters
     ----------
@@ -290,13 +437,26 @@ def build_federated_data(
     seed : int
         Seed (>= 0) for every split.
     proxy_fraction : float
-        Share of the non-test data used as public proxy, in (0, 1).
+        Share of the non-test data used as public proxy, in (0, 1). Still validated, but
+        ignored when ``proxy_dataset`` is given.
     proxy_labeled : bool
         Keep the proxy labels (otherwise ``proxy_y`` is None).
     test_fraction : float
         Share held out as server test set when the dataset has no test split, in (0, 1).
     local_test_fraction : float
         Share of each client's partition used as its local test set, in [0, 1).
+    proxy_size : int | None
+        Cap the proxy at this many examples (>= 1). A larger value keeps the whole proxy
+        (with a logged warning). None: no cap.
+    proxy_classes : Sequence[int] | None
+        Keep only proxy examples whose (true) label is one of these class ids, which must
+        lie in ``[0, num_classes)`` of the proxy source. None: all classes.
+    proxy_dataset : Mapping[str, Any] | None
+        ``{"name": ..., **options}`` of another registered dataset whose training data
+        (its test split, if any, is unused) becomes the proxy; its input shape must equal
+        the private dataset's. Its labels are kept (``proxy_y``) only if ``proxy_labeled``
+        and it has the private dataset's ``num_classes``. None: split the proxy off the
+        private data.
 
     Returns
     -------
@@ -306,8 +466,10 @@ def build_federated_data(
     Raises
     ------
     ConfigError
-        Invalid configuration, more clients than training-pool samples, or a client
-        partition with fewer than 2 samples.
+        Invalid configuration, more clients than training-pool samples, a client
+        partition with fewer than 2 samples, a proxy dataset of another input shape
+        (``data.proxy_dataset``), or class ids out of range or an empty proxy after
+        class filtering (``data.proxy_classes``).
     """
     validate_data_config(
         dataset,
@@ -316,15 +478,39 @@ def build_federated_data(
         proxy_fraction=proxy_fraction,
         test_fraction=test_fraction,
         local_test_fraction=local_test_fraction,
+        proxy_size=proxy_size,
+        proxy_classes=proxy_classes,
+        proxy_dataset=proxy_dataset,
     )
     if not isinstance(seed, Integral) or isinstance(seed, bool) or int(seed) < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     seed = int(seed)
     num_clients = int(num_clients)
+    size_cap = _check_proxy_size("data.proxy_size", proxy_size)
+    classes = _check_proxy_classes(proxy_classes)
+    proxy_spec = _check_proxy_dataset(proxy_dataset)
     dataset_name, dataset_options = _split_mapping(dataset, "dataset")
     partition_name, partition_options = _split_mapping(partition, "partition")
 
     raw: RawDataset = load_dataset(dataset_name, **dataset_options)
+    proxy_raw: RawDataset | None = None
+    if proxy_spec is not None:
+        proxy_name, proxy_options = proxy_spec
+        if proxy_name == dataset_name and _canonical(
+            resolve_dataset_options(proxy_name, proxy_options)
+        ) == _canonical(resolve_dataset_options(dataset_name, dataset_options)):
+            logger.warning(
+                "data.proxy_dataset is the private dataset itself (%r): the proxy will "
+                "overlap the clients' private data",
+                proxy_name,
+            )
+        proxy_raw = load_dataset(proxy_name, **proxy_options)
+        if tuple(proxy_raw.input_shape) != tuple(raw.input_shape):
+            raise ConfigError(
+                f"data.proxy_dataset: input shape {tuple(proxy_raw.input_shape)} of proxy "
+                f"dataset {proxy_name!r} does not match input shape "
+                f"{tuple(raw.input_shape)} of the private dataset {dataset_name!r}"
+            )
     if raw.x_test is not None and raw.y_test is not None:
         test_x, test_y = raw.x_test, raw.y_test
         rest_x, rest_y = raw.x, raw.y
@@ -336,15 +522,40 @@ def build_federated_data(
         )
         test_x, test_y = raw.x[test_idx], raw.y[test_idx]
         rest_x, rest_y = raw.x[rest_idx], raw.y[rest_idx]
-    if len(rest_y) < 2:
-        raise ConfigError(
-            f"dataset.name={dataset_name!r}: too few samples ({len(rest_y)}) for a proxy split"
+    if proxy_raw is None:
+        if len(rest_y) < 2:
+            raise ConfigError(
+                f"dataset.name={dataset_name!r}: too few samples ({len(rest_y)}) for a proxy split"
+            )
+        pool_idx, proxy_idx = _stratified_split(
+            rest_y, float(proxy_fraction), np.random.default_rng([seed, _PROXY_SPLIT_STREAM])
         )
-    pool_idx, proxy_idx = _stratified_split(
-        rest_y, float(proxy_fraction), np.random.default_rng([seed, _PROXY_SPLIT_STREAM])
+        pool_x, pool_y = rest_x[pool_idx], rest_y[pool_idx]
+        proxy_x, proxy_true_y = rest_x[proxy_idx], rest_y[proxy_idx]
+        proxy_num_classes = raw.num_classes
+        proxy_source = PROXY_SOURCE_SPLIT
+        keep_labels = bool(proxy_labeled)
+    else:
+        # The whole non-test data is the training pool; proxy_fraction is not used.
+        pool_x, pool_y = rest_x, rest_y
+        proxy_x, proxy_true_y = proxy_raw.x, proxy_raw.y
+        proxy_num_classes = proxy_raw.num_classes
+        proxy_source = proxy_raw.name
+        keep_labels = bool(proxy_labeled) and proxy_raw.num_classes == raw.num_classes
+        if proxy_labeled and not keep_labels:
+            logger.warning(
+                "proxy labels dropped (proxy_y is None): proxy dataset %r has %d classes "
+                "but the private dataset %r has %d",
+                proxy_raw.name,
+                proxy_raw.num_classes,
+                raw.name,
+                raw.num_classes,
+            )
+    kept = _select_proxy(
+        proxy_true_y, classes=classes, size=size_cap, num_classes=proxy_num_classes, seed=seed
     )
-    pool_x, pool_y = rest_x[pool_idx], rest_y[pool_idx]
-    proxy_x, proxy_y = rest_x[proxy_idx], rest_y[proxy_idx]
+    if len(kept) != len(proxy_true_y):
+        proxy_x, proxy_true_y = proxy_x[kept], proxy_true_y[kept]
 
     if num_clients > len(pool_y):
         raise ConfigError(
@@ -371,11 +582,12 @@ def build_federated_data(
             + (" or a larger partition.alpha" if partition_name == "dirichlet" else "")
         )
     logger.info(
-        "federated %s: pool %d, proxy %d (%s), test %d, %d clients (sizes %d..%d)",
+        "federated %s: pool %d, proxy %d (%s, from %s), test %d, %d clients (sizes %d..%d)",
         raw.name,
         len(pool_y),
-        len(proxy_y),
-        "labeled" if proxy_labeled else "unlabeled",
+        len(proxy_true_y),
+        "labeled" if keep_labels else "unlabeled",
+        proxy_source,
         len(test_y),
         num_clients,
         min(sizes),
@@ -389,12 +601,60 @@ def build_federated_data(
         train_y=np.ascontiguousarray(pool_y, dtype=np.int64),
         partitions=tuple(partitions),
         proxy_x=np.ascontiguousarray(proxy_x, dtype=np.float32),
-        proxy_y=np.ascontiguousarray(proxy_y, dtype=np.int64) if proxy_labeled else None,
+        proxy_y=np.ascontiguousarray(proxy_true_y, dtype=np.int64) if keep_labels else None,
         test_x=np.ascontiguousarray(test_x, dtype=np.float32),
         test_y=np.ascontiguousarray(test_y, dtype=np.int64),
         local_test_fraction=float(local_test_fraction),
         seed=seed,
+        proxy_source=proxy_source,
+        proxy_labels_for_diagnostics=np.array(proxy_true_y, dtype=np.int64),
     )
+
+
+def proxy_round_indices(
+    num_proxy: int, *, size: int | None, seed: int, server_round: int
+) -> np.ndarray:
+    """Indices of the proxy examples used in one round (per-round proxy subsampling).
+
+    Parameters
+    ----------
+    num_proxy : int
+        Number of proxy examples (>= 0).
+    size : int | None
+        Examples per round (>= 1, key ``data.proxy_round_size``). None, or a value
+        >= ``num_proxy``, selects the whole proxy.
+    seed : int
+        Experiment seed (>= 0).
+    server_round : int
+        Round number (>= 0); the draw is seeded by ``(seed, server_round)``, so it is
+        reproducible and differs between rounds.
+
+    Returns
+    -------
+    np.ndarray
+        Sorted, unique int64 indices into the proxy, ``min(size, num_proxy)`` of them.
+
+    Raises
+    ------
+    ConfigError
+        ``size`` is not None and not an integer >= 1 (``data.proxy_round_size``), or
+        ``seed`` is not an integer >= 0.
+    ValueError
+        ``num_proxy`` or ``server_round`` is not an integer >= 0.
+    """
+    round_size = _check_proxy_size("data.proxy_round_size", size)
+    if not _is_int(seed) or int(seed) < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    if not _is_int(num_proxy) or int(num_proxy) < 0:
+        raise ValueError(f"num_proxy must be an integer >= 0, got {num_proxy!r}")
+    if not _is_int(server_round) or int(server_round) < 0:
+        raise ValueError(f"server_round must be an integer >= 0, got {server_round!r}")
+    num_proxy = int(num_proxy)
+    if round_size is None or round_size >= num_proxy:
+        return np.arange(num_proxy, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), _PROXY_ROUND_STREAM, int(server_round)])
+    chosen = rng.choice(num_proxy, size=round_size, replace=False)
+    return np.sort(chosen).astype(np.int64)
 
 
 _CACHE: dict[str, FederatedData] = {}
@@ -431,6 +691,9 @@ def get_federated_data(
     proxy_labeled: bool = False,
     test_fraction: float = 0.2,
     local_test_fraction: float = 0.2,
+    proxy_size: int | None = None,
+    proxy_classes: Sequence[int] | None = None,
+    proxy_dataset: Mapping[str, Any] | None = None,
 ) -> FederatedData:
     """Cached :func:`build_federated_data`: equal arguments return the same object.
 
@@ -440,7 +703,7 @@ def get_federated_data(
     Parameters
     ----------
     dataset, partition, num_clients, seed, proxy_fraction, proxy_labeled,
-    test_fraction, local_test_fraction
+    test_fraction, local_test_fraction, proxy_size, proxy_classes, proxy_dataset
         See :func:`build_federated_data`.
 
     Returns
@@ -457,6 +720,9 @@ def get_federated_data(
         proxy_labeled=proxy_labeled,
         test_fraction=test_fraction,
         local_test_fraction=local_test_fraction,
+        proxy_size=proxy_size,
+        proxy_classes=proxy_classes,
+        proxy_dataset=proxy_dataset,
     )
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
@@ -470,6 +736,9 @@ def get_federated_data(
                 proxy_labeled=proxy_labeled,
                 test_fraction=test_fraction,
                 local_test_fraction=local_test_fraction,
+                proxy_size=proxy_size,
+                proxy_classes=proxy_classes,
+                proxy_dataset=proxy_dataset,
             )
             _CACHE[key] = cached
         return cached

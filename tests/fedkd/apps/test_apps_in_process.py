@@ -104,12 +104,35 @@ def test_same_seed_same_metrics(tmp_path, in_process_run) -> None:
     assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
 
 
-def test_heterogeneous_architectures_rejected_for_weight_sharing(tmp_path, in_process_run) -> None:
+def test_fedavg_rejects_mixed_architectures(tmp_path, in_process_run) -> None:
     from fedkd.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model and student"):
-        in_process_run(["model=cnn", "student=mlp"], tmp_path)
+    for overrides in (["model=cnn", "student=mlp"], ["model=hetero", "student=mlp"]):
+        with pytest.raises(ConfigError, match="same single architecture"):
+            in_process_run(["strategy=fedavg", *overrides], tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_feddf_distills_heterogeneous_clients_into_another_architecture(
+    tmp_path, in_process_run
+) -> None:
+    """MLP and CNN clients (round-robin), a CNN-free MLP student of another width."""
+    summary = in_process_run(
+        [
+            "model=hetero",
+            "student=mlp",
+            "student.hidden=[32]",
+            "num_clients=4",
+            "num_rounds=2",
+            "client.epochs=2",
+        ],
+        tmp_path,
+    )
+    rows = read_metrics(tmp_path)
+    assert summary["status"] == "completed"
+    assert rows[-1]["clients_ok"] == 4
+    assert 0.0 <= rows[-1]["ensemble_accuracy"] <= 1.0
+    assert "student_accuracy_before_distill" in rows[-1]
 
 
 @pytest.mark.parametrize(
