@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 
 from fedkd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("ray_cpu", "ray_gpu")
+BACKEND_NAMES = ("ray_cpu", "ray_gpu", "inline")
 
 
 def backend_config(backend: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,6 +37,8 @@ def backend_config(backend: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"backend.num_cpus must be > 0, got {num_cpus!r}")
     if not isinstance(num_gpus, int | float) or num_gpus < 0:
         raise ConfigError(f"backend.num_gpus must be >= 0, got {num_gpus!r}")
+    if name == "inline":
+        return {}
     if name == "ray_gpu" and num_gpus == 0:
         raise ConfigError("backend ray_gpu needs backend.num_gpus > 0 (a fraction per client)")
     init_args: dict[str, Any] = {
@@ -87,3 +92,92 @@ def run_on_ray(
             backend_config=config,  # type: ignore[arg-type]
             verbose_logging=verbose,
         )
+
+
+class InlineGrid(Grid):
+    """A Grid that delivers Messages to a ClientApp in this process, one node at a time.
+
+    No Ray, no threads: each message is deep-copied (as deployment would serialize it) and
+    handed to ``client_app(message, context)`` with one persistent Context per simulated
+    node (``partition-id``, ``num-partitions``). A ClientApp exception becomes an Error
+    reply, as in Flower's engines. Node ids are random like Flower's. Results equal a Ray
+    run of the same config (tests/simulations/test_run.py checks it); what is lost is
+    parallelism across clients, what is gained is no start-up cost.
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, *, seed: int = 0) -> None:
+        rng = random.Random(seed)
+        node_ids = rng.sample(range(1, 2**53), num_nodes)
+        self.client_app = client_app
+        self.contexts = {
+            node_id: Context(
+                run_id=1,
+                node_id=node_id,
+                node_config={"partition-id": index, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for index, node_id in enumerate(node_ids)
+        }
+        self._run: Any = None
+        self._replies: dict[str, Message] = {}
+        self._next_id = 0
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(  # deprecated upstream; fedkd builds Messages directly
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def deliver(self, message: Message) -> Message:
+        """Run the ClientApp on one message; an exception becomes an Error reply."""
+        context = self.contexts[message.metadata.dst_node_id]
+        try:
+            return self.client_app(copy.deepcopy(message), context)
+        except Exception as exc:  # the engine's job, as Flower's workers do
+            logger.debug("ClientApp raised on node %s", context.node_id, exc_info=True)
+            return Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            self._next_id += 1
+            ids.append(str(self._next_id))
+            self._replies[ids[-1]] = self.deliver(message)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return [self.deliver(message) for message in messages]
+
+
+def run_inline(server_app: ServerApp, client_app: ClientApp, *, num_clients: int) -> None:
+    """Run the apps in this process on an :class:`InlineGrid` (``backend=inline``)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # Flower's runtimes set this process-wide identity before a ServerApp builds Messages
+    # (run_simulation does the same); Messages cannot be created without it. INTERNAL API.
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    grid = InlineGrid(client_app, num_clients)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        server_app(grid, context)

@@ -18,7 +18,7 @@ from fedkd.apps.server import make_server_app, prepare_run
 from fedkd.config import to_plain
 from fedkd.errors import ConfigError
 from fedkd.results import RESULT_FILES, SUMMARY_FILE
-from simulations.engine import backend_config, run_on_ray
+from simulations.engine import backend_config, run_inline, run_on_ray
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +36,16 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         _remove_empty_run_dir(run_dir)
         raise
     server_app = make_server_app(plan, run_dir, show_progress=bool(cfg.get("progress", True)))
-    run_on_ray(
-        server_app,
-        client_app,
-        num_clients=cfg["num_clients"],
-        backend=cfg["backend"],
-        verbose=bool(cfg.get("verbose", False)),
-    )
+    if cfg["backend"]["name"] == "inline":
+        run_inline(server_app, client_app, num_clients=cfg["num_clients"])
+    else:
+        run_on_ray(
+            server_app,
+            client_app,
+            num_clients=cfg["num_clients"],
+            backend=cfg["backend"],
+            verbose=bool(cfg.get("verbose", False)),
+        )
     summary: dict[str, Any] = json.loads((run_dir / SUMMARY_FILE).read_text())
     return summary
 

@@ -104,6 +104,8 @@ class FedKDStrategy(Strategy):
     forms_ensemble: ClassVar[bool] = False
     #: Every client must train the student's architecture (weights go into the student).
     requires_student_architecture: ClassVar[bool] = False
+    #: The server keeps a student (``student_accuracy`` is reported); False for local-only.
+    has_student: ClassVar[bool] = True
 
     def __init__(
         self,

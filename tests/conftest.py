@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import pytest
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Error, Message
 from flwr.supercore.task_identity import TaskIdentity
+
+from simulations.engine import InlineGrid
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -28,12 +28,8 @@ def task_identity() -> Iterator[None]:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-class InProcessGrid:
-    """Delivers Messages to a ClientApp in this process, one Context per simulated node.
-
-    Node ids are random (as in Flower) so tests can check that fedkd never relies on them.
-    A ClientApp exception becomes an Error reply, as Flower's engine does.
-    """
+class InProcessGrid(InlineGrid):
+    """fedkd's InlineGrid plus test hooks: injected client failures and a log of sent messages."""
 
     def __init__(
         self,
@@ -43,44 +39,17 @@ class InProcessGrid:
         seed: int = 123,
         fail_partitions: Iterable[int] = (),
     ) -> None:
-        rng = np.random.default_rng(seed)
-        node_ids = [int(n) for n in rng.choice(2**40, size=num_nodes, replace=False)]
-        self.client_app = client_app
+        super().__init__(client_app, num_nodes, seed=seed)
         self.fail_partitions = set(fail_partitions)
-        self.contexts = {
-            node_id: Context(
-                run_id=1,
-                node_id=node_id,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for pid, node_id in enumerate(node_ids)
-        }
         self.sent: list[Message] = []
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        replies = []
-        for message in messages:
-            self.sent.append(message)
-            context = self.contexts[message.metadata.dst_node_id]
-            pid = context.node_config["partition-id"]
-            try:
-                if pid in self.fail_partitions and message.metadata.message_type == "train":
-                    raise RuntimeError(f"injected failure on partition {pid}")
-                reply = self.client_app(copy.deepcopy(message), context)
-            except Exception as exc:
-                reply = Message(
-                    Error(code=2, reason=f"Traceback ...\n{type(exc).__name__}: {exc}"),
-                    reply_to=message,
-                )
-            replies.append(reply)
-        return replies
+    def deliver(self, message: Message) -> Message:
+        self.sent.append(message)
+        pid = self.contexts[message.metadata.dst_node_id].node_config["partition-id"]
+        if pid in self.fail_partitions and message.metadata.message_type == "train":
+            reason = f"Traceback ...\nRuntimeError: injected failure on partition {pid}"
+            return Message(Error(code=2, reason=reason), reply_to=message)
+        return super().deliver(message)
 
 
 @pytest.fixture

@@ -11,7 +11,16 @@ from fedkd.config import compose_config, config_dir
 from fedkd.errors import ConfigError
 from simulations.engine import backend_config
 
-GROUPS = ("dataset", "partition", "model", "student", "strategy", "distill", "backend")
+GROUPS = (
+    "dataset",
+    "partition",
+    "model",
+    "student",
+    "strategy",
+    "distill",
+    "aggregation",
+    "backend",
+)
 SMALL = ["num_clients=3", "dataset.num_samples=300"]
 
 
@@ -62,23 +71,30 @@ def test_hf_without_a_path_is_a_config_error() -> None:
         compose_config(["dataset=hf"])
 
 
-@pytest.mark.parametrize("group", ["partition", "strategy", "distill"])
+@pytest.mark.parametrize("group", ["partition", "strategy", "distill", "aggregation"])
 def test_group_options_build(group: str) -> None:
     for option in _options(group):
-        plan = prepare_run(compose_config([*SMALL, "dataset=synthetic", f"{group}={option}"]))
+        overrides = [*SMALL, "dataset=synthetic", "data.proxy_labeled=true", f"{group}={option}"]
+        plan = prepare_run(compose_config(overrides))
         assert plan.config[group]["name"] == option
 
 
 @pytest.mark.parametrize("option", _options("model"))
 def test_model_options_build_on_fitting_data(option: str) -> None:
-    dataset = {"mlp": "synthetic", "cnn": "digits", "cnn1d": "mnist1d"}[option]
+    dataset = {"mlp": "synthetic", "cnn": "digits", "cnn1d": "mnist1d", "hetero": "digits"}[option]
     extra = [] if dataset == "digits" else ["dataset.num_samples=300"]
+    student = "mlp" if option == "hetero" else option
     plan = prepare_run(
         compose_config(
-            ["num_clients=3", f"dataset={dataset}", *extra, f"model={option}", f"student={option}"]
+            ["num_clients=3", f"dataset={dataset}", *extra, f"model={option}", f"student={student}"]
         )
     )
-    assert plan.assets.student.spec["name"] == option
+    assert plan.assets.student.spec["name"] == student
+    names = [spec["name"] for spec in plan.assets.setup.architectures]
+    assert names == (["mlp", "cnn"] if option == "hetero" else [option])
+    assert [plan.assets.setup.model_for(p)["name"] for p in range(3)] == (
+        ["mlp", "cnn", "mlp"] if option == "hetero" else [option] * 3
+    )
 
 
 def test_backend_options_translate_to_flower_backend_config() -> None:

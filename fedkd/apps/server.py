@@ -141,9 +141,12 @@ def run_federation(
         nonlocal last_round_end
         # The strategy's student is the model under test; ``arrays`` is whatever the method
         # sends between rounds (student weights, or consensus targets).
-        loss, accuracy = evaluate(
-            assets.student, assets.data.test_x, assets.data.test_y, device=assets.device
-        )
+        loss: float | None = None
+        accuracy: float | None = None
+        if strategy.has_student:
+            loss, accuracy = evaluate(
+                assets.student, assets.data.test_x, assets.data.test_y, device=assets.device
+            )
         now = time.perf_counter()
         row: dict[str, Any] = {
             "round": server_round,
@@ -165,6 +168,8 @@ def run_federation(
         last_round_end = now
         writer.append(row)
         progress.update(row)
+        if accuracy is None or loss is None:
+            return MetricRecord()
         return MetricRecord({"student-accuracy": accuracy, "student-loss": loss})
 
     status, error = "completed", None

@@ -1,0 +1,194 @@
+"""``python -m simulations.report RUN_DIRS...``: a comparison table (Markdown) and plot from runs.
+
+Every directory given (or found below it, e.g. a Hydra ``multirun/`` folder) that holds a
+``summary.json`` is one run. Runs are grouped by setting (dataset, partition and its
+parameter, number of clients, client model) and method; seeds are aggregated as
+mean ± standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedkd.results import CONFIG_FILE, SUMMARY_FILE
+
+METRICS = (
+    ("student_accuracy", "student"),
+    ("ensemble_accuracy", "ensemble"),
+    ("client_accuracy_mean", "clients (global test)"),
+    ("personalized_accuracy_mean", "clients (own test)"),
+)
+METHOD_ORDER = (
+    "local_only", "fedmd", "dsfl", "fedet", "fd", "fedavg", "feddf", "centralized",
+)  # fmt: skip
+
+
+def find_runs(paths: Iterable[Path]) -> list[Path]:
+    """Run directories (those with a ``summary.json``) at or below ``paths``."""
+    runs: set[Path] = set()
+    for path in paths:
+        if (path / SUMMARY_FILE).is_file():
+            runs.add(path)
+        runs.update(p.parent for p in path.rglob(SUMMARY_FILE))
+    return sorted(runs)
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """A run's summary, plus the config it ran with."""
+    summary: dict[str, Any] = json.loads((run_dir / SUMMARY_FILE).read_text())
+    config_path = run_dir / CONFIG_FILE
+    summary["config"] = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def setting_of(run: dict[str, Any]) -> str:
+    """The experimental setting a run belongs to (everything but method and seed)."""
+    config = run.get("config", {})
+    partition = config.get("partition", {"name": run.get("partition", "?")})
+    detail = ""
+    if partition.get("name") == "dirichlet":
+        detail = f" alpha={partition.get('alpha')}"
+    elif partition.get("name") == "pathological":
+        detail = f" k={partition.get('classes_per_client')}"
+    model = config.get("model", {}).get("name", run.get("model", "?"))
+    return (
+        f"{run['dataset']}, {partition.get('name')}{detail}, "
+        f"{run['num_clients']} clients, {model} clients"
+    )
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _final(run: dict[str, Any], key: str) -> float | None:
+    value = run.get("final", {}).get(key)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def comparison(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Runs grouped as ``{setting: {method: [runs...]}}``."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.get("status") == "completed":
+            grouped[setting_of(run)][run["strategy"]].append(run)
+    return grouped
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return order, method
+
+
+def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
+    """One Markdown table per setting: final accuracies (mean ± std over seeds, in %) and
+    total uplink per client and round."""
+    lines: list[str] = []
+    for setting, methods in sorted(comparison(runs).items()):
+        lines += [f"**{setting}**", ""]
+        header = ["method", "seeds", *(label for _, label in METRICS), "uplink / client / round"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for method in sorted(methods, key=_method_key):
+            group = methods[method]
+            cells = [method, str(len(group))]
+            for key, _ in METRICS:
+                values = [v for run in group if (v := _final(run, key)) is not None]
+                cells.append(_mean_std(values))
+            cells.append(_uplink_per_client_round(group))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _uplink_per_client_round(group: Sequence[dict[str, Any]]) -> str:
+    per_client_round = [
+        run["communication"]["uplink_bytes"]
+        / max(1, run.get("rounds_completed", 1))
+        / max(1, run["num_clients"])
+        for run in group
+    ]
+    value = statistics.fmean(per_client_round)
+    for unit, size in (("MB", 1e6), ("KB", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """Grouped bars of final student accuracy (clients' mean for local-only) per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = comparison(runs)
+    settings = sorted(grouped)
+    methods = sorted({m for s in settings for m in grouped[s]}, key=_method_key)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) * len(methods) / 4), 4))
+    width = 0.8 / max(1, len(methods))
+    for index, method in enumerate(methods):
+        means, errors = [], []
+        for setting in settings:
+            group = grouped[setting].get(method, [])
+            key = "client_accuracy_mean" if method == "local_only" else "student_accuracy"
+            values = [v for run in group if (v := _final(run, key)) is not None]
+            means.append(statistics.fmean(values) if values else 0.0)
+            errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        positions = [s + (index - (len(methods) - 1) / 2) * width for s in range(len(settings))]
+        ax.bar(positions, means, width, yerr=errors, label=method, capsize=2)
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels([s.replace(", ", "\n", 2) for s in settings], fontsize=7)
+    ax.set_ylabel("final test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=min(4, len(methods)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories or folders of runs")
+    parser.add_argument("--out", type=Path, help="write the Markdown table here (default: stdout)")
+    parser.add_argument("--plot", type=Path, help="write a PNG bar chart here")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        parser.error(f"no such directory: {', '.join(missing)}")
+    runs = [load_run(d) for d in find_runs(args.paths)]
+    if not runs:
+        parser.error("no run directory (with a summary.json) found")
+    table = markdown_table(runs)
+    if args.out:
+        args.out.write_text(table)
+    else:
+        sys.stdout.write(table + "\n")
+    if args.plot:
+        plot(runs, args.plot)
+    failed = [r["run_dir"] for r in runs if r.get("status") != "completed"]
+    if failed:
+        print(f"left out {len(failed)} run(s) that did not complete: {failed}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

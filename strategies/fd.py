@@ -1,0 +1,112 @@
+"""FD: federated distillation by per-label average logits, no proxy data on the clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message
+
+from fedkd import keys
+from fedkd.errors import ConfigError
+from strategies.base import FedKDStrategy, RunAssets
+
+
+class FD(FedKDStrategy):
+    """Federated Distillation (Jeong, Oh, Kim, Bennis & Kim, 2018, "Communication-Efficient
+    On-Device Machine Learning: Federated Distillation and Augmentation under Non-IID
+    Private Data", arXiv:1811.11479).
+
+    Round ``t``::
+
+        each client k: train on private data with
+            (1 - beta) CE(z, y) + beta T^2 KL(softmax(G_{t-1}[y] / T) || softmax(z / T))
+        upload the mean logit vector per true label, L_k[c] (C x C), and counts n_k[c]
+        server: G_t[c] = sum_k n_k[c] L_k[c] / sum_k n_k[c]     (global per-label logits)
+                the student is distilled on the labeled proxy toward softmax(G_t[y] / T)
+
+    Uplink is ``C x C + C`` numbers per client, independent of the model size. Labels
+    nobody has reported yet are trained on their hard label only. Unlike the paper, a
+    client's own contribution is not subtracted from ``G`` (a simplification; with many
+    clients the difference is small).
+
+    Parameters
+    ----------
+    beta : float
+        Weight of the distillation term in the clients' loss (default 0.5, in [0, 1]).
+    temperature : float
+        Softening of the global per-label logits (default 1.0).
+    (others)
+        See :class:`strategies.base.FedKDStrategy`.
+
+    The server student needs labels on the proxy (``data.proxy_labeled=true``): FD's clients
+    share per-label statistics, not predictions on the proxy.
+
+    Client keys honoured: ``keep-model``, ``share-label-logits``, ``targets``
+    (``label-logits``, ``label-counts``), ``fd-beta``, ``fd-temperature``.
+    """
+
+    sends_weights = False
+    keeps_client_models = True
+    shares_label_logits = True
+    forms_ensemble = True
+
+    def __init__(
+        self, assets: RunAssets, *, beta: float = 0.5, temperature: float = 1.0, **options: Any
+    ) -> None:
+        super().__init__(assets, **options)
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError(f"strategy.beta must be in [0, 1], got {beta}")
+        if not temperature > 0:
+            raise ConfigError(f"strategy.temperature must be > 0, got {temperature}")
+        if assets.data.proxy_y is None:
+            raise ConfigError(
+                "strategy fd distills its server student from per-label logits, which needs "
+                "proxy labels: set data.proxy_labeled=true"
+            )
+        self.beta = beta
+        self.temperature = temperature
+
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """Base keys plus FD's regularizer settings."""
+        return {
+            **super().train_config(server_round),
+            keys.FD_BETA: self.beta,
+            keys.FD_TEMPERATURE: self.temperature,
+        }
+
+    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        """Count-weighted global per-label logits; the student learns from them."""
+        shared = [r.content.array_records[keys.PREDICTIONS] for r in replies]
+        logits = np.stack([s[keys.LABEL_LOGITS].numpy() for s in shared]).astype(np.float64)
+        counts = np.stack([s[keys.LABEL_COUNTS].numpy() for s in shared]).astype(np.float64)
+        global_logits, total_counts = global_label_logits(logits, counts)
+        self.round_targets = ArrayRecord(
+            {
+                keys.LABEL_LOGITS: Array(global_logits.astype(np.float32)),
+                keys.LABEL_COUNTS: Array(total_counts.astype(np.float32)),
+            }
+        )
+        self.targets_round = server_round
+
+        data = self.assets.data
+        proxy_y = data.proxy_y[self.proxy_indices]  # type: ignore[index]
+        soft = torch.softmax(torch.from_numpy(global_logits) / self.temperature, dim=1).numpy()
+        onehot = np.eye(data.num_classes)
+        per_label = np.where((total_counts > 0)[:, None], soft, onehot).astype(np.float32)
+        self.distill_student(
+            server_round, data.proxy_x[self.proxy_indices], per_label[proxy_y], labels=proxy_y
+        )
+        return ArrayRecord()
+
+
+def global_label_logits(logits: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Count-weighted mean of per-label logits over clients.
+
+    ``logits`` is (K, C, C) (client, true label, logit), ``counts`` (K, C). Returns the
+    (C, C) global per-label logits (zero rows for labels nobody holds) and the (C,) totals.
+    """
+    totals = counts.sum(axis=0)
+    weighted = (logits * counts[:, :, None]).sum(axis=0)
+    return weighted / np.maximum(totals, 1.0)[:, None], totals

@@ -1,0 +1,84 @@
+"""FedET-style weighted consensus: a weighted teacher ensemble, and the student fed back."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+
+from fedkd.distill import TARGET_RULES, teacher_targets, validate_target_rule
+from fedkd.errors import ConfigError
+from fedkd.train import predict_probs
+from strategies.base import RunAssets, num_examples
+from strategies.fedmd import FedMD
+
+logger = logging.getLogger(__name__)
+
+
+class FedET(FedMD):
+    """Weighted multi-teacher consensus in the manner of FedET (Cho, Manoel, Joshi,
+    Sinha & Dimitriadis, IJCAI 2022, "Heterogeneous Ensemble Knowledge Transfer for
+    Training Large Models in Federated Learning").
+
+    Round ``t`` as in :class:`strategies.fedmd.FedMD`, with two changes::
+
+        c_t = sum_k w_k(x) p_k(x) / sum_k w_k(x)   # w from ``weighting``: per example by
+                                                   # confidence or entropy, per class by
+                                                   # label counts, or by data size
+        distill the server student toward c_t on the proxy subset
+        clients digest the STUDENT's predictions on that subset (feedback of the server
+        model's knowledge), not the raw consensus
+
+    Parameters
+    ----------
+    weighting : str
+        The teacher rule (default ``confidence``): one of ``mean``, ``size_weighted``,
+        ``confidence``, ``entropy``, ``label_aware``, ``era``. FedET takes its rule from
+        here, not from the ``aggregation`` group, whose setting is then ignored (a warning
+        says so when it is not ``mean``).
+    weighting_options : dict
+        Options of that rule (e.g. ``{power: 2.0}`` for confidence).
+    (others)
+        See :class:`strategies.fedmd.FedMD`.
+    """
+
+    def __init__(
+        self,
+        assets: RunAssets,
+        *,
+        weighting: str = "confidence",
+        weighting_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(assets, **options)
+        if weighting not in TARGET_RULES:
+            raise ConfigError(
+                f"strategy.weighting must be one of {TARGET_RULES}, got {weighting!r}"
+            )
+        self.weighting = weighting
+        self.weighting_options = dict(weighting_options or {})
+        validate_target_rule(weighting, **self.weighting_options)
+        if assets.aggregation.get("name", "mean") not in ("mean", weighting):
+            logger.warning(
+                "fedet uses strategy.weighting=%s; aggregation=%s is ignored",
+                weighting,
+                assets.aggregation.get("name"),
+            )
+
+    def teacher_targets(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
+        """FedET's weighted consensus (also used for the ensemble's test accuracy)."""
+        partitions = [self.partition_of(r) for r in replies]
+        histograms = np.array([self.label_histograms.get(p, []) for p in partitions])
+        return teacher_targets(
+            client_probs,
+            rule=self.weighting,
+            num_examples=np.array([num_examples(r) for r in replies], dtype=np.float64),
+            label_histograms=histograms if histograms.ndim == 2 and histograms.size else None,
+            **self.weighting_options,
+        )
+
+    def digest_targets(self, consensus: np.ndarray, proxy_x: np.ndarray) -> np.ndarray:
+        """The distilled student's predictions: the server model teaches the clients back."""
+        return predict_probs(self.assets.student, proxy_x, device=self.assets.device)

@@ -1,0 +1,123 @@
+"""FedMD: clients keep their own models and learn from a consensus on the public proxy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+from fedkd import keys
+from fedkd.errors import ConfigError
+from strategies.base import FedKDStrategy, RunAssets
+
+
+class FedMD(FedKDStrategy):
+    """Heterogeneous federated learning via model distillation (Li & Wang, NeurIPS 2019
+    workshop, arXiv:1910.03581).
+
+    Round ``t`` (one message per client and round, so the consensus of round ``t-1`` is
+    digested at the start of round ``t``)::
+
+        [first participation, optional] transfer learning: train on the labeled proxy
+        digest:  fit the consensus c_{t-1} on the proxy subset P_{t-1}   (digest_epochs)
+        revisit: train on private data                                   (client.epochs)
+        score:   p_k = softmax(f_k(x)) for x in the proxy subset P_t     -> server
+        server:  c_t = rule_k(p_k)         (the ``aggregation`` group; FedMD uses the mean)
+                 distill the global student toward c_t on P_t
+
+    Clients keep their models in ``context.state``; no weights ever travel, so clients may
+    have different architectures (``model=hetero``).
+
+    Parameters
+    ----------
+    assets, fraction_train, fraction_evaluate, min_train_replies
+        See :class:`strategies.base.FedKDStrategy`.
+    proxy_round_size : int
+        Proxy examples scored per round (the paper samples a subset; 0 = all).
+    digest_epochs : int
+        Passes over the proxy subset fitting the consensus (default 2).
+    digest_lr, digest_batch_size, digest_temperature
+        Client-side distillation: Adam learning rate (1e-3), batch (32), KD temperature (1.0).
+        The paper's digest loss is an L1 on logits; fedkd's is the ``kd`` loss on
+        probabilities, as clients share probabilities.
+    warmup_public_epochs : int
+        Transfer-learning epochs on the labeled proxy before a client's first round
+        (default 0; needs ``data.proxy_labeled=true``).
+    distill_epochs, distill_batch_size, distill_lr, distill_optimizer
+        The server student's distillation toward the consensus.
+
+    Client keys honoured: ``keep-model``, ``targets`` (``proxy-probs`` of round
+    ``targets-round``), ``digest-*``, ``warmup-public-epochs``, ``proxy-round-size``,
+    ``share-proxy-probs``.
+    """
+
+    sends_weights = False
+    shares_proxy_predictions = True
+    keeps_client_models = True
+    forms_ensemble = True
+
+    def __init__(
+        self,
+        assets: RunAssets,
+        *,
+        digest_epochs: int = 2,
+        digest_lr: float = 1e-3,
+        digest_batch_size: int = 32,
+        digest_temperature: float = 1.0,
+        warmup_public_epochs: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__(assets, **options)
+        if digest_epochs < 0:
+            raise ConfigError(f"strategy.digest_epochs must be >= 0, got {digest_epochs}")
+        if digest_temperature <= 0:
+            raise ConfigError(f"strategy.digest_temperature must be > 0, got {digest_temperature}")
+        if warmup_public_epochs < 0:
+            raise ConfigError(
+                f"strategy.warmup_public_epochs must be >= 0, got {warmup_public_epochs}"
+            )
+        if warmup_public_epochs > 0 and assets.data.proxy_y is None:
+            raise ConfigError(
+                "strategy.warmup_public_epochs > 0 trains on the proxy's labels: "
+                "set data.proxy_labeled=true"
+            )
+        self.digest_epochs = digest_epochs
+        self.digest_lr = digest_lr
+        self.digest_batch_size = digest_batch_size
+        self.digest_temperature = digest_temperature
+        self.warmup_public_epochs = warmup_public_epochs
+
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """Base keys plus the digest and warm-up settings."""
+        return {
+            **super().train_config(server_round),
+            keys.DIGEST_EPOCHS: self.digest_epochs,
+            keys.DIGEST_LR: self.digest_lr,
+            keys.DIGEST_BATCH_SIZE: self.digest_batch_size,
+            keys.DIGEST_TEMPERATURE: self.digest_temperature,
+            keys.WARMUP_PUBLIC_EPOCHS: self.warmup_public_epochs,
+        }
+
+    def consensus(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
+        """The round's teacher targets on the proxy subset (the configured rule)."""
+        return self.teacher_targets(client_probs, replies)
+
+    def digest_targets(self, consensus: np.ndarray, proxy_x: np.ndarray) -> np.ndarray:
+        """What clients fit next round: the consensus itself in FedMD."""
+        return consensus
+
+    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        """Consensus from the clients' scores, the student distilled toward it, and the
+        targets clients digest next round. Nothing else travels between rounds."""
+        data = self.assets.data
+        proxy_x = data.proxy_x[self.proxy_indices]
+        proxy_y = None if data.proxy_y is None else data.proxy_y[self.proxy_indices]
+        consensus = self.consensus(self.proxy_probs(replies), replies)
+        self.distill_student(server_round, proxy_x, consensus, labels=proxy_y)
+        targets = self.digest_targets(consensus, proxy_x)
+        self.round_targets = ArrayRecord(
+            {keys.PROXY_PROBS: Array(np.ascontiguousarray(targets, dtype=np.float32))}
+        )
+        self.targets_round = server_round
+        return ArrayRecord()
