@@ -123,7 +123,8 @@ def write_plots(rows: Sequence[Mapping[str, Any]], run_dir: Path) -> list[Path]:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(run_dir / ACCURACY_PLOT, dpi=100)
     plt.close(fig)
@@ -138,7 +139,8 @@ def write_plots(rows: Sequence[Mapping[str, Any]], run_dir: Path) -> list[Path]:
     ax.set_xlabel("round")
     ax.set_ylabel("MB per round")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / BYTES_PLOT, dpi=100)
     plt.close(fig)

@@ -89,7 +89,7 @@ def run_on_ray(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=num_clients,
-            backend_config=config,  # type: ignore[arg-type]
+            backend_config=config,
             verbose_logging=verbose,
         )
 

@@ -8,6 +8,7 @@ into the next global ``ArrayRecord`` (usually the distilled student's weights).
 from __future__ import annotations
 
 import logging
+import time
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ from fedkd.setup import FederationSetup
 from fedkd.train import evaluate, predict_probs
 
 logger = logging.getLogger(__name__)
+
+DISCOVERY_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass
@@ -159,7 +162,7 @@ class FedKDStrategy(Strategy):
         """Ask every node for its partition id (once); map partition ids to node ids."""
         if self.node_of_partition:
             return
-        node_ids = sorted(grid.get_node_ids())
+        node_ids = self.wait_for_nodes(grid, timeout=timeout)
         content = RecordDict({keys.CONFIG: ConfigRecord({keys.SETUP: self._setup_json})})
         messages = [
             Message(content=content, message_type=MessageType.QUERY, dst_node_id=node_id)
@@ -189,6 +192,25 @@ class FedKDStrategy(Strategy):
         if not self.node_of_partition:
             raise RuntimeError("no node answered the discovery query; nothing to train on")
         logger.info("discovered %s of %s nodes", len(self.node_of_partition), len(node_ids))
+
+    def wait_for_nodes(self, grid: Grid, *, timeout: float | None = None) -> list[int]:
+        """Node ids once all ``num_clients`` nodes are connected (or ``timeout`` passes).
+
+        Simulated and real SuperNodes register asynchronously; asking too early would
+        silently run with whoever happened to be connected.
+        """
+        expected = self.assets.setup.num_clients
+        deadline = time.monotonic() + (DISCOVERY_TIMEOUT_SECONDS if timeout is None else timeout)
+        while len(node_ids := sorted(grid.get_node_ids())) < expected:
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "only %s of %s nodes connected after waiting; continuing with them",
+                    len(node_ids),
+                    expected,
+                )
+                break
+            time.sleep(0.1)
+        return node_ids
 
     def sample_partitions(self, server_round: int, fraction: float, *, stream: int) -> list[int]:
         """Sorted partition ids sampled reproducibly from ``(seed, round, stream)``."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedkd.train import train_local
-from strategies.base import FedKDStrategy, round_seed, student_arrays
+from strategies.base import FedKDStrategy, RunAssets, round_seed, student_arrays
 
 
 class Centralized(FedKDStrategy):
@@ -29,7 +30,7 @@ class Centralized(FedKDStrategy):
 
     sends_weights = False
 
-    def __init__(self, assets, **options) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, assets: RunAssets, **options: Any) -> None:
         super().__init__(assets, **options)
         data = assets.data
         pooled = [data.client_data(p) for p in range(data.num_clients)]

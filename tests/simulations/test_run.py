@@ -127,3 +127,13 @@ def test_every_distillation_method_runs_on_ray_in_one_sweep(tmp_path):
         rows = read_metrics(run_dir)
         expected_clients = 0 if method == "centralized" else 3
         assert rows[-1]["clients_ok"] == expected_clients and rows[-1]["clients_failed"] == 0
+
+
+def test_inline_backend_cli_gives_the_same_numbers_without_ray(tmp_path, in_process_run):
+    run_dir = tmp_path / "inline"
+    proc = _cli(*SMALL, "backend=inline", f"hydra.run.dir={run_dir}", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Ray" not in proc.stderr  # no Ray start-up messages
+    in_process_run(SMALL, tmp_path / "ref")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(run_dir)) == strip(read_metrics(tmp_path / "ref"))

@@ -244,3 +244,21 @@ def test_evaluation_traffic_is_counted_apart(task_identity, in_process_grid) -> 
     assert metrics["downlink_bytes"] == 4 * weights.count_bytes()  # train messages only
     assert metrics["evaluation_downlink_bytes"] == 2 * weights.count_bytes()
     assert 0.0 <= metrics["client_accuracy"] <= 1.0
+
+
+def test_discovery_waits_until_every_node_has_connected(task_identity, in_process_grid) -> None:
+    """Simulated SuperNodes register asynchronously: an early empty node list must not end
+    the run (it once did, in the second job of a Ray multirun)."""
+    plan = _plan("strategy=fedavg")
+    grid = in_process_grid(client_app, 4)
+    all_nodes = list(grid.contexts)
+    calls = {"n": 0}
+
+    def connecting() -> list[int]:
+        calls["n"] += 1
+        return all_nodes[: min(4, calls["n"] - 1)]  # 0, 1, 2, 3, then 4 nodes
+
+    grid.get_node_ids = connecting  # type: ignore[method-assign]
+    plan.strategy.discover(grid)
+    assert sorted(plan.strategy.node_of_partition) == [0, 1, 2, 3]
+    assert calls["n"] == 5

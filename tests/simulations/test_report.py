@@ -1,0 +1,53 @@
+"""The comparison report over a set of run directories."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from simulations.report import find_runs, load_run, main, markdown_table
+
+SMALL = ["dataset=synthetic", "dataset.num_samples=300", "num_clients=3", "num_rounds=2",
+         "client.epochs=1"]  # fmt: skip
+
+
+def _runs(tmp_path, in_process_run):
+    summaries = {}
+    for method in ("fedavg", "local_only"):
+        for seed in (0, 1):
+            run_dir = tmp_path / f"{method}-{seed}"
+            summaries[(method, seed)] = in_process_run(
+                [*SMALL, f"strategy={method}", f"seed={seed}"], run_dir
+            )
+    return summaries
+
+
+def test_table_aggregates_seeds_per_method(tmp_path, in_process_run, capsys) -> None:
+    summaries = _runs(tmp_path, in_process_run)
+    runs = [load_run(d) for d in find_runs([tmp_path])]
+    assert len(runs) == 4
+    table = markdown_table(runs)
+    assert "synthetic, dirichlet alpha=0.5, 3 clients, mlp clients" in table
+    fedavg_row = next(line for line in table.splitlines() if line.startswith("| fedavg |"))
+    values = [summaries[("fedavg", s)]["final"]["student_accuracy"] for s in (0, 1)]
+    expected = f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+    assert f"| 2 | {expected} |" in fedavg_row
+    local_row = next(line for line in table.splitlines() if line.startswith("| local_only |"))
+    assert "| 2 | – |" in local_row  # no student
+    assert local_row.endswith("| 0 B |")  # nothing uploaded
+    # local_only is listed before fedavg (floor first)
+    assert table.index("| local_only |") < table.index("| fedavg |")
+    assert (
+        main([str(tmp_path), "--out", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")])
+        == 0
+    )
+    assert (tmp_path / "t.md").read_text() == table
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_report_rejects_paths_without_runs(tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing")])
