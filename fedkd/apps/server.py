@@ -17,11 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedkd.config import check_top_level, compose_config, options, strategy_class
-from fedkd.data import get_federated_data
+from fedkd.data import FederatedData, get_federated_data
 from fedkd.devices import resolve_device
 from fedkd.distill import build_loss
 from fedkd.errors import ConfigError
@@ -135,6 +136,7 @@ def run_federation(
     cfg, assets, strategy = plan.config, plan.assets, plan.strategy
     writer = RunWriter(run_dir)
     writer.start(cfg)
+    validation_x, validation_y = validation_set(assets.data)
     started = last_round_end = time.perf_counter()
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -143,15 +145,21 @@ def run_federation(
         # sends between rounds (student weights, or consensus targets).
         loss: float | None = None
         accuracy: float | None = None
+        validation_accuracy: float | None = None
         if strategy.has_student:
             loss, accuracy = evaluate(
                 assets.student, assets.data.test_x, assets.data.test_y, device=assets.device
             )
+            if len(validation_y):
+                _, validation_accuracy = evaluate(
+                    assets.student, validation_x, validation_y, device=assets.device
+                )
         now = time.perf_counter()
         row: dict[str, Any] = {
             "round": server_round,
             "student_accuracy": accuracy,
             "student_loss": loss,
+            "student_validation_accuracy": validation_accuracy,
         }
         if server_round >= 1:
             round_metrics = strategy.round_metrics.get(server_round, {})
@@ -202,6 +210,19 @@ def run_federation(
             progress.console.print(summary_table(summary))
             progress.console.print(f"results in {run_dir}")
     return summary
+
+
+def validation_set(data: FederatedData) -> tuple[np.ndarray, np.ndarray]:
+    """The clients' local test splits pooled: a simulation-only validation set.
+
+    It is disjoint from the server test set and from all training data, so settings can be
+    chosen on ``student_validation_accuracy`` without looking at the test set.
+    """
+    splits = [data.client_data(p) for p in range(data.num_clients)]
+    return (
+        np.concatenate([s.test_x for s in splits]),
+        np.concatenate([s.test_y for s in splits]),
+    )
 
 
 def make_server_app(plan: RunPlan, run_dir: Path, *, show_progress: bool = True) -> ServerApp:

@@ -60,6 +60,9 @@ def test_run_directory_contract(tmp_path, in_process_run) -> None:
         "uplink_bytes",
         "downlink_bytes",
         "seconds",
+        "student_validation_accuracy",
+        "client_accuracy_mean",
+        "personalized_accuracy_mean",
     }
     for row in rows[1:]:
         assert required <= set(row), required - set(row)
@@ -160,3 +163,22 @@ def test_image_and_sequence_models_run(tmp_path, in_process_run) -> None:
         summary = in_process_run([*overrides, *TINY[:3]], tmp_path / name)
         assert summary["model"] == name and summary["status"] == "completed"
         assert np.isfinite(summary["final"]["student_accuracy"])
+
+
+def test_validation_set_is_the_pooled_local_test_splits() -> None:
+    from fedkd.apps.server import prepare_run, validation_set
+    from fedkd.config import compose_config
+
+    data = prepare_run(compose_config(["num_clients=4"])).assets.data
+    x, y = validation_set(data)
+    assert len(y) == sum(len(data.client_data(p).test_y) for p in range(4))
+    test_rows = {row.tobytes() for row in data.test_x}
+    train_rows = {
+        row.tobytes()
+        for row in data.train_x[np.concatenate([data.partitions[p] for p in range(4)])]
+    }
+    val_rows = {row.tobytes() for row in x}
+    assert not val_rows & test_rows  # never the server test set
+    assert val_rows <= train_rows  # drawn from the clients' partitions
+    for p in range(4):  # ...but never from what a client trains on
+        assert not val_rows & {row.tobytes() for row in data.client_data(p).train_x}
