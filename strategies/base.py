@@ -147,6 +147,8 @@ class FedKDStrategy(Strategy):
         self.distill_batch_size = distill_batch_size
         self.distill_lr = distill_lr
         self.distill_optimizer = distill_optimizer
+        #: The teacher-target rule: ``name`` and options (the ``aggregation`` group).
+        self.target_rule: dict[str, Any] = dict(assets.aggregation)
         self.round_targets: ArrayRecord | None = None  # what clients digest next round
         self.targets_round = 0  # the round whose proxy subset round_targets refer to
         self.architecture_of: dict[int, int] = {}
@@ -429,8 +431,8 @@ class FedKDStrategy(Strategy):
         )
 
     def teacher_targets(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
-        """Combine per-client probabilities with the configured rule (``aggregation``)."""
-        rule = self.assets.aggregation
+        """Combine per-client probabilities with :attr:`target_rule` (``aggregation``)."""
+        rule = self.target_rule
         partitions = [self.partition_of(r) for r in replies]
         histograms = np.array([self.label_histograms.get(p, []) for p in partitions])
         return teacher_targets(

@@ -6,12 +6,11 @@ import logging
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
 
-from fedkd.distill import TARGET_RULES, teacher_targets, validate_target_rule
+from fedkd.distill import TARGET_RULES, validate_target_rule
 from fedkd.errors import ConfigError
 from fedkd.train import predict_probs
-from strategies.base import RunAssets, num_examples
+from strategies.base import RunAssets
 from strategies.fedmd import FedMD
 
 logger = logging.getLogger(__name__)
@@ -57,27 +56,14 @@ class FedET(FedMD):
             raise ConfigError(
                 f"strategy.weighting must be one of {TARGET_RULES}, got {weighting!r}"
             )
-        self.weighting = weighting
-        self.weighting_options = dict(weighting_options or {})
-        validate_target_rule(weighting, **self.weighting_options)
+        validate_target_rule(weighting, **dict(weighting_options or {}))
+        self.target_rule = {"name": weighting, **dict(weighting_options or {})}
         if assets.aggregation.get("name", "mean") not in ("mean", weighting):
             logger.warning(
                 "fedet uses strategy.weighting=%s; aggregation=%s is ignored",
                 weighting,
                 assets.aggregation.get("name"),
             )
-
-    def teacher_targets(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
-        """FedET's weighted consensus (also used for the ensemble's test accuracy)."""
-        partitions = [self.partition_of(r) for r in replies]
-        histograms = np.array([self.label_histograms.get(p, []) for p in partitions])
-        return teacher_targets(
-            client_probs,
-            rule=self.weighting,
-            num_examples=np.array([num_examples(r) for r in replies], dtype=np.float64),
-            label_histograms=histograms if histograms.ndim == 2 and histograms.size else None,
-            **self.weighting_options,
-        )
 
     def digest_targets(self, consensus: np.ndarray, proxy_x: np.ndarray) -> np.ndarray:
         """The distilled student's predictions: the server model teaches the clients back."""
