@@ -217,3 +217,61 @@ def test_fedmd_warmup_on_the_labeled_proxy_changes_the_first_round(in_process_ru
 def test_bad_method_settings_fail_before_ray(overrides, key) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         prepare_run(compose_config([*SMALL, *overrides]))
+
+
+def test_per_round_proxy_subsample_is_consistent_between_server_and_clients(
+    in_process_run, tmp_path
+) -> None:
+    """Clients score this round's subset and digest last round's: shapes must agree, and
+    uplink shrinks with the subset."""
+    full = in_process_run(
+        [*SMALL, "strategy=dsfl", "num_rounds=3", "data.proxy_size=20"], tmp_path / "full"
+    )
+    sub = in_process_run(
+        [
+            *SMALL,
+            "strategy=dsfl",
+            "num_rounds=3",
+            "data.proxy_size=20",
+            "strategy.proxy_round_size=5",
+        ],
+        tmp_path / "sub",
+    )
+    rows = read_metrics(tmp_path / "sub")
+    assert all(r["clients_ok"] == 2 and r["clients_failed"] == 0 for r in rows[1:])
+    assert sub["communication"]["uplink_bytes"] < full["communication"]["uplink_bytes"]
+
+
+def test_heterogeneous_clients_with_fedmd(in_process_run, tmp_path) -> None:
+    summary = in_process_run(
+        [
+            "dataset=digits",
+            "model=hetero",
+            "student=mlp",
+            "strategy=fedmd",
+            "num_clients=4",
+            "num_rounds=2",
+            "client.epochs=1",
+            "data.proxy_size=50",
+        ],
+        tmp_path,
+    )
+    assert summary["status"] == "completed"
+    assert read_metrics(tmp_path)[-1]["clients_ok"] == 4
+
+
+def test_proxy_from_another_dataset(in_process_run, tmp_path) -> None:
+    summary = in_process_run(
+        [
+            "dataset=breast_cancer",
+            "num_clients=3",
+            "num_rounds=2",
+            "client.epochs=1",
+            "partition=iid",
+            "strategy=feddf",
+            "+data.proxy_dataset={name: synthetic, num_samples: 200, num_features: 30}",
+        ],
+        tmp_path,
+    )
+    assert summary["status"] == "completed"
+    assert read_metrics(tmp_path)[-1]["clients_ok"] == 3
