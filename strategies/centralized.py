@@ -9,6 +9,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fedkd.errors import ConfigError
 from fedkd.train import train_local
 from strategies.base import FedKDStrategy, RunAssets, round_seed, student_arrays
 
@@ -22,20 +23,36 @@ class Centralized(FedKDStrategy):
     counts are 0; privacy is of course not preserved. ``num_rounds`` rounds give the same
     number of passes over the data as the federated methods' local epochs.
 
+    With ``train_on="proxy"`` the student instead learns from the labeled public proxy
+    alone (``data.proxy_labeled=true``): what the public data gives without any federation,
+    the reference for methods whose server student sees proxy labels (FD).
+
     Parameters
     ----------
     assets
         See :class:`strategies.base.FedKDStrategy` (the sampling options do not apply).
+    train_on : str
+        ``"pooled"`` (default): all clients' training data; ``"proxy"``: the labeled proxy.
     """
 
     sends_weights = False
 
-    def __init__(self, assets: RunAssets, **options: Any) -> None:
+    def __init__(self, assets: RunAssets, *, train_on: str = "pooled", **options: Any) -> None:
         super().__init__(assets, **options)
         data = assets.data
-        pooled = [data.client_data(p) for p in range(data.num_clients)]
-        self.pooled_x = np.concatenate([c.train_x for c in pooled])
-        self.pooled_y = np.concatenate([c.train_y for c in pooled])
+        if train_on == "pooled":
+            pooled = [data.client_data(p) for p in range(data.num_clients)]
+            self.pooled_x = np.concatenate([c.train_x for c in pooled])
+            self.pooled_y = np.concatenate([c.train_y for c in pooled])
+        elif train_on == "proxy":
+            if data.proxy_y is None:
+                raise ConfigError(
+                    "strategy.train_on=proxy trains on the proxy's labels: "
+                    "set data.proxy_labeled=true"
+                )
+            self.pooled_x, self.pooled_y = data.proxy_x, data.proxy_y
+        else:
+            raise ConfigError(f"strategy.train_on must be 'pooled' or 'proxy', got {train_on!r}")
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

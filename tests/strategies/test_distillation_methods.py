@@ -275,3 +275,21 @@ def test_proxy_from_another_dataset(in_process_run, tmp_path) -> None:
     )
     assert summary["status"] == "completed"
     assert read_metrics(tmp_path)[-1]["clients_ok"] == 3
+
+
+def test_centralized_on_the_labeled_proxy_alone() -> None:
+    plan = prepare_run(compose_config([*SMALL, "strategy=centralized", "strategy.train_on=proxy"]))
+    np.testing.assert_array_equal(plan.strategy.pooled_y, plan.assets.data.proxy_y)
+    with pytest.raises(ConfigError, match="proxy_labeled"):
+        prepare_run(
+            compose_config(
+                [
+                    *SMALL,
+                    "strategy=centralized",
+                    "strategy.train_on=proxy",
+                    "data.proxy_labeled=false",
+                ]
+            )
+        )
+    with pytest.raises(ConfigError, match="train_on"):
+        prepare_run(compose_config([*SMALL, "strategy=centralized", "strategy.train_on=both"]))
