@@ -29,7 +29,7 @@ METRICS = (
     ("personalized_accuracy_mean", "clients (own test)"),
 )
 METHOD_ORDER = (
-    "local_only", "fedmd", "dsfl", "fedet", "fd", "fedavg", "feddf", "centralized",
+    "local_only", "proxy_only", "fedmd", "dsfl", "fedet", "fd", "fedavg", "feddf", "centralized",
 )  # fmt: skip
 
 
@@ -68,6 +68,14 @@ def setting_of(run: dict[str, Any]) -> str:
     )
 
 
+def method_of(run: dict[str, Any]) -> str:
+    """The method label of a run: the strategy name, with variants that change its meaning."""
+    strategy = run.get("config", {}).get("strategy", {})
+    if run["strategy"] == "centralized" and strategy.get("train_on") == "proxy":
+        return "proxy_only"
+    return str(run["strategy"])
+
+
 def _mean_std(values: Sequence[float]) -> str:
     if not values:
         return "–"
@@ -87,7 +95,7 @@ def comparison(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[dict[
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.get("status") == "completed":
-            grouped[setting_of(run)][run["strategy"]].append(run)
+            grouped[setting_of(run)][method_of(run)].append(run)
     return grouped
 
 
@@ -157,7 +165,7 @@ def plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xticklabels([s.replace(", ", "\n", 2) for s in settings], fontsize=7)
     ax.set_ylabel("final test accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=min(4, len(methods)))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

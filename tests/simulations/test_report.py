@@ -51,3 +51,12 @@ def test_report_rejects_paths_without_runs(tmp_path) -> None:
         main([str(tmp_path)])
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing")])
+
+
+def test_proxy_only_centralized_runs_are_their_own_method() -> None:
+    from simulations.report import method_of
+
+    run = {"strategy": "centralized", "config": {"strategy": {"train_on": "proxy"}}}
+    assert method_of(run) == "proxy_only"
+    assert method_of({"strategy": "centralized", "config": {"strategy": {}}}) == "centralized"
+    assert method_of({"strategy": "fedmd", "config": {}}) == "fedmd"
