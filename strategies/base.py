@@ -151,6 +151,8 @@ class FedKDStrategy(Strategy):
         self.target_rule: dict[str, Any] = dict(assets.aggregation)
         self.round_targets: ArrayRecord | None = None  # what clients digest next round
         self.targets_round = 0  # the round whose proxy subset round_targets refer to
+        #: This round's proxy subset (indices into the proxy), set by configure_train.
+        self.proxy_indices = np.arange(len(assets.data.proxy_x))
         self.architecture_of: dict[int, int] = {}
         self._architecture_models: dict[int, FedKDModel] = {}
         self.node_of_partition: dict[int, int] = {}
