@@ -133,12 +133,14 @@ def run_epochs(
     seed: int,
     device: torch.device,
     batch_loss: Callable[[Tensor], Tensor],
+    after_epoch: Callable[[int], bool] | None = None,
 ) -> tuple[list[float], int]:
     """Seeded mini-batch epochs shared by local training and distillation.
 
     ``batch_loss(indices)`` computes the loss of one mini-batch (indices into tensors the
     caller already placed on ``device``). Returns the example-weighted mean loss of each
     epoch and the number of optimizer steps; the model's train/eval mode is restored.
+    ``after_epoch(epoch_index)`` runs after every epoch and stops training by returning True.
     """
     generator = torch.Generator().manual_seed(seed)
     epoch_losses: list[float] = []
@@ -159,6 +161,8 @@ def run_epochs(
                     total += loss.detach() * idx.numel()
                     steps += 1
                 epoch_losses.append(float(total) / num_examples)
+                if after_epoch is not None and after_epoch(len(epoch_losses) - 1):
+                    break
     finally:
         model.train(was_training)
     return epoch_losses, steps

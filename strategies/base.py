@@ -122,7 +122,21 @@ class FedKDStrategy(Strategy):
         distill_batch_size: int = 64,
         distill_lr: float = 1e-4,
         distill_optimizer: str = "adam",
+        distill_validation_fraction: float = 0.0,
+        distill_patience: int = 0,
     ) -> None:
+        if not 0.0 <= distill_validation_fraction < 1.0:
+            raise ConfigError(
+                "strategy.distill_validation_fraction must be in [0, 1), "
+                f"got {distill_validation_fraction}"
+            )
+        if distill_patience < 0:
+            raise ConfigError(f"strategy.distill_patience must be >= 0, got {distill_patience}")
+        if distill_patience > 0 and distill_validation_fraction == 0.0:
+            raise ConfigError(
+                "strategy.distill_patience (early stopping) needs a validation split of the "
+                "proxy: set strategy.distill_validation_fraction > 0"
+            )
         if proxy_round_size < 0:
             raise ConfigError(
                 f"strategy.proxy_round_size must be >= 0 (0: whole proxy), got {proxy_round_size}"
@@ -147,6 +161,8 @@ class FedKDStrategy(Strategy):
         self.distill_batch_size = distill_batch_size
         self.distill_lr = distill_lr
         self.distill_optimizer = distill_optimizer
+        self.distill_validation_fraction = distill_validation_fraction
+        self.distill_patience = distill_patience
         #: The teacher-target rule: ``name`` and options (the ``aggregation`` group).
         self.target_rule: dict[str, Any] = dict(assets.aggregation)
         self.round_targets: ArrayRecord | None = None  # what clients digest next round
@@ -492,6 +508,20 @@ class FedKDStrategy(Strategy):
             outputs.append(predict_probs(model, inputs, device=self.assets.device))
         return np.stack(outputs)
 
+    def validation_split(self, server_round: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of this round's proxy examples to distill on and to validate on.
+
+        The held-out part (``distill_validation_fraction``) is drawn per round from
+        ``(seed, round)``; it is never trained on in that round.
+        """
+        indices = np.arange(size)
+        if self.distill_validation_fraction == 0.0 or size < 2:
+            return indices, indices[:0]
+        rng = np.random.default_rng([self.assets.setup.seed, server_round, 3])
+        shuffled = rng.permutation(size)
+        held_out = min(size - 1, max(1, round(self.distill_validation_fraction * size)))
+        return np.sort(shuffled[held_out:]), np.sort(shuffled[:held_out])
+
     def distill_student(
         self,
         server_round: int,
@@ -511,21 +541,30 @@ class FedKDStrategy(Strategy):
                 model, data.test_x, data.test_y, device=self.assets.device
             )
         if self.distill_epochs > 0:
+            train, held_out = self.validation_split(server_round, len(inputs))
             report = distill(
                 model,
-                inputs,
-                targets,
+                inputs[train],
+                targets[train],
                 loss=self.assets.distill_loss,
                 epochs=self.distill_epochs,
                 batch_size=self.distill_batch_size,
                 lr=self.distill_lr,
                 optimizer=self.distill_optimizer,
-                proxy_y=labels,
+                proxy_y=None if labels is None else labels[train],
                 seed=round_seed(self.assets.setup.seed, server_round, 1),
                 device=self.assets.device,
+                validation_x=inputs[held_out] if len(held_out) else None,
+                validation_targets=targets[held_out] if len(held_out) else None,
+                patience=self.distill_patience,
             )
             if model is self.assets.student:
                 metrics["distill_loss"] = report.epoch_losses[-1]
+                metrics["distill_curve"] = list(report.epoch_losses)
+                if report.validation_agreement:
+                    metrics["distill_validation_curve"] = list(report.validation_agreement)
+                    metrics["distill_best_epoch"] = report.best_epoch
+                    metrics["distill_stopped_early"] = report.stopped_early
         if model is self.assets.student:
             metrics["proxy_agreement"] = agreement(model, inputs, targets)
 

@@ -32,10 +32,22 @@ class DistillReport:
         while the model updates).
     steps : int
         Optimizer steps taken.
+    validation_agreement : tuple of float
+        Agreement with the teacher on the validation examples after each epoch (empty
+        without validation data).
+    best_epoch : int
+        The epoch (1-based) with the highest validation agreement; the model holds its
+        weights when early stopping was on. 0 without validation data.
+    stopped_early : bool
+        Whether training stopped before ``epochs`` because validation agreement had not
+        improved for ``patience`` epochs.
     """
 
     epoch_losses: tuple[float, ...]
     steps: int
+    validation_agreement: tuple[float, ...] = ()
+    best_epoch: int = 0
+    stopped_early: bool = False
 
 
 def distill(
@@ -52,8 +64,16 @@ def distill(
     seed: int = 0,
     device: str | torch.device = "cpu",
     weight_decay: float = 0.0,
+    validation_x: np.ndarray | None = None,
+    validation_targets: np.ndarray | None = None,
+    patience: int = 0,
 ) -> DistillReport:
     """Train ``model`` in place to match ``teacher_probs`` on ``proxy_x``.
+
+    With ``validation_x``/``validation_targets`` (held-out proxy examples and their teacher
+    targets) the agreement with the teacher is measured after every epoch; with
+    ``patience > 0`` training stops once it has not improved for ``patience`` epochs and the
+    model is reset to the best epoch's weights (early stopping as in FedDF).
 
     YAML (keys named in errors): ``distill: {epochs: 2, batch_size: 64, lr: 0.001,
     optimizer: adam, weight_decay: 0.0}``.
@@ -116,6 +136,17 @@ def distill(
         weight_decay=weight_decay,
         key="distill.optimizer",
     )
+    if patience < 0:
+        raise ValueError(f"patience must be >= 0, got {patience}")
+    watch = validation_x is not None and validation_targets is not None and len(validation_x) > 0
+    if patience > 0 and not watch:
+        raise ValueError("early stopping (patience > 0) needs validation_x and validation_targets")
+    tracker = _ValidationTracker(model, patience=patience)
+
+    def after_epoch(epoch: int) -> bool:
+        score = agreement(model, validation_x, validation_targets, device=dev)  # type: ignore[arg-type]
+        return tracker.update(epoch, score)
+
     epoch_losses, steps = run_epochs(
         model,
         opt,
@@ -125,9 +156,48 @@ def distill(
         seed=seed,
         device=dev,
         batch_loss=lambda idx: loss(model(xt[idx]), tt[idx], None if yt is None else yt[idx]),
+        after_epoch=after_epoch if watch else None,
     )
+    tracker.restore_best()
     logger.debug("distill: %d proxy examples, %d steps, epoch losses %s", n, steps, epoch_losses)
-    return DistillReport(epoch_losses=tuple(epoch_losses), steps=steps)
+    return DistillReport(
+        epoch_losses=tuple(epoch_losses),
+        steps=steps,
+        validation_agreement=tuple(tracker.curve),
+        best_epoch=tracker.best_epoch,
+        stopped_early=len(epoch_losses) < epochs,
+    )
+
+
+class _ValidationTracker:
+    """Validation agreement per epoch, the best epoch, and its weights when stopping early."""
+
+    def __init__(self, model: nn.Module, *, patience: int) -> None:
+        self.model = model
+        self.patience = patience
+        self.curve: list[float] = []
+        self.best_score = -1.0
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale_epochs = 0
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record one epoch's score; True when training should stop."""
+        self.curve.append(score)
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.stale_epochs = score, epoch + 1, 0
+            if self.patience > 0:
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+        else:
+            self.stale_epochs += 1
+        return self.patience > 0 and self.stale_epochs >= self.patience
+
+    def restore_best(self) -> None:
+        """Early stopping keeps the best epoch's weights, not the last epoch's."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
 
 
 def agreement(

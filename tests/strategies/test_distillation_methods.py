@@ -293,3 +293,38 @@ def test_centralized_on_the_labeled_proxy_alone() -> None:
         )
     with pytest.raises(ConfigError, match="train_on"):
         prepare_run(compose_config([*SMALL, "strategy=centralized", "strategy.train_on=both"]))
+
+
+def test_server_distillation_is_watched_on_a_held_out_proxy_split(in_process_run, tmp_path):
+    in_process_run(
+        [
+            *SMALL,
+            "strategy=feddf",
+            "num_rounds=2",
+            "data.proxy_size=20",
+            "strategy.distill_epochs=6",
+            "strategy.distill_validation_fraction=0.25",
+            "strategy.distill_patience=2",
+        ],
+        tmp_path,
+    )
+    row = read_metrics(tmp_path)[-1]
+    assert len(row["distill_validation_curve"]) == len(row["distill_curve"]) <= 6
+    assert 1 <= row["distill_best_epoch"] <= len(row["distill_curve"])
+    stopped = len(row["distill_curve"]) < 6
+    assert row["distill_stopped_early"] == stopped
+
+
+def test_early_stopping_without_a_validation_split_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="distill_validation_fraction"):
+        prepare_run(compose_config([*SMALL, "strategy=feddf", "strategy.distill_patience=2"]))
+
+
+def test_validation_split_is_disjoint_and_seeded() -> None:
+    strategy = _strategy("strategy=feddf", "strategy.distill_validation_fraction=0.25")
+    train, held_out = strategy.validation_split(1, 20)
+    assert len(held_out) == 5 and len(train) == 15
+    assert not set(train) & set(held_out)
+    again = strategy.validation_split(1, 20)
+    np.testing.assert_array_equal(held_out, again[1])
+    assert not np.array_equal(held_out, strategy.validation_split(2, 20)[1])
