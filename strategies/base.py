@@ -26,7 +26,7 @@ from fedkd import keys
 from fedkd.data import FederatedData, proxy_round_indices
 from fedkd.distill import agreement, distill, teacher_targets, validate_target_rule
 from fedkd.errors import ConfigError
-from fedkd.models import FedKDModel, build_model
+from fedkd.models import FedKDModel, model_from_config
 from fedkd.setup import FederationSetup
 from fedkd.train import evaluate, predict_probs
 
@@ -431,13 +431,11 @@ class FedKDStrategy(Strategy):
         """A server-side model object of client architecture ``index`` (built once)."""
         model = self._architecture_models.get(index)
         if model is None:
-            spec = self.assets.setup.architectures[index]
-            model = build_model(
-                spec["name"],
+            model = model_from_config(
+                self.assets.setup.architectures[index],
                 input_shape=self.assets.data.input_shape,
                 num_classes=self.assets.data.num_classes,
                 seed=self.assets.setup.seed,
-                **{k: v for k, v in spec.items() if k != "name"},
             ).to(self.assets.device)
             self._architecture_models[index] = model
         return model

@@ -33,7 +33,7 @@ from fedkd.data import ClientData, FederatedData, get_federated_data, proxy_roun
 from fedkd.devices import resolve_device, set_torch_threads
 from fedkd.distill import KDLoss, distill
 from fedkd.errors import ConfigError
-from fedkd.models import FedKDModel, build_model
+from fedkd.models import FedKDModel, model_from_config
 from fedkd.setup import FederationSetup, architecture_index
 from fedkd.train import evaluate, predict_logits, predict_probs, train_local
 
@@ -108,12 +108,8 @@ def _model(
     key = (repr(sorted(spec.items())), f"{data.input_shape}/{data.num_classes}/{seed}/{device}")
     cached = _models.get(key)
     if cached is None:
-        model = build_model(
-            spec["name"],
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            seed=seed,
-            **{k: v for k, v in spec.items() if k != "name"},
+        model = model_from_config(
+            spec, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
         ).to(device)
         cached = (model, {k: v.detach().clone() for k, v in model.state_dict().items()})
         _models[key] = cached

@@ -26,7 +26,7 @@ from fedkd.data import FederatedData, get_federated_data
 from fedkd.devices import resolve_device
 from fedkd.distill import build_loss
 from fedkd.errors import ConfigError
-from fedkd.models import FedKDModel, build_model, count_parameters, model_size_bytes
+from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
 from fedkd.progress import RoundProgress, summary_table
 from fedkd.results import RunWriter, summarize
 from fedkd.setup import FederationSetup, LocalTraining
@@ -76,12 +76,8 @@ def build_setup(cfg: dict[str, Any]) -> FederationSetup:
 
 def _build(spec: dict[str, Any], key: str, data: Any, seed: int) -> FedKDModel:
     try:
-        return build_model(
-            spec["name"],
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            seed=seed,
-            **options(spec),
+        return model_from_config(
+            spec, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
         )
     except ConfigError as exc:
         raise ConfigError(f"{key}: {exc}") from exc

@@ -106,6 +106,16 @@ def model_from_spec(spec: Mapping[str, Any], *, seed: int = 0) -> FedKDModel:
     )
 
 
+def model_from_config(
+    config: Mapping[str, Any], *, input_shape: tuple[int, ...], num_classes: int, seed: int = 0
+) -> FedKDModel:
+    """Build a model from a config-group mapping ``{"name": ..., **options}``."""
+    options = {k: v for k, v in config.items() if k != "name" and not str(k).startswith("_")}
+    return build_model(
+        config["name"], input_shape=input_shape, num_classes=num_classes, seed=seed, **options
+    )
+
+
 def _model_class(name: str) -> type[FedKDModel]:
     if not isinstance(name, str) or name not in MODELS:
         raise ConfigError(f"model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
