@@ -41,6 +41,7 @@ DIGEST_EPOCHS = "digest-epochs"
 DIGEST_LR = "digest-lr"
 DIGEST_BATCH_SIZE = "digest-batch-size"
 DIGEST_TEMPERATURE = "digest-temperature"
+DIGEST_SOFT_LOSS = "digest-soft-loss"
 WARMUP_PUBLIC_EPOCHS = "warmup-public-epochs"  # FedMD transfer learning on the labeled proxy
 LOCAL_EPOCHS = "local-epochs"  # overrides client.epochs for this round when present
 # FD (Jeong et al. 2018): per-label logit sharing
@@ -52,3 +53,11 @@ LABEL_COUNTS = "label-counts"  # (C,) examples per label
 # extra reply metrics
 LOCAL_ACCURACY = "local-accuracy"  # the client's model on its own local test split
 ARCHITECTURE = "architecture"  # index into the run's client architectures
+# FedProto (Tan et al. 2022) / FedHKD (Chen et al. 2023): per-class prototypes of private data
+SHARE_PROTOTYPES = "share-prototypes"
+PROTOTYPES = "prototypes"  # (C, D) mean embedding per class
+PROTOTYPE_SOFT = "prototype-soft"  # (C, C) mean softmax output per class
+PROTOTYPE_COUNTS = "prototype-counts"  # (C,) examples per class
+PROTO_WEIGHT = "proto-weight"
+PROTO_SOFT_WEIGHT = "proto-soft-weight"
+PROTO_TEMPERATURE = "proto-temperature"

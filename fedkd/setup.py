@@ -71,6 +71,16 @@ class LocalTraining:
         SGD momentum (default 0.9).
     weight_decay : float
         L2 penalty (default 0.0).
+    self_distill : dict, optional
+        Options of the ``self`` loss (BYOT deep supervision of early exits by the final
+        layer, see :class:`fedkd.distill.losses.SelfDistillLoss`) used for local training
+        instead of plain cross-entropy; ``{}`` takes the loss's defaults, ``None`` (default)
+        is off.
+    born_again : dict, optional
+        ``{generations: G, temperature: T, alpha: a}``: after local training, G born-again
+        generations (Furlanello et al. 2018) retrain the client's model from a fresh
+        initialisation toward the previous generation's softened predictions on the private
+        data mixed with the labels. ``None`` (default) is off.
     """
 
     epochs: int = 5
@@ -79,6 +89,8 @@ class LocalTraining:
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    self_distill: dict[str, Any] | None = None
+    born_again: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -117,6 +129,8 @@ class FederationSetup:
     proxy_dataset: dict[str, Any] | None = None
     device: str = "cpu"
     torch_threads: int = 1
+    distill: dict[str, Any] = field(default_factory=lambda: {"name": "kd"})
+    augment: dict[str, Any] | None = None
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fedkd.data.get_federated_data`."""

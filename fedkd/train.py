@@ -134,13 +134,15 @@ def run_epochs(
     device: torch.device,
     batch_loss: Callable[[Tensor], Tensor],
     after_epoch: Callable[[int], bool] | None = None,
+    before_epoch: Callable[[int], None] | None = None,
 ) -> tuple[list[float], int]:
     """Seeded mini-batch epochs shared by local training and distillation.
 
     ``batch_loss(indices)`` computes the loss of one mini-batch (indices into tensors the
     caller already placed on ``device``). Returns the example-weighted mean loss of each
     epoch and the number of optimizer steps; the model's train/eval mode is restored.
-    ``after_epoch(epoch_index)`` runs after every epoch and stops training by returning True.
+    ``after_epoch(epoch_index)`` runs after every epoch and stops training by returning True;
+    ``before_epoch(epoch_index)`` runs before every epoch (schedules).
     """
     generator = torch.Generator().manual_seed(seed)
     epoch_losses: list[float] = []
@@ -149,7 +151,9 @@ def run_epochs(
     model.train()
     try:
         with seeded_rng(seed, device):
-            for _ in range(epochs):
+            for epoch in range(epochs):
+                if before_epoch is not None:
+                    before_epoch(epoch)
                 total = torch.zeros((), device=device)
                 for idx in minibatches(
                     num_examples, batch_size, generator=generator, device=device

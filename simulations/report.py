@@ -70,10 +70,18 @@ def setting_of(run: dict[str, Any]) -> str:
 
 def method_of(run: dict[str, Any]) -> str:
     """The method label of a run: the strategy name, with variants that change its meaning."""
-    strategy = run.get("config", {}).get("strategy", {})
+    config = run.get("config", {})
+    strategy = config.get("strategy", {})
     if run["strategy"] == "centralized" and strategy.get("train_on") == "proxy":
         return "proxy_only"
-    return str(run["strategy"])
+    label = str(run["strategy"])
+    distill = config.get("distill", {})
+    if distill.get("name", "kd") != "kd":
+        label += f"+{distill['name']}"
+    student = config.get("student", {}).get("name")
+    if student and student != config.get("model", {}).get("name", student):
+        label += f" ({student} student)"
+    return label
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -100,7 +108,8 @@ def comparison(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[dict[
 
 
 def _method_key(method: str) -> tuple[int, str]:
-    order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    base = method.split("+")[0].split(" ")[0]  # "feddf+hint (mlp student)" sorts as feddf
+    order = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
     return order, method
 
 

@@ -7,13 +7,14 @@ into the next global ``ArrayRecord`` (usually the distilled student's weights).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,10 +26,14 @@ from torch import nn
 from fedkd import keys
 from fedkd.data import FederatedData, proxy_round_indices
 from fedkd.distill import agreement, distill, teacher_targets, validate_target_rule
+from fedkd.distill.losses import DistillInputs, DistillLoss, build_loss
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.setup import FederationSetup
-from fedkd.train import evaluate, predict_probs
+from fedkd.train import evaluate, predict_probs, seeded_rng
+
+if TYPE_CHECKING:
+    from fedkd.distill.augment import Augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,11 @@ class RunAssets:
         The teacher-target rule (``aggregation`` config group): ``name`` and options.
     student_config : dict
         The ``student`` config group (to tell which client architecture, if any, it is).
+    distill_config : dict
+        The resolved ``distill`` group (name and options) the loss was built from; clients
+        build the same loss for their digest steps.
+    augmentation : Augmentation, optional
+        Transfer-data augmentation of proxy batches (``augment`` group); ``None``: off.
     """
 
     setup: FederationSetup
@@ -64,6 +74,8 @@ class RunAssets:
     device: torch.device
     aggregation: dict[str, Any] = field(default_factory=lambda: {"name": "mean"})
     student_config: dict[str, Any] = field(default_factory=dict)
+    distill_config: dict[str, Any] = field(default_factory=lambda: {"name": "kd"})
+    augmentation: Augmentation | None = None
 
 
 class FedKDStrategy(Strategy):
@@ -109,6 +121,9 @@ class FedKDStrategy(Strategy):
     requires_student_architecture: ClassVar[bool] = False
     #: The server keeps a student (``student_accuracy`` is reported); False for local-only.
     has_student: ClassVar[bool] = True
+    #: The server holds the client models while distilling (FedDF with teacher weights), so
+    #: losses that match the teacher's intermediate features can be used.
+    provides_teacher_models: bool = False
 
     def __init__(
         self,
@@ -506,6 +521,90 @@ class FedKDStrategy(Strategy):
             outputs.append(predict_probs(model, inputs, device=self.assets.device))
         return np.stack(outputs)
 
+    def teacher_models(self, replies: list[Message]) -> list[FedKDModel]:
+        """One server-side model per reply, holding that client's returned weights."""
+        models = []
+        for reply in replies:
+            model = copy.deepcopy(self.architecture_model(self.architecture_of_reply(reply)))
+            state = reply.content.array_records[keys.ARRAYS].to_torch_state_dict()
+            model.load_state_dict(state, strict=True)
+            models.append(model)
+        return models
+
+    # ------------------------------------------------------------------ distillation loss
+    def distilled_architectures(self) -> list[int]:
+        """Client architectures the server distills besides the student (FedDF's prototypes)."""
+        return []
+
+    def digests_on_clients(self) -> bool:
+        """Whether clients run distillation steps (a digest) with the ``distill`` loss."""
+        return self.keeps_client_models and int(getattr(self, "digest_epochs", 0)) > 0
+
+    def check_distill_loss(self) -> None:
+        """Fail before Ray when the ``distill`` loss cannot work with this run's models.
+
+        Checks the layers the loss reads against the student (and every model the server
+        distills) and, where the server holds client models, the teachers; a loss that
+        matches teacher features where none exist (prediction-sharing methods, client
+        digests) is refused. Then the loss's learned modules are created on a probe batch
+        (seeded), which also catches shape problems such as attention maps on an MLP.
+        """
+        loss = self.assets.distill_loss
+        if not isinstance(loss, DistillLoss):
+            return
+        architectures = range(len(self.assets.setup.architectures))
+        teachers = (
+            [self.architecture_model(i) for i in architectures]
+            if self.provides_teacher_models
+            else None
+        )
+        if self.has_student and self.distill_epochs > 0:
+            students = [self.assets.student]
+            students += [self.architecture_model(i) for i in self.distilled_architectures()]
+            for student in students:
+                loss.check_layers(
+                    student.feature_names,
+                    None if teachers is None else [t.feature_names for t in teachers],
+                )
+                self._probe_bind(loss, student, teachers or [])
+        if self.digests_on_clients():
+            # Clients build their own copy from the same config; never share learned parts.
+            config = self.assets.distill_config
+            client_loss = build_loss(config["name"], **_options(config))
+            for i in architectures:
+                model = self.architecture_model(i)
+                try:
+                    client_loss.check_layers(model.feature_names, None)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"{exc} (strategy {type(self).__name__} runs the distill loss in the "
+                        "clients' digest steps, where only the server's consensus exists)"
+                    ) from exc
+                self._probe_bind(client_loss, model, [])
+
+    def _probe_bind(
+        self, loss: DistillLoss, student: FedKDModel, teachers: list[FedKDModel]
+    ) -> None:
+        device = self.assets.device
+        x = torch.zeros((2, *self.assets.data.input_shape), device=device)
+        with seeded_rng(self.assets.setup.seed, device), torch.no_grad():
+            logits, features = student.to(device).forward_features(x)
+            teacher_features = (
+                [t.to(device).forward_features(x)[1] for t in teachers]
+                if loss.needs_teacher_features
+                else []
+            )
+            loss.bind(
+                DistillInputs(
+                    student_logits=logits,
+                    teacher_probs=torch.softmax(logits, dim=1),
+                    labels=torch.zeros(2, dtype=torch.long, device=device),
+                    student_features=features,
+                    teacher_features=teacher_features,
+                )
+            )
+        loss.to(device)
+
     def validation_split(self, server_round: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Indices of this round's proxy examples to distill on and to validate on.
 
@@ -528,9 +627,12 @@ class FedKDStrategy(Strategy):
         *,
         labels: np.ndarray | None = None,
         model: FedKDModel | None = None,
+        teachers: Sequence[nn.Module] = (),
     ) -> None:
         """Distill ``model`` (default: the student) toward ``targets`` on ``inputs``, recording
-        the student's test accuracy before and after, the loss and the agreement."""
+        the student's test accuracy before and after, the loss and the agreement.
+
+        ``teachers`` are the models feature-matching losses read (FedDF's client models)."""
         model = self.assets.student if model is None else model
         metrics = self.round_metrics.setdefault(server_round, {})
         data = self.assets.data
@@ -555,6 +657,8 @@ class FedKDStrategy(Strategy):
                 validation_x=inputs[held_out] if len(held_out) else None,
                 validation_targets=targets[held_out] if len(held_out) else None,
                 patience=self.distill_patience,
+                teachers=teachers,
+                augmentation=self.assets.augmentation,
             )
             if model is self.assets.student:
                 metrics["distill_loss"] = report.epoch_losses[-1]

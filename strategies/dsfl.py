@@ -39,6 +39,7 @@ class DSFL(FedMD):
     def __init__(self, assets: RunAssets, *, era_temperature: float = 0.1, **options: Any) -> None:
         if not era_temperature > 0:
             raise ConfigError(f"strategy.era_temperature must be > 0, got {era_temperature}")
+        options.setdefault("digest_soft_loss", None)  # the paper digests with soft-target CE (KL)
         super().__init__(assets, **options)
         self.era_temperature = era_temperature
 

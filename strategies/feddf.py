@@ -58,6 +58,7 @@ class FedDF(FedAvg):
             )
         self.teacher_from = teacher_from
         self.shares_proxy_predictions = teacher_from == "predictions"  # type: ignore[misc]
+        self.provides_teacher_models = teacher_from == "weights"
         self.prototypes: dict[int, ArrayRecord] = {}
         self._initial: dict[int, ArrayRecord] = {}
         self.student_architecture = next(
@@ -68,6 +69,12 @@ class FedDF(FedAvg):
             ),
             None,
         )
+
+    def distilled_architectures(self) -> list[int]:
+        """Every client architecture's prototype is distilled, except the student's own."""
+        return [
+            i for i in range(len(self.assets.setup.architectures)) if i != self.student_architecture
+        ]
 
     def weights_for(self, partition_id: int, arrays: ArrayRecord) -> ArrayRecord:
         """The current prototype of the client's architecture (seeded init before round 1)."""
@@ -95,20 +102,26 @@ class FedDF(FedAvg):
             client_probs = self.proxy_probs(replies)
         teacher = self.teacher_targets(client_probs, replies)
         proxy_y = None if data.proxy_y is None else data.proxy_y[self.proxy_indices]
+        loss = self.assets.distill_loss
+        teachers = (
+            self.teacher_models(replies) if getattr(loss, "needs_teacher_features", False) else []
+        )
 
         for arch, record in averaged.items():
             if arch == self.student_architecture:
                 continue
             model = self.architecture_model(arch)
             model.load_state_dict(record.to_torch_state_dict(), strict=True)
-            self.distill_student(server_round, proxy_x, teacher, labels=proxy_y, model=model)
+            self.distill_student(
+                server_round, proxy_x, teacher, labels=proxy_y, model=model, teachers=teachers
+            )
             self.prototypes[arch] = student_arrays(model)
         student = self.assets.student
         if self.student_architecture in averaged:
             student.load_state_dict(
                 averaged[self.student_architecture].to_torch_state_dict(), strict=True
             )
-        self.distill_student(server_round, proxy_x, teacher, labels=proxy_y)
+        self.distill_student(server_round, proxy_x, teacher, labels=proxy_y, teachers=teachers)
         if self.student_architecture is not None:
             self.prototypes[self.student_architecture] = student_arrays(student)
         return student_arrays(student)

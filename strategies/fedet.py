@@ -51,6 +51,7 @@ class FedET(FedMD):
         weighting_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        options.setdefault("digest_soft_loss", None)  # the paper digests with soft-target CE (KL)
         super().__init__(assets, **options)
         if weighting not in TARGET_RULES:
             raise ConfigError(

@@ -19,6 +19,7 @@ GROUPS = (
     "strategy",
     "distill",
     "aggregation",
+    "augment",
     "backend",
 )
 SMALL = ["num_clients=3", "dataset.num_samples=300"]
@@ -75,8 +76,28 @@ def test_hf_without_a_path_is_a_config_error() -> None:
 def test_group_options_build(group: str) -> None:
     for option in _options(group):
         overrides = [*SMALL, "dataset=synthetic", "data.proxy_labeled=true", f"{group}={option}"]
+        if (group, option) == ("distill", "attention"):  # needs convolutional feature maps
+            overrides = ["num_clients=3", "model=cnn", "student=cnn", f"{group}={option}"]
         plan = prepare_run(compose_config(overrides))
         assert plan.config[group]["name"] == option
+
+
+# The input each augmentation option is written for.
+AUGMENT_DATA = {
+    "none": ["dataset=synthetic", "dataset.num_samples=300"],
+    "tabular": ["dataset=synthetic", "dataset.num_samples=300"],
+    "image": ["dataset=digits"],
+    "sequence": ["dataset=mnist1d", "dataset.num_samples=300"],
+}
+
+
+@pytest.mark.parametrize("option", _options("augment"))
+def test_augment_options_build_on_their_data(option: str) -> None:
+    plan = prepare_run(
+        compose_config(["num_clients=3", *AUGMENT_DATA[option], f"augment={option}"])
+    )
+    assert (plan.assets.augmentation is None) == (option == "none")
+    assert plan.assets.setup.augment == (None if option == "none" else plan.config["augment"])
 
 
 @pytest.mark.parametrize("option", _options("model"))

@@ -31,9 +31,13 @@ from flwr.clientapp import ClientApp
 from fedkd import keys
 from fedkd.data import ClientData, FederatedData, get_federated_data, proxy_round_indices
 from fedkd.devices import resolve_device, set_torch_threads
-from fedkd.distill import KDLoss, distill
+from fedkd.distill import KDLoss, build_loss, distill, loss_options
+from fedkd.distill.augment import Augmentation, build_augmentation
+from fedkd.distill.losses import DistillLoss
+from fedkd.distill.self_train import born_again, check_born_again, train_self_distilled
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
+from fedkd.prototypes import class_prototypes, train_with_prototypes
 from fedkd.setup import FederationSetup, architecture_index
 from fedkd.train import evaluate, predict_logits, predict_probs, train_local
 
@@ -54,6 +58,7 @@ class _ClientRuntime:
     model: FedKDModel
     initial_state: dict[str, torch.Tensor]
     device: torch.device
+    augmentation: Augmentation | None = None
 
     def load_start_weights(self, message: Message, context: Context, *, keep_model: bool) -> bool:
         """Load this round's starting weights; True when the client starts from scratch.
@@ -136,6 +141,7 @@ def _runtime(message: Message, context: Context) -> _ClientRuntime:
             model=model,
             initial_state=initial_state,
             device=device,
+            augmentation=build_augmentation(setup.augment, data.input_shape),
         )
         _runtimes[cache_key] = runtime
     return runtime
@@ -166,7 +172,8 @@ def _round_indices(runtime: _ClientRuntime, config: ConfigRecord, server_round: 
 
 
 def _digest(runtime: _ClientRuntime, config: ConfigRecord, targets: ArrayRecord, seed: int) -> None:
-    """Fit the server's consensus on the proxy subset it was computed on (FedMD's digest)."""
+    """Fit the server's consensus on the proxy subset it was computed on (FedMD's digest),
+    with the run's ``distill`` loss and ``augment`` transforms."""
     epochs = _int(config, keys.DIGEST_EPOCHS)
     if epochs <= 0 or keys.PROXY_PROBS not in targets:
         return
@@ -179,25 +186,59 @@ def _digest(runtime: _ClientRuntime, config: ConfigRecord, targets: ArrayRecord,
         runtime.model,
         runtime.data.proxy_x[indices],
         consensus,
-        loss=KDLoss(temperature=_float(config, keys.DIGEST_TEMPERATURE, 1.0)),
+        loss=_digest_loss(runtime.setup, config),
         epochs=epochs,
         batch_size=_int(config, keys.DIGEST_BATCH_SIZE, 32),
         lr=_float(config, keys.DIGEST_LR, 1e-3),
         optimizer="adam",
         seed=seed,
         device=runtime.device,
+        augmentation=runtime.augmentation,
     )
+
+
+def _digest_loss(setup: FederationSetup, config: ConfigRecord) -> DistillLoss:
+    """A fresh loss per digest (learned parts never pass between clients); the strategy's
+    ``digest-temperature`` and ``digest-soft-loss``, when sent, replace the loss's own."""
+    spec = dict(setup.distill)
+    name = str(spec.pop("name"))
+    if keys.DIGEST_TEMPERATURE in config and "temperature" in loss_options(name):
+        spec["temperature"] = _float(config, keys.DIGEST_TEMPERATURE, 1.0)
+    if keys.DIGEST_SOFT_LOSS in config and "soft_loss" in loss_options(name):
+        spec["soft_loss"] = str(config[keys.DIGEST_SOFT_LOSS])
+    return build_loss(name, **spec)
 
 
 def _train_private(
     runtime: _ClientRuntime, config: ConfigRecord, targets: ArrayRecord | None, seed: int
 ) -> float:
-    """Local training on private data; FD adds a pull toward the global per-label logits."""
+    """Local training on private data; FedProto adds a pull toward the global class
+    prototypes (``prototypes``), FD toward the global per-label logits (``label-logits``)."""
     local = runtime.setup.local
     epochs = _int(config, keys.LOCAL_EPOCHS, local.epochs)
     x, y = runtime.client_data.train_x, runtime.client_data.train_y
     if epochs <= 0:
         return float("nan")
+    if targets is not None and keys.PROTOTYPES in targets:
+        return train_with_prototypes(
+            runtime.model,
+            x,
+            y,
+            prototypes=targets[keys.PROTOTYPES].numpy(),
+            soft=targets[keys.PROTOTYPE_SOFT].numpy(),
+            counts=targets[keys.PROTOTYPE_COUNTS].numpy(),
+            proto_weight=_float(config, keys.PROTO_WEIGHT, 1.0),
+            soft_weight=_float(config, keys.PROTO_SOFT_WEIGHT, 0.0),
+            temperature=_float(config, keys.PROTO_TEMPERATURE, 1.0),
+            epochs=epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            momentum=local.momentum,
+            weight_decay=local.weight_decay,
+            seed=seed,
+            device=runtime.device,
+        )
     if targets is not None and keys.LABEL_LOGITS in targets:
         temperature = _float(config, keys.FD_TEMPERATURE, 1.0)
         global_logits = targets[keys.LABEL_LOGITS].numpy()
@@ -221,20 +262,59 @@ def _train_private(
             weight_decay=local.weight_decay,
         )
         return report.epoch_losses[-1]
-    train_report = train_local(
-        runtime.model,
-        x,
-        y,
-        epochs=epochs,
-        batch_size=local.batch_size,
-        lr=local.lr,
-        optimizer=local.optimizer,
-        momentum=local.momentum,
-        weight_decay=local.weight_decay,
-        seed=seed,
-        device=runtime.device,
-    )
-    return train_report.loss
+    return _train_supervised(runtime, x, y, epochs=epochs, seed=seed)
+
+
+def _train_supervised(
+    runtime: _ClientRuntime, x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int
+) -> float:
+    """Cross-entropy training, or BYOT self-distillation (``client.self_distill``), then
+    born-again generations (``client.born_again``) when configured."""
+    local = runtime.setup.local
+    if local.self_distill is not None:
+        loss = train_self_distilled(
+            runtime.model,
+            x,
+            y,
+            options=local.self_distill,
+            epochs=epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            weight_decay=local.weight_decay,
+            seed=seed,
+            device=runtime.device,
+        )
+    else:
+        loss = train_local(
+            runtime.model,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            momentum=local.momentum,
+            weight_decay=local.weight_decay,
+            seed=seed,
+            device=runtime.device,
+        ).loss
+    spec = check_born_again(local.born_again)
+    if spec is not None and spec["generations"] > 0:
+        loss = born_again(
+            runtime.model,
+            x,
+            y,
+            **spec,
+            epochs=epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            weight_decay=local.weight_decay,
+            seed=seed,
+            device=runtime.device,
+        )
+    return loss
 
 
 def _label_logits(runtime: _ClientRuntime) -> tuple[np.ndarray, np.ndarray]:
@@ -322,6 +402,18 @@ def train(message: Message, context: Context) -> Message:
         label_logits, label_counts = _label_logits(runtime)
         shared[keys.LABEL_LOGITS] = _array(label_logits)
         shared[keys.LABEL_COUNTS] = _array(label_counts)
+    if bool(config.get(keys.SHARE_PROTOTYPES, False)):
+        # after local training: the statistics describe the model the client keeps
+        prototypes, prototype_soft, prototype_counts = class_prototypes(
+            runtime.model,
+            runtime.client_data.train_x,
+            runtime.client_data.train_y,
+            num_classes=data.num_classes,
+            device=device,
+        )
+        shared[keys.PROTOTYPES] = _array(prototypes)
+        shared[keys.PROTOTYPE_SOFT] = _array(prototype_soft)
+        shared[keys.PROTOTYPE_COUNTS] = _array(prototype_counts)
     if shared:
         content[keys.PREDICTIONS] = ArrayRecord(shared)
     if bool(config.get(keys.SHARE_TEST_PROBS, False)):

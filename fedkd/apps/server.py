@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedkd.config import check_top_level, compose_config, options, strategy_class
 from fedkd.data import FederatedData, get_federated_data
 from fedkd.devices import resolve_device
-from fedkd.distill import build_loss
+from fedkd.distill import build_loss, loss_options
+from fedkd.distill.augment import build_augmentation
+from fedkd.distill.losses import DistillInputs
+from fedkd.distill.self_train import check_born_again
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
 from fedkd.progress import RoundProgress, summary_table
@@ -71,7 +75,24 @@ def build_setup(cfg: dict[str, Any]) -> FederationSetup:
         proxy_dataset=data_cfg.get("proxy_dataset"),
         device=str(backend.get("device", "cpu")),
         torch_threads=int(backend.get("torch_threads", 1)),
+        distill=dict(cfg["distill"]),
+        augment=_augment_config(cfg),
     )
+
+
+def _augment_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    spec = cfg.get("augment")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"augment must be a mapping with 'transforms', got {spec!r}")
+    return dict(spec) if spec.get("transforms") else None
+
+
+def resolve_distill(distill_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``distill`` group without ``null`` options, so the loss class's defaults apply."""
+    loss_options(str(distill_cfg.get("name")))  # unknown names fail here, naming the key
+    return {k: v for k, v in distill_cfg.items() if v is not None and not str(k).startswith("_")}
 
 
 def _build(spec: dict[str, Any], key: str, data: Any, seed: int) -> FedKDModel:
@@ -91,10 +112,11 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     ServerApp (which runs in this process under the simulation engine) reuses it.
     """
     check_top_level(cfg)
-    setup = build_setup(cfg)
     cls = strategy_class(cfg["strategy"])
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
+    cfg["distill"] = resolve_distill(dict(cfg["distill"]))
+    setup = build_setup(cfg)
     if cls.requires_student_architecture and cfg["model"] != cfg["student"]:
         kind = "mixed architectures" if cfg["model"]["name"] == "hetero" else "another architecture"
         raise ConfigError(
@@ -108,6 +130,10 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     student = _build(cfg["student"], "student", data, setup.seed)
     device = resolve_device(setup.device)
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
+    augmentation = build_augmentation(setup.augment, data.input_shape)
+    if setup.local.self_distill is not None:
+        _check_self_distill(setup.local.self_distill, data, setup)
+    check_born_again(setup.local.born_again)
     aggregation = dict(cfg.get("aggregation") or {"name": "mean"})
     assets = RunAssets(
         setup=setup,
@@ -117,12 +143,39 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         device=device,
         aggregation=aggregation,
         student_config=dict(cfg["student"]),
+        distill_config=dict(cfg["distill"]),
+        augmentation=augmentation,
     )
     try:
         strategy = cls(assets, **options(cfg["strategy"]))
     except TypeError as exc:
         raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
+    strategy.check_distill_loss()
     return RunPlan(config=cfg, assets=assets, strategy=strategy)
+
+
+def _check_self_distill(spec: Any, data: FederatedData, setup: FederationSetup) -> None:
+    """``client.self_distill`` must build the ``self`` loss and fit every client model."""
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"client.self_distill must be a mapping of self-loss options or null, got {spec!r}"
+        )
+    try:
+        loss = build_loss("self", **spec)
+        for arch in setup.architectures:
+            model = _build(arch, "model", data, setup.seed)
+            loss.check_layers(model.feature_names, None)
+            with torch.no_grad():
+                logits, features = model.forward_features(torch.zeros((2, *data.input_shape)))
+            loss.bind(
+                DistillInputs(
+                    student_logits=logits,
+                    labels=torch.zeros(2, dtype=torch.long),
+                    student_features=features,
+                )
+            )
+    except ConfigError as exc:
+        raise ConfigError(f"client.self_distill: {exc}") from exc
 
 
 def run_federation(

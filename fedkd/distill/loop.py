@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from fedkd.distill.losses import DistillInputs, DistillLoss
 from fedkd.train import (
     as_float_tensor,
     as_label_tensor,
@@ -16,7 +19,11 @@ from fedkd.train import (
     make_optimizer,
     predict_probs,
     run_epochs,
+    seeded_rng,
 )
+
+if TYPE_CHECKING:
+    from fedkd.distill.augment import Augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ class DistillReport:
 def distill(
     model: nn.Module,
     proxy_x: np.ndarray,
-    teacher_probs: np.ndarray,
+    teacher_probs: np.ndarray | None,
     *,
     loss: nn.Module,
     epochs: int,
@@ -67,8 +74,17 @@ def distill(
     validation_x: np.ndarray | None = None,
     validation_targets: np.ndarray | None = None,
     patience: int = 0,
+    teachers: Sequence[nn.Module] = (),
+    augmentation: Augmentation | None = None,
 ) -> DistillReport:
     """Train ``model`` in place to match ``teacher_probs`` on ``proxy_x``.
+
+    Every mini-batch goes through ``augmentation`` (if any), then the student (with its
+    intermediate features when the loss needs them) and, for losses that match the
+    teacher's features, every model in ``teachers`` (eval mode, no gradients), and the loss
+    receives all of it as :class:`~fedkd.distill.losses.DistillInputs`. Modules the loss
+    learns (adapters, early-exit heads) are created on a probe batch and trained with the
+    student. ``loss.set_progress`` is told the epoch fraction (temperature/alpha schedules).
 
     With ``validation_x``/``validation_targets`` (held-out proxy examples and their teacher
     targets) the agreement with the teacher is measured after every epoch; with
@@ -81,13 +97,16 @@ def distill(
     Parameters
     ----------
     model : nn.Module
-        Student returning logits; moved to ``device``; its train/eval mode is restored.
+        Student returning logits (a :class:`~fedkd.models.FedKDModel` when the loss needs
+        features); moved to ``device``; its train/eval mode is restored.
     proxy_x : np.ndarray
         Proxy inputs ``(N, *input_shape)``.
-    teacher_probs : np.ndarray
-        ``(N, C)`` teacher probabilities (e.g. :func:`fedkd.distill.mean_targets`).
+    teacher_probs : np.ndarray or None
+        ``(N, C)`` teacher probabilities (e.g. :func:`fedkd.distill.mean_targets`); ``None``
+        for losses that can learn from labels alone (self-distillation), then ``proxy_y``
+        is required.
     loss : nn.Module
-        Called as ``loss(student_logits, teacher_probs, labels)``, e.g. from
+        A :class:`~fedkd.distill.losses.DistillLoss`, e.g. from
         :func:`fedkd.distill.build_loss`.
     epochs, batch_size : int
         Passes over the proxy set and mini-batch size.
@@ -98,11 +117,17 @@ def distill(
     proxy_y : np.ndarray, optional
         Integer labels ``(N,)`` passed to the loss; ``None`` for unlabeled proxy data.
     seed : int
-        Seeds the shuffle generator and (via a forked RNG) dropout.
+        Seeds the shuffle generator, augmentation, the loss's learned modules and (via a
+        forked RNG) dropout.
     device : str or torch.device
         Device to train on.
     weight_decay : float
         Optimizer weight decay.
+    teachers : sequence of nn.Module
+        Teacher models whose features feature-matching losses read (FedDF's client models).
+    augmentation : Augmentation, optional
+        Applied to every mini-batch (see :mod:`fedkd.distill.augment`). Mixup mixes the
+        teacher targets too, and hard labels are then not used.
 
     Returns
     -------
@@ -111,53 +136,115 @@ def distill(
     Raises
     ------
     ValueError
-        Empty proxy set or mismatched lengths/shapes.
+        Empty proxy set, mismatched lengths/shapes, a feature loss without teachers.
     ConfigError
-        Invalid hyper-parameters (``distill.<key>``), unknown ``distill.optimizer``.
+        Invalid hyper-parameters (``distill.<key>``), unknown ``distill.optimizer``, layers
+        a loss reads that the models do not have.
     """
     check_hparams("distill", epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
     n = len(proxy_x)
     if n == 0:
         raise ValueError("proxy_x is empty: need at least one proxy example")
-    if np.ndim(teacher_probs) != 2 or len(teacher_probs) != n:
+    if teacher_probs is not None and (np.ndim(teacher_probs) != 2 or len(teacher_probs) != n):
         raise ValueError(f"teacher_probs must be ({n}, C), got shape {np.shape(teacher_probs)}")
     if proxy_y is not None and len(proxy_y) != n:
         raise ValueError(f"proxy_y must have length {n}, got {len(proxy_y)}")
-    dev = torch.device(device)
-    model.to(dev)
-    xt = as_float_tensor(proxy_x, dev)
-    tt = as_float_tensor(teacher_probs, dev)
-    yt = as_label_tensor(proxy_y, dev) if proxy_y is not None else None
-    opt = make_optimizer(
-        optimizer,
-        model.parameters(),
-        lr=lr,
-        momentum=0.9,
-        weight_decay=weight_decay,
-        key="distill.optimizer",
-    )
+    if teacher_probs is None and proxy_y is None:
+        raise ValueError("distill needs teacher_probs or proxy_y (labels)")
     if patience < 0:
         raise ValueError(f"patience must be >= 0, got {patience}")
     watch = validation_x is not None and validation_targets is not None and len(validation_x) > 0
     if patience > 0 and not watch:
         raise ValueError("early stopping (patience > 0) needs validation_x and validation_targets")
-    tracker = _ValidationTracker(model, patience=patience)
+    needs_student_features = bool(getattr(loss, "needs_student_features", False))
+    needs_teacher_features = bool(getattr(loss, "needs_teacher_features", False))
+    if needs_teacher_features and not teachers:
+        raise ValueError(
+            f"loss {type(loss).__name__} matches teacher features but no teacher models were given"
+        )
+    mix_targets = augmentation is not None and augmentation.changes_targets
+    if mix_targets and teacher_probs is None:
+        raise ValueError("mixup mixes teacher targets: it needs teacher_probs")
 
-    def after_epoch(epoch: int) -> bool:
-        score = agreement(model, validation_x, validation_targets, device=dev)  # type: ignore[arg-type]
-        return tracker.update(epoch, score)
+    dev = torch.device(device)
+    model.to(dev)
+    teacher_models = list(teachers) if needs_teacher_features else []
+    for teacher in teacher_models:
+        teacher.to(dev)
+    xt = as_float_tensor(proxy_x, dev)
+    tt = as_float_tensor(teacher_probs, dev) if teacher_probs is not None else None
+    yt = as_label_tensor(proxy_y, dev) if proxy_y is not None else None
+    augment_generator = torch.Generator().manual_seed(seed + 1)
 
-    epoch_losses, steps = run_epochs(
-        model,
-        opt,
-        num_examples=n,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        device=dev,
-        batch_loss=lambda idx: loss(model(xt[idx]), tt[idx], None if yt is None else yt[idx]),
-        after_epoch=after_epoch if watch else None,
-    )
+    def inputs_for(idx: Tensor) -> DistillInputs:
+        x = xt[idx]
+        targets = None if tt is None else tt[idx]
+        labels = None if yt is None else yt[idx]
+        if augmentation is not None:
+            x, mixed = augmentation(
+                x, targets if targets is not None else _dummy_targets(x), augment_generator
+            )
+            if mix_targets:
+                targets, labels = mixed, None  # mixed targets have no single hard label
+        student_features: dict[str, Tensor] = {}
+        if needs_student_features:
+            logits, student_features = model.forward_features(x)  # type: ignore[operator]
+        else:
+            logits = model(x)
+        teacher_features: list[dict[str, Tensor]] = []
+        if teacher_models:
+            with torch.no_grad():
+                teacher_features = [t.forward_features(x)[1] for t in teacher_models]  # type: ignore[operator]
+        return DistillInputs(
+            student_logits=logits,
+            teacher_probs=targets,
+            labels=labels,
+            student_features=student_features,
+            teacher_features=teacher_features,
+        )
+
+    teacher_modes = [t.training for t in teacher_models]
+    for teacher in teacher_models:
+        teacher.eval()
+    try:
+        if isinstance(loss, DistillLoss) and type(loss).bind is not DistillLoss.bind:
+            # Learned parts of the loss are sized on a probe batch, seeded like the rest.
+            with seeded_rng(seed, dev), torch.no_grad():
+                loss.bind(inputs_for(torch.arange(min(n, 2), device=dev)))
+        loss.to(dev)
+        opt = make_optimizer(
+            optimizer,
+            [*model.parameters(), *loss.parameters()],
+            lr=lr,
+            momentum=0.9,
+            weight_decay=weight_decay,
+            key="distill.optimizer",
+        )
+        tracker = _ValidationTracker(model, patience=patience)
+
+        def before_epoch(epoch: int) -> None:
+            if isinstance(loss, DistillLoss):
+                loss.set_progress(epoch / (epochs - 1) if epochs > 1 else 0.0)
+
+        def after_epoch(epoch: int) -> bool:
+            score = agreement(model, validation_x, validation_targets, device=dev)  # type: ignore[arg-type]
+            return tracker.update(epoch, score)
+
+        epoch_losses, steps = run_epochs(
+            model,
+            opt,
+            num_examples=n,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            device=dev,
+            batch_loss=lambda idx: loss(inputs_for(idx)),
+            after_epoch=after_epoch if watch else None,
+            before_epoch=before_epoch,
+        )
+    finally:
+        for teacher, mode in zip(teacher_models, teacher_modes, strict=True):
+            teacher.train(mode)
     tracker.restore_best()
     logger.debug("distill: %d proxy examples, %d steps, epoch losses %s", n, steps, epoch_losses)
     return DistillReport(
@@ -167,6 +254,11 @@ def distill(
         best_epoch=tracker.best_epoch,
         stopped_early=len(epoch_losses) < epochs,
     )
+
+
+def _dummy_targets(x: Tensor) -> Tensor:
+    """Placeholder targets for augmentations of a batch that has none (labels only)."""
+    return torch.zeros((x.shape[0], 1), device=x.device)
 
 
 class _ValidationTracker:

@@ -60,3 +60,18 @@ def test_proxy_only_centralized_runs_are_their_own_method() -> None:
     assert method_of(run) == "proxy_only"
     assert method_of({"strategy": "centralized", "config": {"strategy": {}}}) == "centralized"
     assert method_of({"strategy": "fedmd", "config": {}}) == "fedmd"
+
+
+def test_method_label_names_the_loss_and_a_different_student() -> None:
+    from simulations.report import _method_key, method_of
+
+    config = {
+        "distill": {"name": "hint"},
+        "model": {"name": "cnn1d"},
+        "student": {"name": "mlp"},
+    }
+    label = method_of({"strategy": "feddf", "config": config})
+    assert label == "feddf+hint (mlp student)"
+    same = {"distill": {"name": "kd"}, "model": {"name": "mlp"}, "student": {"name": "mlp"}}
+    assert method_of({"strategy": "feddf", "config": same}) == "feddf"
+    assert _method_key(label)[0] == _method_key("feddf")[0]

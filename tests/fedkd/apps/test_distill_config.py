@@ -1,0 +1,117 @@
+"""Distillation settings are checked in prepare_run, before Ray starts, with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedkd.apps.server import prepare_run
+from fedkd.config import compose_config
+from fedkd.errors import ConfigError
+
+SMALL = ["num_clients=3"]
+
+
+def _prepare(*overrides: str) -> object:
+    return prepare_run(compose_config([*SMALL, *overrides]))
+
+
+def test_feature_losses_need_a_strategy_with_teacher_models() -> None:
+    for loss in ("hint", "feature", "combo"):
+        with pytest.raises(ConfigError, match="teacher_from=weights"):
+            _prepare(f"distill={loss}", "strategy=fedmd")
+        with pytest.raises(ConfigError, match="teacher_from=weights"):
+            _prepare(f"distill={loss}", "strategy=feddf", "strategy.teacher_from=predictions")
+    plan = _prepare("distill=hint", "strategy=feddf")
+    assert plan.assets.distill_loss.needs_teacher_features  # type: ignore[attr-defined]
+
+
+def test_missing_hint_layer_is_named() -> None:
+    with pytest.raises(ConfigError, match="hidden7") as info:
+        _prepare("distill=hint", "distill.student_layer=hidden7")
+    assert "hidden1" in str(info.value)  # the layers that do exist
+    with pytest.raises(ConfigError, match="conv9"):
+        _prepare("distill=hint", "model=cnn", "distill.teacher_layer=conv9")
+
+
+def test_attention_needs_feature_maps() -> None:
+    with pytest.raises(ConfigError, match="attention"):
+        _prepare("distill=attention")  # MLP client models and student have no maps
+    plan = _prepare("distill=attention", "model=cnn", "student=cnn")
+    assert len(list(plan.assets.distill_loss.parameters())) == 0  # type: ignore[attr-defined]
+
+
+def test_temperature_must_be_positive() -> None:
+    for loss in ("kd", "self"):
+        with pytest.raises(ConfigError, match=r"distill\.temperature"):
+            _prepare(f"distill={loss}", "distill.temperature=0")
+    with pytest.raises(ConfigError, match=r"distill\.temperature"):
+        _prepare("distill.temperature=-1")
+    with pytest.raises(ConfigError, match=r"distill\.terms\[0\]\.temperature"):
+        _prepare("distill=combo", "distill.terms=[{name:kd,weight:1.0,temperature:0}]")
+
+
+def test_unknown_loss_and_option_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"distill\.name"):
+        _prepare("distill.name=fitnets")
+    with pytest.raises(ConfigError, match=r"distill\.tempreature"):
+        _prepare("+distill.tempreature=2")
+
+
+def test_hint_adapters_are_created_before_training_and_seeded() -> None:
+    a = _prepare("distill=hint", "model=cnn")
+    b = _prepare("distill=hint", "model=cnn")
+    params_a = [p.detach().clone() for p in a.assets.distill_loss.parameters()]  # type: ignore[attr-defined]
+    params_b = list(b.assets.distill_loss.parameters())  # type: ignore[attr-defined]
+    assert params_a and all((x == y).all() for x, y in zip(params_a, params_b, strict=True))
+
+
+def test_client_self_distillation_and_born_again_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"client\.self_distill"):
+        _prepare("client.self_distill={temperature:0}")
+    with pytest.raises(ConfigError, match=r"client\.self_distill"):
+        _prepare("client.self_distill={}", "model.hidden=[]")  # no early exit to supervise
+    with pytest.raises(ConfigError, match=r"client\.born_again\.alpha"):
+        _prepare("client.born_again={generations:1,alpha:2}")
+    _prepare("client.self_distill={}", "client.born_again={generations:1}")
+
+
+def test_augmentation_must_fit_the_input() -> None:
+    with pytest.raises(ConfigError, match=r"augment\.transforms\[0\]"):
+        _prepare("augment=image", "dataset=synthetic", "dataset.num_samples=300")
+
+
+def test_null_distill_options_take_the_loss_defaults() -> None:
+    plan = _prepare("distill=self", "distill.temperature=null")
+    assert "temperature" not in plan.config["distill"]
+    assert plan.assets.distill_loss.temperature == 3.0  # type: ignore[attr-defined]
+
+
+def test_fedmd_digests_with_the_papers_l1_and_dsfl_follows_the_loss() -> None:
+    from fedkd import keys
+
+    fedmd = _prepare("strategy=fedmd").strategy
+    assert fedmd.train_config(1)[keys.DIGEST_SOFT_LOSS] == "mae"
+    dsfl = _prepare("strategy=dsfl").strategy
+    assert keys.DIGEST_SOFT_LOSS not in dsfl.train_config(1)
+    with pytest.raises(ConfigError, match=r"strategy\.digest_soft_loss"):
+        _prepare("strategy=fedmd", "strategy.digest_soft_loss=l1")
+
+
+def test_client_digest_loss_follows_the_run_and_the_strategy_overrides() -> None:
+    from flwr.app import ConfigRecord
+
+    from fedkd import keys
+    from fedkd.apps.client import _digest_loss
+
+    setup = _prepare("distill.temperature=2.5", "distill.soft_loss=mse").assets.setup
+    plain = _digest_loss(setup, ConfigRecord({}))
+    assert (plain.temperature, plain.soft_loss) == (2.5, "mse")  # type: ignore[attr-defined]
+    overridden = _digest_loss(
+        setup, ConfigRecord({keys.DIGEST_SOFT_LOSS: "mae", keys.DIGEST_TEMPERATURE: 4.0})
+    )
+    assert (overridden.temperature, overridden.soft_loss) == (4.0, "mae")  # type: ignore[attr-defined]
+    assert _digest_loss(setup, ConfigRecord({})) is not plain  # fresh per digest
+    self_setup = _prepare("distill=self").assets.setup
+    assert (
+        _digest_loss(self_setup, ConfigRecord({keys.DIGEST_SOFT_LOSS: "mae"})).loss_name == "self"
+    )
