@@ -1,0 +1,203 @@
+"""FedProto: clients share per-class mean embeddings (prototypes) of their private data."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message
+
+from fedkd import keys
+from fedkd.errors import ConfigError
+from fedkd.prototypes import aggregate_prototypes
+from strategies.base import FedKDStrategy, RunAssets, num_examples
+
+logger = logging.getLogger(__name__)
+
+
+class FedProto(FedKDStrategy):
+    """FedProto (Tan, Long, Liu, Zhou, Lu, Jiang & Zhang, AAAI 2022, "FedProto: Federated
+    Prototype Learning across Heterogeneous Clients", arXiv:2105.00243), optionally with
+    FedHKD's per-class soft predictions (Chen, Ding, Chen & Vikalo, 2023, "The Best of Both
+    Worlds: Accurate Global and Personalized Models through Federated Learning with
+    Data-Free Hyper-Knowledge Distillation", arXiv:2301.09524).
+
+    Round ``t``::
+
+        each client k: train on private data with
+            CE(z, y) + lambda ||e - P_{t-1}[y]||^2 / D
+                     + gamma T^2 KL(softmax(log S_{t-1}[y] / T) || softmax(z / T))
+        upload per class c: mean embedding p_kc (D), mean softmax s_kc (C), count n_kc
+        server: P_t[c] = sum_k n_kc p_kc / sum_k n_kc    S_t[c] likewise
+                (count-weighted over the clients that hold c), sent back as ``targets``
+
+    ``e`` is the model's ``"embedding"`` feature (the input of its head); the terms apply to
+    examples whose class has a global prototype (see :func:`fedkd.prototypes.train_with_prototypes`
+    for the exact reductions: mean squared error over ``D`` (``nn.MSELoss``), averaged over
+    examples). Round 1 is plain local training. Uplink is ``C x D + C x C + C`` numbers per
+    client, independent of the model size; no proxy data and no weights travel. Clients keep
+    their own models; there is no server student (``student_accuracy`` is null), so compare
+    ``personalized_accuracy_mean`` (each client on its local test split) and
+    ``client_accuracy`` (with ``fraction_evaluate > 0``). As in the paper, clients are
+    evaluated with their own heads (not by nearest global prototype), and a client's own
+    contribution is not subtracted from ``P``.
+
+    Heterogeneous clients (``model=hetero``) work when every architecture has the same
+    embedding width ``D`` (e.g. ``mlp`` with ``hidden: [128, 64]`` and ``cnn`` with
+    ``hidden: 64``); this is checked when the strategy is built.
+
+    Parameters
+    ----------
+    proto_weight : float
+        ``lambda``, weight of the prototype term (default 1.0, >= 0).
+    soft_weight : float
+        ``gamma``, weight of the per-class soft-prediction term (default 0.0: pure FedProto;
+        > 0 adds FedHKD's hyper-knowledge distillation, >= 0).
+    temperature : float
+        ``T`` of the soft term (default 1.0, > 0).
+    (others)
+        See :class:`strategies.base.FedKDStrategy`.
+
+    Client keys honoured: ``keep-model``, ``share-prototypes``, ``targets`` (``prototypes``,
+    ``prototype-soft``, ``prototype-counts``), ``proto-weight``, ``proto-soft-weight``,
+    ``proto-temperature``.
+    """
+
+    sends_weights: ClassVar[bool] = False
+    shares_weights: ClassVar[bool] = False
+    shares_proxy_predictions: ClassVar[bool] = False
+    shares_label_logits: ClassVar[bool] = False
+    keeps_client_models: ClassVar[bool] = True
+    forms_ensemble: ClassVar[bool] = False
+    requires_student_architecture: ClassVar[bool] = False
+    has_student: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        assets: RunAssets,
+        *,
+        proto_weight: float = 1.0,
+        soft_weight: float = 0.0,
+        temperature: float = 1.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(assets, **options)
+        for key, value in (("proto_weight", proto_weight), ("soft_weight", soft_weight)):
+            if not _is_number(value) or not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"strategy.{key} must be a finite number >= 0, got {value!r}")
+        if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"strategy.temperature must be a number > 0, got {temperature!r}")
+        if proto_weight == 0 and soft_weight == 0:
+            logger.warning(
+                "strategy.proto_weight and strategy.soft_weight are both 0: clients ignore "
+                "the shared prototypes (local training only, with prototype uplink)"
+            )
+        self.proto_weight = float(proto_weight)
+        self.soft_weight = float(soft_weight)
+        self.temperature = float(temperature)
+        self.embedding_width = self._common_embedding_width()
+
+    def _common_embedding_width(self) -> int:
+        """The embedding width ``D`` all client architectures share, else ConfigError."""
+        widths = {}
+        for index, spec in enumerate(self.assets.setup.architectures):
+            model = self.architecture_model(index)
+            probe = torch.zeros((2, *self.assets.data.input_shape), device=self.assets.device)
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.inference_mode():
+                    _, features = model.forward_features(probe)
+            finally:
+                model.train(was_training)
+            widths[f"{index}: {spec}"] = int(features["embedding"].flatten(1).shape[1])
+        if len(set(widths.values())) > 1:
+            listed = "; ".join(f"[{name}] -> {width}" for name, width in widths.items())
+            raise ConfigError(
+                "strategy fedproto averages embeddings across clients, so every client "
+                "architecture (model.architectures) must have the same embedding width; "
+                f"got {listed}"
+            )
+        return next(iter(widths.values()))
+
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """Base keys plus FedProto's sharing flag and regularizer settings."""
+        return {
+            **super().train_config(server_round),
+            keys.SHARE_PROTOTYPES: True,
+            keys.PROTO_WEIGHT: self.proto_weight,
+            keys.PROTO_SOFT_WEIGHT: self.soft_weight,
+            keys.PROTO_TEMPERATURE: self.temperature,
+        }
+
+    def check_reply(self, reply: Message) -> str | None:
+        """The base checks, then the three prototype arrays: present, shaped ``(C, D)``,
+        ``(C, C)``, ``(C,)``, finite, counts >= 0 and at most the reply's num-examples, and
+        soft rows that are distributions for the classes the client holds."""
+        reason = super().check_reply(reply)
+        if reason is not None:
+            return reason
+        shared = reply.content.array_records.get(keys.PREDICTIONS)
+        names = (keys.PROTOTYPES, keys.PROTOTYPE_SOFT, keys.PROTOTYPE_COUNTS)
+        if shared is None or any(name not in shared for name in names):
+            return "missing prototypes"
+        prototypes, soft, counts = (shared[name].numpy() for name in names)
+        num_classes = self.assets.data.num_classes
+        expected = (
+            (num_classes, self.embedding_width),
+            (num_classes, num_classes),
+            (num_classes,),
+        )
+        if (prototypes.shape, soft.shape, counts.shape) != expected:
+            return "prototypes: wrong shape"
+        arrays = (prototypes, soft, counts)
+        if any(a.dtype.kind != "f" or not np.isfinite(a).all() for a in arrays):
+            return "prototypes: not finite floats"
+        if (counts < 0).any():
+            return "prototypes: negative counts"
+        if counts.sum() > num_examples(reply):
+            return "prototypes: counts exceed num-examples"
+        held = counts > 0
+        row_sums = soft.sum(axis=1)
+        if (soft < -1e-6).any() or not np.allclose(row_sums[held], 1.0, atol=1e-3):
+            return "prototypes: soft rows are not probability vectors"
+        return None
+
+    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        """Count-weighted global prototypes and soft predictions, sent back next round."""
+        shared = [r.content.array_records[keys.PREDICTIONS] for r in replies]
+        global_prototypes, global_soft, global_counts = aggregate_prototypes(
+            np.stack([s[keys.PROTOTYPES].numpy() for s in shared]),
+            np.stack([s[keys.PROTOTYPE_SOFT].numpy() for s in shared]),
+            np.stack([s[keys.PROTOTYPE_COUNTS].numpy() for s in shared]),
+        )
+        self.round_targets = ArrayRecord(
+            {
+                keys.PROTOTYPES: Array(global_prototypes.astype(np.float32)),
+                keys.PROTOTYPE_SOFT: Array(global_soft.astype(np.float32)),
+                keys.PROTOTYPE_COUNTS: Array(global_counts.astype(np.float32)),
+            }
+        )
+        self.targets_round = server_round
+        self.round_metrics.setdefault(server_round, {})["prototype_classes"] = int(
+            (global_counts > 0).sum()
+        )
+        return ArrayRecord()
+
+    def summary(self) -> None:
+        """Log the strategy settings (Flower calls this at start)."""
+        super().summary()
+        logger.info(
+            "FedProto: proto_weight=%s soft_weight=%s temperature=%s embedding_width=%s",
+            self.proto_weight,
+            self.soft_weight,
+            self.temperature,
+            self.embedding_width,
+        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
