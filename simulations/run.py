@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedkd.apps.client import app as client_app
@@ -50,6 +51,26 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def validation_objective(summary: dict[str, Any]) -> float | None:
+    """What a sweeper should maximize: the final round's accuracy on the validation set.
+
+    ``student_validation_accuracy`` is the student on the clients' pooled local test splits,
+    disjoint from the server test set, so tuning never looks at the test set. The final round
+    counts, not the best one: the run keeps no best-round weights, so the final student is the
+    model a user gets. Methods without a student (``local_only``, ``fedproto``) fall back to
+    ``client_accuracy`` (federated evaluation on the same local test splits, when
+    ``strategy.fraction_evaluate > 0``), then to ``personalized_accuracy_mean`` (each client's
+    model on its own local test split). Never a ``*_accuracy`` on the server test set;
+    ``None`` when the run has none of these.
+    """
+    final = summary.get("final", {})
+    for key in ("student_validation_accuracy", "client_accuracy", "personalized_accuracy_mean"):
+        value = final.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
 def _remove_empty_run_dir(run_dir: Path) -> None:
     """Delete a run directory that holds only Hydra's bookkeeping (no result files)."""
     if not run_dir.is_dir() or any((run_dir / name).exists() for name in RESULT_FILES):
@@ -61,17 +82,22 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the final student accuracy (for sweepers)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """Hydra entry point; returns :func:`validation_objective` (what sweepers optimize)."""
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
     try:
         summary = run(to_plain(cfg), run_dir)
     except ConfigError as exc:
-        _remove_empty_run_dir(run_dir)  # a user's mistake: one clear line, no traceback
-        print(f"fedkd: invalid configuration: {exc}", file=sys.stderr)
+        _remove_empty_run_dir(run_dir)
+        if hydra_config.mode == RunMode.MULTIRUN:
+            # One job of a sweep: raising (not SystemExit) lets the sweeper record this job
+            # as failed and keep the others (the Optuna sweeper marks the trial FAIL).
+            raise
+        print(f"fedkd: invalid configuration: {exc}", file=sys.stderr)  # one line, no traceback
         raise SystemExit(2) from None
-    final = summary.get("final", {})
-    accuracy = final.get("student_accuracy")
-    return float(accuracy) if accuracy is not None else None
+    objective = validation_objective(summary)
+    logger.info("validation objective: %s", objective)
+    return objective
 
 
 if __name__ == "__main__":
