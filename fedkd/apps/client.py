@@ -271,49 +271,22 @@ def _train_supervised(
     """Cross-entropy training, or BYOT self-distillation (``client.self_distill``), then
     born-again generations (``client.born_again``) when configured."""
     local = runtime.setup.local
+    common: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": local.batch_size,
+        "lr": local.lr,
+        "optimizer": local.optimizer,
+        "weight_decay": local.weight_decay,
+        "seed": seed,
+        "device": runtime.device,
+    }
     if local.self_distill is not None:
-        loss = train_self_distilled(
-            runtime.model,
-            x,
-            y,
-            options=local.self_distill,
-            epochs=epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
-            weight_decay=local.weight_decay,
-            seed=seed,
-            device=runtime.device,
-        )
+        loss = train_self_distilled(runtime.model, x, y, options=local.self_distill, **common)
     else:
-        loss = train_local(
-            runtime.model,
-            x,
-            y,
-            epochs=epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
-            momentum=local.momentum,
-            weight_decay=local.weight_decay,
-            seed=seed,
-            device=runtime.device,
-        ).loss
+        loss = train_local(runtime.model, x, y, momentum=local.momentum, **common).loss
     spec = check_born_again(local.born_again)
     if spec is not None and spec["generations"] > 0:
-        loss = born_again(
-            runtime.model,
-            x,
-            y,
-            **spec,
-            epochs=epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
-            weight_decay=local.weight_decay,
-            seed=seed,
-            device=runtime.device,
-        )
+        loss = born_again(runtime.model, x, y, **spec, **common)
     return loss
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedkd.distill.losses.base import DistillInputs, DistillLoss, resolve_layer
+from fedkd.distill.losses.base import DistillInputs, resolve_layer
 from fedkd.distill.losses.hint import (
-    check_layer_name,
+    LayerPairLoss,
     missing_module_error,
     new_module,
     pool_to_vector,
@@ -60,7 +59,7 @@ def rkd_angle_potential(vectors: Tensor) -> Tensor:
     return cosines[distinct]
 
 
-class FeatureLoss(DistillLoss):
+class FeatureLoss(LayerPairLoss):
     r"""Feature distillation on one layer: embedding matching or relational KD.
 
     With student feature ``s`` and teacher features ``t_k`` of ``K`` teacher models (maps
@@ -115,9 +114,6 @@ class FeatureLoss(DistillLoss):
     """
 
     name = "feature"
-    needs_student_features = True
-    needs_teacher_features = True
-    needs_teacher_probs = False
 
     def __init__(
         self,
@@ -126,22 +122,10 @@ class FeatureLoss(DistillLoss):
         student_layer: str = "embedding",
         teacher_layer: str = "embedding",
     ) -> None:
-        super().__init__()
         if mode not in FEATURE_MODES:
             raise ConfigError(f"distill.mode must be one of {FEATURE_MODES}, got {mode!r}")
+        super().__init__(student_layer=student_layer, teacher_layer=teacher_layer)
         self.mode = mode
-        self.student_layer = check_layer_name(student_layer, "distill.student_layer")
-        self.teacher_layer = check_layer_name(teacher_layer, "distill.teacher_layer")
-        self.adapters = nn.ModuleDict()
-
-    def check_layers(
-        self, student_layers: Sequence[str], teacher_layers: Sequence[Sequence[str]] | None
-    ) -> None:
-        """Raise ConfigError naming the option and the layer when a layer does not exist."""
-        super().check_layers(student_layers, teacher_layers)
-        resolve_layer(self.student_layer, student_layers, "distill.student_layer")
-        for names in teacher_layers or ():
-            resolve_layer(self.teacher_layer, names, "distill.teacher_layer")
 
     def _pairs(self, inputs: DistillInputs) -> list[tuple[str | None, Tensor, Tensor]]:
         """``(adapter key or None, student vectors, teacher vectors)`` per teacher."""

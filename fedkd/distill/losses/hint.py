@@ -106,7 +106,31 @@ def _regressor(student: Tensor, teacher: Tensor, mode: str) -> nn.Module:
     return nn.Linear(s_channels, t_channels)
 
 
-class HintLoss(DistillLoss):
+class LayerPairLoss(DistillLoss):
+    """Base of losses that read one student layer and one layer per teacher
+    (``distill.student_layer`` / ``distill.teacher_layer``) through learned adapters."""
+
+    needs_student_features = True
+    needs_teacher_features = True
+    needs_teacher_probs = False
+
+    def __init__(self, *, student_layer: str, teacher_layer: str) -> None:
+        super().__init__()
+        self.student_layer = check_layer_name(student_layer, "distill.student_layer")
+        self.teacher_layer = check_layer_name(teacher_layer, "distill.teacher_layer")
+        self.adapters = nn.ModuleDict()
+
+    def check_layers(
+        self, student_layers: Sequence[str], teacher_layers: Sequence[Sequence[str]] | None
+    ) -> None:
+        """Raise ConfigError naming the option and the layer when a layer does not exist."""
+        super().check_layers(student_layers, teacher_layers)
+        resolve_layer(self.student_layer, student_layers, "distill.student_layer")
+        for names in teacher_layers or ():
+            resolve_layer(self.teacher_layer, names, "distill.teacher_layer")
+
+
+class HintLoss(LayerPairLoss):
     r"""FitNets hint loss of Romero et al. (2015), "FitNets: Hints for Thin Deep Nets",
     arXiv:1412.6550.
 
@@ -153,24 +177,9 @@ class HintLoss(DistillLoss):
     """
 
     name = "hint"
-    needs_student_features = True
-    needs_teacher_features = True
-    needs_teacher_probs = False
 
     def __init__(self, *, student_layer: str = "middle", teacher_layer: str = "middle") -> None:
-        super().__init__()
-        self.student_layer = check_layer_name(student_layer, "distill.student_layer")
-        self.teacher_layer = check_layer_name(teacher_layer, "distill.teacher_layer")
-        self.adapters = nn.ModuleDict()
-
-    def check_layers(
-        self, student_layers: Sequence[str], teacher_layers: Sequence[Sequence[str]] | None
-    ) -> None:
-        """Raise ConfigError naming the option and the layer when a layer does not exist."""
-        super().check_layers(student_layers, teacher_layers)
-        resolve_layer(self.student_layer, student_layers, "distill.student_layer")
-        for names in teacher_layers or ():
-            resolve_layer(self.teacher_layer, names, "distill.teacher_layer")
+        super().__init__(student_layer=student_layer, teacher_layer=teacher_layer)
 
     def _pairs(self, inputs: DistillInputs) -> list[tuple[str, Tensor, Tensor, str]]:
         """``(key, student_feature, teacher_feature, mode)`` per teacher."""
