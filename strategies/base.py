@@ -121,6 +121,9 @@ class FedKDStrategy(Strategy):
     requires_student_architecture: ClassVar[bool] = False
     #: The server keeps a student (``student_accuracy`` is reported); False for local-only.
     has_student: ClassVar[bool] = True
+    #: Clients train locally with the method's own regularized loss (FD, FedProto), which
+    #: replaces ``client.self_distill`` and ``client.born_again``.
+    regularizes_local_training: ClassVar[bool] = False
     #: The server holds the client models while distilling (FedDF with teacher weights), so
     #: losses that match the teacher's intermediate features can be used.
     provides_teacher_models: bool = False

@@ -48,6 +48,7 @@ class FD(FedKDStrategy):
     """
 
     sends_weights = False
+    regularizes_local_training = True
     keeps_client_models = True
     shares_label_logits = True
     forms_ensemble = True

@@ -70,6 +70,7 @@ class FedProto(FedKDStrategy):
     shares_weights: ClassVar[bool] = False
     shares_proxy_predictions: ClassVar[bool] = False
     shares_label_logits: ClassVar[bool] = False
+    regularizes_local_training: ClassVar[bool] = True
     keeps_client_models: ClassVar[bool] = True
     forms_ensemble: ClassVar[bool] = False
     requires_student_architecture: ClassVar[bool] = False

@@ -134,6 +134,14 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     if setup.local.self_distill is not None:
         _check_self_distill(setup.local.self_distill, data, setup)
     check_born_again(setup.local.born_again)
+    if cls.regularizes_local_training and (
+        setup.local.self_distill is not None or setup.local.born_again is not None
+    ):
+        logger.warning(
+            "client.self_distill / client.born_again have no effect with strategy %r: its "
+            "clients train with the method's own regularized loss",
+            cfg["strategy"]["name"],
+        )
     aggregation = dict(cfg.get("aggregation") or {"name": "mean"})
     assets = RunAssets(
         setup=setup,

@@ -115,3 +115,15 @@ def test_client_digest_loss_follows_the_run_and_the_strategy_overrides() -> None
     assert (
         _digest_loss(self_setup, ConfigRecord({keys.DIGEST_SOFT_LOSS: "mae"})).loss_name == "self"
     )
+
+
+def test_self_distillation_with_a_regularizing_method_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="fedkd.apps.server"):
+        _prepare("strategy=fd", "data.proxy_labeled=true", "client.self_distill={}")
+    assert "no effect with strategy 'fd'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedkd.apps.server"):
+        _prepare("strategy=fedmd", "client.self_distill={}")
+    assert "no effect" not in caplog.text
