@@ -552,10 +552,13 @@ class FedKDStrategy(Strategy):
         digests) is refused. Then the loss's learned modules are created on a probe batch
         (seeded), which also catches shape problems such as attention maps on an MLP.
         """
+        architectures = range(len(self.assets.setup.architectures))
+        self_distill = self.assets.setup.local.self_distill
+        if self_distill is not None:
+            self._check_client_self_distill(self_distill, architectures)
         loss = self.assets.distill_loss
         if not isinstance(loss, DistillLoss):
             return
-        architectures = range(len(self.assets.setup.architectures))
         teachers = (
             [self.architecture_model(i) for i in architectures]
             if self.provides_teacher_models
@@ -584,6 +587,21 @@ class FedKDStrategy(Strategy):
                         "clients' digest steps, where only the server's consensus exists)"
                     ) from exc
                 self._probe_bind(client_loss, model, [])
+
+    def _check_client_self_distill(self, spec: Any, architectures: range) -> None:
+        """``client.self_distill`` must build the ``self`` loss and fit every client model."""
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"client.self_distill must be a mapping of self-loss options or null, got {spec!r}"
+            )
+        try:
+            loss = build_loss("self", **spec)
+            for i in architectures:
+                model = self.architecture_model(i)
+                loss.check_layers(model.feature_names, None)
+                self._probe_bind(loss, model, [])
+        except ConfigError as exc:
+            raise ConfigError(f"client.self_distill: {exc}") from exc
 
     def _probe_bind(
         self, loss: DistillLoss, student: FedKDModel, teachers: list[FedKDModel]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -27,7 +26,6 @@ from fedkd.data import FederatedData, get_federated_data
 from fedkd.devices import resolve_device
 from fedkd.distill import build_loss, loss_options
 from fedkd.distill.augment import build_augmentation
-from fedkd.distill.losses import DistillInputs
 from fedkd.distill.self_train import check_born_again
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
@@ -131,8 +129,6 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     device = resolve_device(setup.device)
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
     augmentation = build_augmentation(setup.augment, data.input_shape)
-    if setup.local.self_distill is not None:
-        _check_self_distill(setup.local.self_distill, data, setup)
     check_born_again(setup.local.born_again)
     if cls.regularizes_local_training and (
         setup.local.self_distill is not None or setup.local.born_again is not None
@@ -160,30 +156,6 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
     strategy.check_distill_loss()
     return RunPlan(config=cfg, assets=assets, strategy=strategy)
-
-
-def _check_self_distill(spec: Any, data: FederatedData, setup: FederationSetup) -> None:
-    """``client.self_distill`` must build the ``self`` loss and fit every client model."""
-    if not isinstance(spec, dict):
-        raise ConfigError(
-            f"client.self_distill must be a mapping of self-loss options or null, got {spec!r}"
-        )
-    try:
-        loss = build_loss("self", **spec)
-        for arch in setup.architectures:
-            model = _build(arch, "model", data, setup.seed)
-            loss.check_layers(model.feature_names, None)
-            with torch.no_grad():
-                logits, features = model.forward_features(torch.zeros((2, *data.input_shape)))
-            loss.bind(
-                DistillInputs(
-                    student_logits=logits,
-                    labels=torch.zeros(2, dtype=torch.long),
-                    student_features=features,
-                )
-            )
-    except ConfigError as exc:
-        raise ConfigError(f"client.self_distill: {exc}") from exc
 
 
 def run_federation(
