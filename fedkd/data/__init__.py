@@ -1,9 +1,11 @@
 """Data loading, partitioning and the federated view used by fedkd."""
 
 from fedkd.data.datasets import (
+    CREDIT_FEATURES,
     DATASET_NAMES,
     DATASET_OPTIONS,
     RawDataset,
+    generate_credit,
     load_dataset,
     resolve_dataset_options,
 )
@@ -26,6 +28,7 @@ from fedkd.data.partition import (
 
 __all__ = [
     "CLASS_ASSIGNMENT_MODES",
+    "CREDIT_FEATURES",
     "DATASET_NAMES",
     "DATASET_OPTIONS",
     "PARTITION_NAMES",
@@ -35,6 +38,7 @@ __all__ = [
     "RawDataset",
     "build_federated_data",
     "clear_federated_data_cache",
+    "generate_credit",
     "get_federated_data",
     "load_dataset",
     "partition_indices",

@@ -571,7 +571,12 @@ def build_federated_data(
         test_x = ((test_x - mean) / std).astype(np.float32)
 
     partitions = partition_indices(
-        pool_y, num_partitions=num_clients, name=partition_name, seed=seed, **partition_options
+        pool_y,
+        num_partitions=num_clients,
+        name=partition_name,
+        seed=seed,
+        features=pool_x,  # used by feature_skew only
+        **partition_options,
     )
     sizes = [len(part) for part in partitions]
     too_small = [pid for pid, size in enumerate(sizes) if size < MIN_CLIENT_SAMPLES]

@@ -12,7 +12,7 @@ from fedkd.errors import ConfigError
 
 
 def test_registry_names() -> None:
-    assert DATASET_NAMES == ("digits", "breast_cancer", "mnist1d", "synthetic", "hf")
+    assert DATASET_NAMES == ("digits", "breast_cancer", "mnist1d", "synthetic", "hf", "credit")
 
 
 def test_digits_shapes_and_scaling() -> None:

@@ -24,7 +24,7 @@ def _assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
 
 
 def test_names() -> None:
-    assert PARTITION_NAMES == ("iid", "dirichlet", "pathological")
+    assert PARTITION_NAMES == ("iid", "dirichlet", "pathological", "feature_skew")
 
 
 def test_iid_balanced_disjoint_covering_sorted() -> None:
