@@ -61,3 +61,8 @@ PROTOTYPE_COUNTS = "prototype-counts"  # (C,) examples per class
 PROTO_WEIGHT = "proto-weight"
 PROTO_SOFT_WEIGHT = "proto-soft-weight"
 PROTO_TEMPERATURE = "proto-temperature"
+# Privacy (fedkd.privacy)
+DP_HISTORY = "fedkd-dp-history"  # context.state: the client's Opacus accountant history
+DP_EPSILON = "dp-epsilon"  # reply metric: the client's own Opacus epsilon after training
+TARGETS_ROWS = "targets-rows"  # rows of the round's proxy subset the targets cover (PATE)
+AUDIT_MODEL = "audit-model"  # query config: reply with the client's own model (audit only)

@@ -40,6 +40,8 @@ class RoundProgress:
         parts = [f"student {_pct(row.get('student_accuracy'))}"]
         if row.get("ensemble_accuracy") is not None:
             parts.append(f"ensemble {_pct(row['ensemble_accuracy'])}")
+        if row.get("epsilon") is not None:
+            parts.append(f"ε {row['epsilon']:.3g}")
         if row.get("clients_failed"):
             parts.append(f"[red]{row['clients_failed']} failed[/red]")
         self._progress.update(
@@ -80,6 +82,22 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         "student size", f"{summary['parameters']:,} params / {_bytes(summary['size_bytes'])}", ""
     )
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s", "")
+    privacy = summary.get("privacy") or {}
+    if privacy.get("epsilon") is not None:
+        table.add_row(
+            f"privacy ({privacy['mechanism']})",
+            f"ε = {privacy['epsilon']:.3g}, δ = {privacy['delta']:g}",
+            "",
+        )
+    for target, attacks in (privacy.get("audit") or {}).get("targets", {}).items():
+        for attack, result in attacks.items():
+            table.add_row(
+                f"MIA {attack} on {target}",
+                f"AUC {result['auc']:.3f}",
+                f"TPR@1%FPR {100 * result['tpr_at_1pct_fpr']:.1f}%",
+            )
+    if summary.get("stopped_reason"):
+        table.add_row("stopped", str(summary["stopped_reason"]), "")
     return table
 
 

@@ -131,6 +131,7 @@ class FederationSetup:
     torch_threads: int = 1
     distill: dict[str, Any] = field(default_factory=lambda: {"name": "kd"})
     augment: dict[str, Any] | None = None
+    privacy: dict[str, Any] | None = None  # PrivacySpec.to_dict() when a mechanism is on
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fedkd.data.get_federated_data`."""

@@ -29,6 +29,7 @@ from fedkd.distill import agreement, distill, teacher_targets, validate_target_r
 from fedkd.distill.losses import DistillInputs, DistillLoss, build_loss
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
+from fedkd.privacy import PrivacyController, PrivacySpec
 from fedkd.setup import FederationSetup
 from fedkd.train import evaluate, predict_probs, seeded_rng
 
@@ -65,6 +66,8 @@ class RunAssets:
         build the same loss for their digest steps.
     augmentation : Augmentation, optional
         Transfer-data augmentation of proxy batches (``augment`` group); ``None``: off.
+    privacy : PrivacySpec
+        The ``privacy`` group (mechanism, accounting and audit options).
     """
 
     setup: FederationSetup
@@ -76,6 +79,7 @@ class RunAssets:
     student_config: dict[str, Any] = field(default_factory=dict)
     distill_config: dict[str, Any] = field(default_factory=lambda: {"name": "kd"})
     augmentation: Augmentation | None = None
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
 
 
 class FedKDStrategy(Strategy):
@@ -127,6 +131,8 @@ class FedKDStrategy(Strategy):
     #: The server holds the client models while distilling (FedDF with teacher weights), so
     #: losses that match the teacher's intermediate features can be used.
     provides_teacher_models: bool = False
+    #: Clients take part (False for centralized training, which sends no message).
+    has_clients: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -194,6 +200,14 @@ class FedKDStrategy(Strategy):
         self.round_metrics: dict[int, dict[str, Any]] = {}
         self._sent_to: dict[int, int] = {}  # node id -> partition id, current round
         self._setup_json = assets.setup.to_json()
+        #: Accounting, budget and server-side release of the ``privacy`` mechanism.
+        self.privacy = (
+            PrivacyController(assets.privacy, seed=assets.setup.seed)
+            if assets.privacy.enabled
+            else None
+        )
+        #: The last weights each client returned (kept for the membership audit only).
+        self.last_client_weights: dict[int, ArrayRecord] = {}
 
     # ------------------------------------------------------------------ discovery
     def discover(self, grid: Grid, timeout: float | None = None) -> None:
@@ -294,6 +308,19 @@ class FedKDStrategy(Strategy):
             seed=self.assets.setup.seed,
             server_round=server_round,
         )
+        if self.privacy is not None:
+            self.privacy.charge_round(
+                server_round,
+                partitions,
+                proxy_rows=len(self.proxy_indices),
+                client_examples={p: sum(self.label_histograms.get(p, [])) for p in partitions},
+                local_epochs=int(
+                    self.train_config(server_round).get(
+                        keys.LOCAL_EPOCHS, self.assets.setup.local.epochs
+                    )
+                ),
+                batch_size=self.assets.setup.local.batch_size,
+            )
         messages = []
         downlink_bytes = 0
         record_bytes: dict[int, int] = {}  # the same record goes to many clients
@@ -351,6 +378,7 @@ class FedKDStrategy(Strategy):
                 sum(_metric(r, keys.TRAIN_LOSS) * num_examples(r) for r in valid) / total
             )
         self.record_diagnostics(server_round, valid)
+        self._record_privacy(server_round, valid)
         if len(valid) < self.min_train_replies:
             metrics["skipped"] = (
                 f"{len(valid)} valid replies < min_train_replies={self.min_train_replies}"
@@ -358,6 +386,8 @@ class FedKDStrategy(Strategy):
             logger.warning("round %s skipped: %s", server_round, metrics["skipped"])
             return None, MetricRecord({"clients-ok": len(valid)})
         new_arrays = self.aggregate(server_round, valid)
+        if self.privacy is not None:
+            metrics.update(self.privacy.round_metrics(server_round))
         return new_arrays, MetricRecord(
             {
                 "clients-ok": len(valid),
@@ -369,6 +399,88 @@ class FedKDStrategy(Strategy):
     @abstractmethod
     def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         """Turn one round's valid replies into the next global ArrayRecord."""
+
+    # ------------------------------------------------------------------ privacy
+    def check_privacy(self) -> None:
+        """Fail before Ray when the ``privacy`` mechanism cannot protect what this method
+        shares, or its delta is not meaningful for the privacy unit."""
+        spec = self.assets.privacy
+        method = type(self).__name__
+        if not spec.enabled:
+            return
+        if not self.has_clients:
+            raise ConfigError(
+                f"privacy={spec.name} protects what clients share; strategy {method} trains "
+                "centrally on pooled data and shares nothing (use privacy=none)"
+            )
+        if spec.name in ("logit_dp", "pate"):
+            if not self.shares_proxy_predictions or self.shares_weights:
+                shared = "weights" if self.shares_weights else "no proxy predictions"
+                raise ConfigError(
+                    f"privacy={spec.name} protects shared proxy predictions, but strategy "
+                    f"{method} shares {shared}; use strategy=fedmd, dsfl or fedet, or "
+                    "privacy=dpsgd (which covers everything a DP-SGD model releases)"
+                )
+            rule = self.assets.aggregation.get("name", "mean")
+            if rule != "mean":
+                raise ConfigError(
+                    f"privacy={spec.name} releases a noisy "
+                    f"{'mean' if spec.name == 'logit_dp' else 'vote count'} of the clients' "
+                    f"predictions, which replaces the teacher rule; aggregation={rule} "
+                    "cannot apply (use aggregation=mean)"
+                )
+            if self.target_rule.get("name", "mean") != "mean":
+                logger.warning(
+                    "privacy=%s replaces %s's weighting %r with the mechanism's release",
+                    spec.name,
+                    method,
+                    self.target_rule.get("name"),
+                )
+            population = self.assets.setup.num_clients
+            unit = f"1/num_clients = 1/{population}"
+        else:  # dpsgd
+            if self.shares_label_logits or self.regularizes_local_training:
+                raise ConfigError(
+                    f"privacy=dpsgd cannot cover strategy {method}: it shares statistics "
+                    "computed directly on private data (per-label logits or class "
+                    "prototypes), not only outputs of the DP-SGD model"
+                )
+            local = self.assets.setup.local
+            if local.self_distill is not None or local.born_again is not None:
+                raise ConfigError(
+                    "privacy=dpsgd trains clients with DP-SGD; client.self_distill and "
+                    "client.born_again would train on private data without it (set them null)"
+                )
+            data = self.assets.data
+            population = min(len(data.client_data(p).train_y) for p in range(data.num_clients))
+            unit = f"1/n = 1/{population} (n: the smallest client's training set)"
+        if not spec.delta < 1.0 / population:
+            raise ConfigError(
+                f"privacy.delta={spec.delta:g} must be < {unit}: a larger delta allows "
+                "releasing a whole unit's data"
+            )
+
+    def shares_noisy_predictions(self) -> bool:
+        """Replies carry mechanism outputs instead of probability rows (logit_dp)."""
+        return self.privacy is not None and self.privacy.spec.name == "logit_dp"
+
+    def _record_privacy(self, server_round: int, valid: list[Message]) -> None:
+        if self.assets.privacy.audit and self.shares_weights:
+            for reply in valid:
+                self.last_client_weights[self.partition_of(reply)] = reply.content.array_records[
+                    keys.ARRAYS
+                ]
+        if self.privacy is None:
+            return
+        metrics = self.round_metrics.setdefault(server_round, {})
+        metrics.update(self.privacy.round_metrics(server_round))
+        reported = [
+            _metric(r, keys.DP_EPSILON)
+            for r in valid
+            if keys.DP_EPSILON in r.content.metric_records[keys.METRICS]
+        ]
+        if reported:  # the clients' own Opacus accountants, for cross-checking
+            metrics["client_epsilon_max"] = max(reported)
 
     # ------------------------------------------------------------------ checks
     def validate_replies(
@@ -421,9 +533,18 @@ class FedKDStrategy(Strategy):
             if keys.PREDICTIONS not in content.array_records:
                 return "missing proxy predictions"
             expected = (len(self.proxy_indices), num_classes)
-            reason = _check_probs(
-                content.array_records[keys.PREDICTIONS], keys.PROXY_PROBS, expected
-            )
+            if self.shares_noisy_predictions():
+                assert self.privacy is not None
+                reason = _check_noisy(
+                    content.array_records[keys.PREDICTIONS],
+                    keys.PROXY_PROBS,
+                    expected,
+                    clip=self.privacy.spec.clip if self.privacy.spec.mode == "central" else None,
+                )
+            else:
+                reason = _check_probs(
+                    content.array_records[keys.PREDICTIONS], keys.PROXY_PROBS, expected
+                )
             if reason:
                 return reason
         if self.shares_label_logits:
@@ -824,14 +945,36 @@ def _check_weights(record: ArrayRecord, reference: nn.Module) -> str | None:
     return None
 
 
-def _check_probs(record: ArrayRecord, key: str, expected_shape: tuple[int, int]) -> str | None:
+def _shared_floats(
+    record: ArrayRecord, key: str, expected_shape: tuple[int, int]
+) -> tuple[np.ndarray | None, str | None]:
+    """The ``(rows, classes)`` float array ``key`` of a reply, or why it is unusable."""
     if key not in record:
-        return f"{key}: missing"
+        return None, f"{key}: missing"
     values = record[key].numpy()
     if values.shape != expected_shape:
-        return f"{key}: shape {values.shape}, expected {expected_shape}"
+        return None, f"{key}: shape {values.shape}, expected {expected_shape}"
     if values.dtype.kind != "f" or not np.isfinite(values).all():
-        return f"{key}: not finite floats"
+        return None, f"{key}: not finite floats"
+    return values, None
+
+
+def _check_probs(record: ArrayRecord, key: str, expected_shape: tuple[int, int]) -> str | None:
+    values, reason = _shared_floats(record, key, expected_shape)
+    if values is None:
+        return reason
     if (values < -1e-6).any() or not np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
         return f"{key}: rows are not probability vectors"
+    return None
+
+def _check_noisy(
+    record: ArrayRecord, key: str, expected_shape: tuple[int, int], *, clip: float | None
+) -> str | None:
+    """Shared outputs of ``logit_dp``: finite floats; rows within ``clip`` when clients only
+    clip (central mode; the server clips again anyway)."""
+    values, reason = _shared_floats(record, key, expected_shape)
+    if values is None:
+        return reason
+    if clip is not None and (np.linalg.norm(values, axis=1) > clip * (1 + 1e-4) + 1e-6).any():
+        return f"{key}: rows exceed the clipping bound privacy.clip={clip:g}"
     return None

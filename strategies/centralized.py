@@ -36,6 +36,7 @@ class Centralized(FedKDStrategy):
     """
 
     sends_weights = False
+    has_clients = False
 
     def __init__(self, assets: RunAssets, *, train_on: str = "pooled", **options: Any) -> None:
         super().__init__(assets, **options)

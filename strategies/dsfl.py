@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
 
 from fedkd.distill import era_targets
 from fedkd.errors import ConfigError
@@ -43,7 +42,6 @@ class DSFL(FedMD):
         super().__init__(assets, **options)
         self.era_temperature = era_temperature
 
-    def consensus(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
-        """ERA: the configured rule's targets, sharpened at ``era_temperature``."""
-        aggregated = self.teacher_targets(client_probs, replies)
-        return era_targets(aggregated[None], temperature=self.era_temperature)
+    def sharpen(self, targets: np.ndarray) -> np.ndarray:
+        """ERA: the aggregated targets sharpened at ``era_temperature``."""
+        return era_targets(targets[None], temperature=self.era_temperature)

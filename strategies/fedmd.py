@@ -119,7 +119,11 @@ class FedMD(FedKDStrategy):
 
     def consensus(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
         """The round's teacher targets on the proxy subset (the configured rule)."""
-        return self.teacher_targets(client_probs, replies)
+        return self.sharpen(self.teacher_targets(client_probs, replies))
+
+    def sharpen(self, targets: np.ndarray) -> np.ndarray:
+        """Post-processing of aggregated targets (DS-FL's ERA); FedMD keeps them."""
+        return targets
 
     def digest_targets(self, consensus: np.ndarray, proxy_x: np.ndarray) -> np.ndarray:
         """What clients fit next round: the consensus itself in FedMD."""
@@ -129,13 +133,27 @@ class FedMD(FedKDStrategy):
         """Consensus from the clients' scores, the student distilled toward it, and the
         targets clients digest next round. Nothing else travels between rounds."""
         data = self.assets.data
-        proxy_x = data.proxy_x[self.proxy_indices]
-        proxy_y = None if data.proxy_y is None else data.proxy_y[self.proxy_indices]
-        consensus = self.consensus(self.proxy_probs(replies), replies)
+        rows = np.arange(len(self.proxy_indices))
+        client_probs = self.proxy_probs(replies)
+        if self.privacy is not None and self.privacy.spec.name in ("logit_dp", "pate"):
+            # the mechanism's release replaces the rule; sharpening is post-processing
+            release = self.privacy.release(server_round, client_probs)
+            if release.rows is not None:
+                rows = release.rows
+            if len(rows) == 0:  # PATE answered no query: nothing to learn this round
+                self.round_targets = None
+                return ArrayRecord()
+            consensus = self.sharpen(release.targets)
+        else:
+            consensus = self.consensus(client_probs, replies)
+        self.targets_round = server_round
+        indices = self.proxy_indices[rows]
+        proxy_x = data.proxy_x[indices]
+        proxy_y = None if data.proxy_y is None else data.proxy_y[indices]
         self.distill_student(server_round, proxy_x, consensus, labels=proxy_y)
         targets = self.digest_targets(consensus, proxy_x)
-        self.round_targets = ArrayRecord(
-            {keys.PROXY_PROBS: Array(np.ascontiguousarray(targets, dtype=np.float32))}
-        )
-        self.targets_round = server_round
+        record = {keys.PROXY_PROBS: Array(np.ascontiguousarray(targets, dtype=np.float32))}
+        if len(rows) < len(self.proxy_indices):
+            record[keys.TARGETS_ROWS] = Array(np.ascontiguousarray(rows, dtype=np.int64))
+        self.round_targets = ArrayRecord(record)
         return ArrayRecord()

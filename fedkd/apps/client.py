@@ -37,6 +37,14 @@ from fedkd.distill.losses import DistillLoss
 from fedkd.distill.self_train import born_again, check_born_again, train_self_distilled
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
+from fedkd.privacy import PrivacySpec
+from fedkd.privacy.mechanisms import (
+    clip_rows,
+    local_release,
+    noise_generator,
+    one_hot_votes,
+    torch_noise_seed,
+)
 from fedkd.prototypes import class_prototypes, train_with_prototypes
 from fedkd.setup import FederationSetup, architecture_index
 from fedkd.train import evaluate, predict_logits, predict_probs, train_local
@@ -178,6 +186,8 @@ def _digest(runtime: _ClientRuntime, config: ConfigRecord, targets: ArrayRecord,
     if epochs <= 0 or keys.PROXY_PROBS not in targets:
         return
     indices = _round_indices(runtime, config, _int(config, keys.TARGETS_ROUND))
+    if keys.TARGETS_ROWS in targets:  # PATE: only the answered queries have labels
+        indices = indices[targets[keys.TARGETS_ROWS].numpy().astype(np.int64)]
     consensus = targets[keys.PROXY_PROBS].numpy()
     expected = (len(indices), runtime.data.num_classes)
     if consensus.shape != expected:
@@ -290,6 +300,71 @@ def _train_supervised(
     return loss
 
 
+def _train_dpsgd(
+    runtime: _ClientRuntime, config: ConfigRecord, context: Context, spec: PrivacySpec
+) -> tuple[float, float]:
+    """DP-SGD local training (Opacus); the accountant's history lives in ``context.state``
+    so epsilon composes over every round this client trained in."""
+    from fedkd.privacy.dpsgd import train_dpsgd
+
+    local = runtime.setup.local
+    history: list[tuple[float, float, int]] = []
+    if keys.DP_HISTORY in context.state.config_records:
+        saved = context.state.config_records[keys.DP_HISTORY]
+        noise, rate, steps = (np.asarray(saved[k]) for k in ("noise", "rate", "steps"))
+        history = [(float(z), float(q), int(n)) for z, q, n in zip(noise, rate, steps, strict=True)]
+    report = train_dpsgd(
+        runtime.model,
+        runtime.client_data.train_x,
+        runtime.client_data.train_y,
+        epochs=_int(config, keys.LOCAL_EPOCHS, local.epochs),
+        batch_size=local.batch_size,
+        lr=local.lr,
+        optimizer=local.optimizer,
+        momentum=local.momentum,
+        weight_decay=local.weight_decay,
+        noise_multiplier=spec.noise_multiplier,
+        max_grad_norm=spec.max_grad_norm,
+        delta=spec.delta,
+        history=history,
+        noise_seed=torch_noise_seed(
+            spec.reproducible_noise,
+            runtime.setup.seed,
+            _int(config, keys.SERVER_ROUND),
+            runtime.partition_id,
+        ),
+        device=runtime.device,
+    )
+    context.state[keys.DP_HISTORY] = ConfigRecord(
+        {
+            "noise": [float(z) for z, _, _ in report.history],
+            "rate": [float(q) for _, q, _ in report.history],
+            "steps": [int(n) for _, _, n in report.history],
+        }
+    )
+    return report.loss, report.epsilon
+
+
+def _privatize(
+    runtime: _ClientRuntime, spec: PrivacySpec, probs: np.ndarray, server_round: int
+) -> np.ndarray:
+    """What leaves the client under ``privacy``: noisy clipped rows (local logit_dp),
+    clipped rows (central logit_dp: the server adds the noise), or one-hot votes (PATE)."""
+    if spec.name == "logit_dp" and spec.mode == "local":
+        rng = noise_generator(
+            spec.reproducible_noise, runtime.setup.seed, server_round, runtime.partition_id, 1
+        )
+        noisy, _ = local_release(
+            probs, clip=spec.clip, noise_multiplier=spec.noise_multiplier, rng=rng
+        )
+        return noisy
+    if spec.name == "logit_dp":
+        return clip_rows(probs, spec.clip).astype(np.float32)
+    if spec.name == "pate":
+        return one_hot_votes(probs)
+    return probs
+
+
 def _label_logits(runtime: _ClientRuntime) -> tuple[np.ndarray, np.ndarray]:
     """FD's upload: mean logits per true label on private data, and the label counts."""
     num_classes = runtime.data.num_classes
@@ -304,8 +379,18 @@ def _label_logits(runtime: _ClientRuntime) -> tuple[np.ndarray, np.ndarray]:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Describe this client: partition id, example count, label histogram, architecture."""
+    """Describe this client: partition id, example count, label histogram, architecture.
+
+    With ``audit-model`` in the config (the membership audit after a run, simulation only)
+    the reply also carries the client's own model."""
     runtime = _runtime(message, context)
+    config = message.content.config_records[keys.CONFIG]
+    if bool(config.get(keys.AUDIT_MODEL, False)):
+        content = RecordDict()
+        if keys.STATE_MODEL in context.state.array_records:
+            content[keys.ARRAYS] = context.state.array_records[keys.STATE_MODEL]
+        content[keys.METRICS] = MetricRecord({keys.PARTITION_ID: runtime.partition_id})
+        return Message(content, reply_to=message)
     histogram = np.bincount(runtime.client_data.train_y, minlength=runtime.data.num_classes)
     metrics = MetricRecord(
         {
@@ -348,7 +433,12 @@ def train(message: Message, context: Context) -> Message:
     targets = message.content.array_records.get(keys.TARGETS)
     if targets is not None:
         _digest(runtime, config, targets, seed=(seed + 1) % 2**32)
-    train_loss = _train_private(runtime, config, targets, seed)
+    privacy = PrivacySpec.from_dict(runtime.setup.privacy)
+    dp_epsilon: float | None = None
+    if privacy.name == "dpsgd":
+        train_loss, dp_epsilon = _train_dpsgd(runtime, config, context, privacy)
+    else:
+        train_loss = _train_private(runtime, config, targets, seed)
     if keep_model:
         context.state[keys.STATE_MODEL] = runtime.weights_record()
 
@@ -358,6 +448,8 @@ def train(message: Message, context: Context) -> Message:
         keys.PARTITION_ID: runtime.partition_id,
         keys.ARCHITECTURE: runtime.architecture,
     }
+    if dp_epsilon is not None:
+        metrics[keys.DP_EPSILON] = float(dp_epsilon)
     if len(runtime.client_data.test_y):
         _, metrics[keys.LOCAL_ACCURACY] = evaluate(
             runtime.model, runtime.client_data.test_x, runtime.client_data.test_y, device=device
@@ -367,10 +459,10 @@ def train(message: Message, context: Context) -> Message:
         content[keys.ARRAYS] = runtime.weights_record()
     shared: dict[str, Array] = {}
     if bool(config.get(keys.SHARE_PROXY_PROBS, False)):
-        indices = _round_indices(runtime, config, _int(config, keys.SERVER_ROUND))
-        shared[keys.PROXY_PROBS] = _array(
-            predict_probs(runtime.model, data.proxy_x[indices], device=device)
-        )
+        server_round = _int(config, keys.SERVER_ROUND)
+        indices = _round_indices(runtime, config, server_round)
+        probs = predict_probs(runtime.model, data.proxy_x[indices], device=device)
+        shared[keys.PROXY_PROBS] = _array(_privatize(runtime, privacy, probs, server_round))
     if bool(config.get(keys.SHARE_LABEL_LOGITS, False)):
         label_logits, label_counts = _label_logits(runtime)
         shared[keys.LABEL_LOGITS] = _array(label_logits)

@@ -29,6 +29,7 @@ from fedkd.distill.augment import build_augmentation
 from fedkd.distill.self_train import check_born_again
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
+from fedkd.privacy import PrivacyBudgetExhausted, PrivacySpec
 from fedkd.progress import RoundProgress, summary_table
 from fedkd.results import RunWriter, summarize
 from fedkd.setup import FederationSetup, LocalTraining
@@ -49,7 +50,7 @@ class RunPlan:
     strategy: FedKDStrategy
 
 
-def build_setup(cfg: dict[str, Any]) -> FederationSetup:
+def build_setup(cfg: dict[str, Any], privacy: PrivacySpec | None = None) -> FederationSetup:
     """The client-facing part of the config."""
     data_cfg = cfg.get("data", {})
     backend = cfg["backend"]
@@ -75,6 +76,7 @@ def build_setup(cfg: dict[str, Any]) -> FederationSetup:
         torch_threads=int(backend.get("torch_threads", 1)),
         distill=dict(cfg["distill"]),
         augment=_augment_config(cfg),
+        privacy=privacy.to_dict() if privacy is not None and privacy.enabled else None,
     )
 
 
@@ -114,7 +116,8 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
     cfg["distill"] = resolve_distill(dict(cfg["distill"]))
-    setup = build_setup(cfg)
+    privacy = PrivacySpec.from_config(cfg.get("privacy"))
+    setup = build_setup(cfg, privacy)
     if cls.requires_student_architecture and cfg["model"] != cfg["student"]:
         kind = "mixed architectures" if cfg["model"]["name"] == "hetero" else "another architecture"
         raise ConfigError(
@@ -149,12 +152,14 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         student_config=dict(cfg["student"]),
         distill_config=dict(cfg["distill"]),
         augmentation=augmentation,
+        privacy=privacy,
     )
     try:
         strategy = cls(assets, **options(cfg["strategy"]))
     except TypeError as exc:
         raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
     strategy.check_distill_loss()
+    strategy.check_privacy()
     return RunPlan(config=cfg, assets=assets, strategy=strategy)
 
 
@@ -211,16 +216,23 @@ def run_federation(
 
     status, error = "completed", None
     progress = RoundProgress(cfg["num_rounds"], enabled=show_progress)
+    privacy: dict[str, Any] | None = None
+    stopped_reason: str | None = None
     try:
         with progress:
-            strategy.start(
-                grid=grid,
-                initial_arrays=student_arrays(assets.student),
-                num_rounds=cfg["num_rounds"],
-                timeout=float(cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)),
-                train_config=ConfigRecord(),
-                evaluate_fn=evaluate_fn,
-            )
+            try:
+                strategy.start(
+                    grid=grid,
+                    initial_arrays=student_arrays(assets.student),
+                    num_rounds=cfg["num_rounds"],
+                    timeout=float(cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)),
+                    train_config=ConfigRecord(),
+                    evaluate_fn=evaluate_fn,
+                )
+            except PrivacyBudgetExhausted as exc:  # every finished round is kept
+                status, stopped_reason = "stopped", str(exc)
+                logger.warning("%s", exc)
+        privacy = privacy_summary(plan, grid, run_dir)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -234,10 +246,31 @@ def run_federation(
             status=status,
             error=error,
         )
+        if stopped_reason is not None:
+            summary["stopped_reason"] = stopped_reason
+        if privacy is not None:
+            summary["privacy"] = privacy
         writer.finish(summary)
         if show_progress:
             progress.console.print(summary_table(summary))
             progress.console.print(f"results in {run_dir}")
+    return summary
+
+
+def privacy_summary(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any] | None:
+    """The ``privacy`` entry of ``summary.json``: accounting, and the audit when asked."""
+    spec, strategy = plan.assets.privacy, plan.strategy
+    if not spec.enabled and not spec.audit:
+        return None
+    summary: dict[str, Any] = (
+        strategy.privacy.summary(proxy_rows=len(strategy.proxy_indices))
+        if strategy.privacy is not None
+        else {"mechanism": "none", "epsilon": None}
+    )
+    if spec.audit:
+        from fedkd.apps.audit import run_audit
+
+        summary["audit"] = run_audit(plan, grid, run_dir)
     return summary
 
 

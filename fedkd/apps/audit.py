@@ -1,0 +1,177 @@
+"""The membership-inference audit after a run (``privacy.audit=true``), simulation only.
+
+Targets: the final student (members: every client's private training data; non-members: the
+server's held-out test set) and up to ``privacy.audit_clients`` client models (members: that
+client's training data; non-members: held-out test data). Client models come from the last
+weights a client returned (weight-sharing methods) or, for methods where clients keep their
+own model, from one ``query`` message with ``audit-model`` (simulation telemetry, never part
+of the method's traffic). Attacks: :mod:`fedkd.privacy.audit`. LiRA's shadow models have
+the target's architecture and are trained with the clients' optimizer settings for
+``privacy.audit_epochs`` epochs (default ``client.epochs * num_rounds``, at most 50): an
+approximation of the federated pipeline that produced the target, as usual in audits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from torch import nn
+
+from fedkd import keys
+from fedkd.models import FedKDModel, model_from_config
+from fedkd.privacy.audit import AttackResult, audit_model, balanced_non_members, plot_roc
+from fedkd.train import train_local
+
+if TYPE_CHECKING:
+    from fedkd.apps.server import RunPlan
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_AUDIT_EPOCHS = 50
+AUDIT_SEED_STREAM = 977
+
+
+def audit_epochs(plan: RunPlan) -> int:
+    spec = plan.assets.privacy
+    if spec.audit_epochs is not None:
+        return spec.audit_epochs
+    return min(plan.assets.setup.local.epochs * plan.config["num_rounds"], DEFAULT_MAX_AUDIT_EPOCHS)
+
+
+def client_models(plan: RunPlan, grid: Grid) -> dict[int, FedKDModel]:
+    """Up to ``privacy.audit_clients`` client models, by partition id."""
+    strategy, assets = plan.strategy, plan.assets
+    wanted = sorted(strategy.node_of_partition)[: assets.privacy.audit_clients]
+    records: dict[int, ArrayRecord] = {}
+    if strategy.keeps_client_models and wanted:
+        content = RecordDict(
+            {
+                keys.CONFIG: ConfigRecord(
+                    {keys.SETUP: assets.setup.to_json(), keys.AUDIT_MODEL: True}
+                )
+            }
+        )
+        messages = [
+            Message(
+                content=content,
+                message_type=MessageType.QUERY,
+                dst_node_id=strategy.node_of_partition[p],
+            )
+            for p in wanted
+        ]
+        for reply in grid.send_and_receive(messages, timeout=600):
+            if reply.has_error() or keys.ARRAYS not in reply.content.array_records:
+                continue
+            partition = int(reply.content.metric_records[keys.METRICS][keys.PARTITION_ID])  # type: ignore[arg-type]
+            records[partition] = reply.content.array_records[keys.ARRAYS]
+    else:
+        records = {
+            p: strategy.last_client_weights[p] for p in wanted if p in strategy.last_client_weights
+        }
+    models: dict[int, FedKDModel] = {}
+    for partition, record in sorted(records.items()):
+        spec = assets.setup.model_for(partition)
+        model = model_from_config(
+            spec,
+            input_shape=assets.data.input_shape,
+            num_classes=assets.data.num_classes,
+            seed=assets.setup.seed,
+        )
+        model.load_state_dict(record.to_torch_state_dict(), strict=True)
+        models[partition] = model.to(assets.device)
+    return models
+
+
+def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
+    """Attack the student and client models; write ``audit_roc.png``; return the summary."""
+    assets, strategy = plan.assets, plan.strategy
+    spec, data, local = assets.privacy, assets.data, assets.setup.local
+    epochs = audit_epochs(plan)
+    seed = assets.setup.seed
+
+    def train_fn(model: nn.Module, x: np.ndarray, y: np.ndarray, shadow_seed: int) -> None:
+        train_local(
+            model,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            momentum=local.momentum,
+            weight_decay=local.weight_decay,
+            seed=shadow_seed,
+            device=assets.device,
+        )
+
+    def factory_for(model_spec: dict[str, Any]) -> Callable[[int], nn.Module]:
+        def factory(index: int) -> nn.Module:
+            return model_from_config(
+                model_spec,
+                input_shape=data.input_shape,
+                num_classes=data.num_classes,
+                seed=seed + AUDIT_SEED_STREAM + index,
+            ).to(assets.device)
+
+        return factory
+
+    targets: list[tuple[str, nn.Module, dict[str, Any], np.ndarray, np.ndarray]] = []
+    if strategy.has_student:
+        splits = [data.client_data(p) for p in range(data.num_clients)]
+        x = np.concatenate([s.train_x for s in splits])
+        y = np.concatenate([s.train_y for s in splits])
+        targets.append(("student", assets.student, assets.student_config, x, y))
+    for partition, client_model in client_models(plan, grid).items():
+        split = data.client_data(partition)
+        targets.append(
+            (
+                f"client-{partition}",
+                client_model,
+                assets.setup.model_for(partition),
+                split.train_x,
+                split.train_y,
+            )
+        )
+    results: list[AttackResult] = []
+    for index, (name, target_model, model_spec, member_x, member_y) in enumerate(targets):
+        non_x, non_y = balanced_non_members(
+            len(member_y), data.test_x, data.test_y, seed=seed + index
+        )
+        if len(member_y) > len(non_y):  # the same number of each keeps the shadow pools even
+            rng = np.random.default_rng([seed, AUDIT_SEED_STREAM, index])
+            keep = np.sort(rng.choice(len(member_y), size=len(non_y), replace=False))
+            member_x, member_y = member_x[keep], member_y[keep]
+        logger.info("auditing %s (%s members, %s non-members)", name, len(member_y), len(non_y))
+        results += audit_model(
+            target_model,
+            (member_x, member_y),
+            (non_x, non_y),
+            target=name,
+            attacks=spec.audit_attacks,
+            model_factory=factory_for(model_spec),
+            train_fn=train_fn,
+            num_shadows=spec.audit_shadows,
+            seed=seed + index,
+            device=assets.device,
+        )
+    summary: dict[str, Any] = {
+        "targets": {},
+        "shadows": spec.audit_shadows,
+        "shadow_epochs": epochs,
+        "members": "clients' private training data (a balanced subsample)",
+        "non_members": "server test set (never trained on)",
+    }
+    for result in results:
+        summary["targets"].setdefault(result.target, {})[result.attack] = result.summary()
+    if results:
+        try:
+            summary["plot"] = plot_roc(results, run_dir / "audit_roc.png").name
+        except Exception:  # a plotting failure must not lose the numbers
+            logger.exception("could not plot the audit ROC curves")
+    return summary

@@ -1,0 +1,219 @@
+"""The ``privacy`` config group: which mechanism protects what clients share, and its options.
+
+One validated, JSON-ready :class:`PrivacySpec` travels to every client inside the
+:class:`fedkd.setup.FederationSetup`; the server builds its accountant from the same spec.
+Every option error is a :class:`fedkd.errors.ConfigError` naming ``privacy.<key>``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from numbers import Integral, Real
+from typing import Any
+
+from fedkd.errors import ConfigError
+
+MECHANISMS: tuple[str, ...] = ("none", "logit_dp", "pate", "dpsgd")
+LOGIT_DP_MODES: tuple[str, ...] = ("local", "central")
+
+#: Options every mechanism accepts (the audit runs with or without a mechanism).
+_COMMON: dict[str, Any] = {
+    "audit": False,
+    "audit_attacks": ["loss", "lira"],
+    "audit_shadows": 8,
+    "audit_clients": 3,
+    "audit_epochs": None,
+}
+_DP: dict[str, Any] = {"delta": 1e-5, "max_epsilon": None, "reproducible_noise": False}
+
+#: Allowed options and their defaults, per mechanism.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "none": dict(_COMMON),
+    "logit_dp": {**_COMMON, **_DP, "mode": "local", "clip": 1.0, "noise_multiplier": 1.0},
+    "pate": {**_COMMON, **_DP, "sigma": 1.0, "threshold": None, "sigma_threshold": None},
+    "dpsgd": {**_COMMON, **_DP, "noise_multiplier": 1.0, "max_grad_norm": 1.0},
+}
+
+
+def _number(key: str, value: Any, *, positive: bool = True, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(float(value)):
+        raise ConfigError(f"privacy.{key} must be a finite number, got {value!r}")
+    if positive and not float(value) > 0:
+        raise ConfigError(f"privacy.{key} must be > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    """A validated ``privacy`` group.
+
+    Attributes
+    ----------
+    name : str
+        ``none``, ``logit_dp`` (clipped Gaussian noise on shared proxy predictions),
+        ``pate`` (noisy vote counts, GNMax / confident GNMax) or ``dpsgd`` (Opacus DP-SGD
+        local training).
+    mode : str
+        ``logit_dp`` only: ``local`` (each client noises its own release) or ``central``
+        (clients clip, the server noises the sum).
+    clip : float
+        ``logit_dp``: L2 bound of each proxy example's shared probability vector.
+    noise_multiplier : float
+        ``logit_dp``: noise std / L2 sensitivity; ``dpsgd``: Opacus's noise multiplier.
+    sigma : float
+        ``pate``: std of the Gaussian noise on the vote counts (GNMax).
+    threshold, sigma_threshold : float, optional
+        ``pate``: confident GNMax; answer a query only when the top vote count plus
+        ``N(0, sigma_threshold^2)`` reaches ``threshold``. ``None``: plain GNMax.
+    max_grad_norm : float
+        ``dpsgd``: per-example gradient clipping bound.
+    delta : float
+        Target delta of the reported (epsilon, delta).
+    max_epsilon : float, optional
+        Budget: the run stops before a round that would exceed it.
+    reproducible_noise : bool
+        Derive the noise from the run seed (research reruns); unsafe for real deployments.
+    audit, audit_attacks, audit_shadows, audit_clients, audit_epochs
+        Membership-inference audit after the run (see :mod:`fedkd.privacy.audit`).
+    """
+
+    name: str = "none"
+    mode: str = "local"
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    sigma: float = 1.0
+    threshold: float | None = None
+    sigma_threshold: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    max_epsilon: float | None = None
+    reproducible_noise: bool = False
+    audit: bool = False
+    audit_attacks: tuple[str, ...] = ("loss", "lira")
+    audit_shadows: int = 8
+    audit_clients: int = 3
+    audit_epochs: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """A mechanism is on (anything but ``none``)."""
+        return self.name != "none"
+
+    @property
+    def confident(self) -> bool:
+        """PATE with the confident-GNMax threshold check."""
+        return self.name == "pate" and self.threshold is not None
+
+    @property
+    def unit(self) -> str:
+        """What one (epsilon, delta) protects, in words."""
+        if self.name == "dpsgd":
+            return "example: one record of one client's private training data (add/remove)"
+        if self.name == "logit_dp" and self.mode == "local":
+            return (
+                "client: all private data of one client (its release, replaced by any other); "
+                "this bounds every single record too"
+            )
+        if self.name in ("logit_dp", "pate"):
+            return (
+                "client: all private data of one client (add/remove for logit_dp central, "
+                "replace for pate); this bounds every single record too"
+            )
+        return "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["audit_attacks"] = list(self.audit_attacks)
+        return data
+
+    @staticmethod
+    def from_dict(data: dict[str, Any] | None) -> PrivacySpec:
+        """Rebuild from :meth:`to_dict` (what clients receive); ``None`` is off."""
+        if not data:
+            return PrivacySpec()
+        return PrivacySpec(**{**data, "audit_attacks": tuple(data.get("audit_attacks", ()))})
+
+    @staticmethod
+    def from_config(cfg: dict[str, Any] | None) -> PrivacySpec:
+        """Validate the ``privacy`` group (``None`` or ``{name: none}`` is off)."""
+        cfg = dict(cfg or {"name": "none"})
+        name = cfg.pop("name", "none")
+        if name not in MECHANISMS:
+            raise ConfigError(f"privacy.name must be one of {list(MECHANISMS)}, got {name!r}")
+        allowed = OPTIONS[name]
+        cfg = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+        unknown = sorted(str(k) for k in cfg if k not in allowed)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {['privacy.' + k for k in unknown]} for privacy={name}; "
+                f"allowed: {sorted(allowed)}"
+            )
+        values = {**allowed, **cfg}
+        kwargs: dict[str, Any] = {"name": name}
+        if name != "none":
+            delta = _number("delta", values["delta"])
+            assert delta is not None
+            if not delta < 1:
+                raise ConfigError(f"privacy.delta must be in (0, 1), got {delta!r}")
+            kwargs["delta"] = delta
+            kwargs["max_epsilon"] = _number("max_epsilon", values["max_epsilon"], optional=True)
+            if not isinstance(values["reproducible_noise"], bool):
+                raise ConfigError(
+                    "privacy.reproducible_noise must be true or false, "
+                    f"got {values['reproducible_noise']!r}"
+                )
+            kwargs["reproducible_noise"] = values["reproducible_noise"]
+        if name == "logit_dp":
+            if values["mode"] not in LOGIT_DP_MODES:
+                raise ConfigError(
+                    f"privacy.mode must be one of {list(LOGIT_DP_MODES)}, got {values['mode']!r}"
+                )
+            kwargs["mode"] = values["mode"]
+            kwargs["clip"] = _number("clip", values["clip"])
+            kwargs["noise_multiplier"] = _number("noise_multiplier", values["noise_multiplier"])
+        elif name == "pate":
+            kwargs["sigma"] = _number("sigma", values["sigma"])
+            threshold = _number("threshold", values["threshold"], optional=True)
+            sigma_threshold = _number("sigma_threshold", values["sigma_threshold"], optional=True)
+            if (threshold is None) != (sigma_threshold is None):
+                raise ConfigError(
+                    "privacy.threshold and privacy.sigma_threshold go together (confident "
+                    "GNMax); set both, or neither for plain GNMax"
+                )
+            kwargs["threshold"], kwargs["sigma_threshold"] = threshold, sigma_threshold
+        elif name == "dpsgd":
+            kwargs["noise_multiplier"] = _number("noise_multiplier", values["noise_multiplier"])
+            kwargs["max_grad_norm"] = _number("max_grad_norm", values["max_grad_norm"])
+        kwargs.update(_audit_options(values))
+        return PrivacySpec(**kwargs)
+
+
+def _audit_options(values: dict[str, Any]) -> dict[str, Any]:
+    from fedkd.privacy.audit import ATTACKS
+
+    if not isinstance(values["audit"], bool):
+        raise ConfigError(f"privacy.audit must be true or false, got {values['audit']!r}")
+    attacks = values["audit_attacks"]
+    if isinstance(attacks, str):
+        attacks = [attacks]
+    if not attacks or any(a not in ATTACKS for a in attacks):
+        raise ConfigError(
+            f"privacy.audit_attacks must be a non-empty list of {list(ATTACKS)}, got {attacks!r}"
+        )
+    for key, minimum in (("audit_shadows", 2), ("audit_clients", 0)):
+        value = values[key]
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"privacy.{key} must be an integer >= {minimum}, got {value!r}")
+    epochs = values["audit_epochs"]
+    if epochs is not None and (not isinstance(epochs, Integral) or epochs < 1):
+        raise ConfigError(f"privacy.audit_epochs must be an integer >= 1 or null, got {epochs!r}")
+    return {
+        "audit": values["audit"],
+        "audit_attacks": tuple(str(a) for a in attacks),
+        "audit_shadows": int(values["audit_shadows"]),
+        "audit_clients": int(values["audit_clients"]),
+        "audit_epochs": None if epochs is None else int(epochs),
+    }

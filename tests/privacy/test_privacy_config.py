@@ -1,0 +1,97 @@
+"""Bad privacy input fails in prepare_run (before Ray) with a ConfigError naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedkd.apps.server import prepare_run
+from fedkd.config import compose_config
+from fedkd.errors import ConfigError
+from fedkd.privacy import PrivacySpec
+
+DIGITS = ["num_clients=4", "num_rounds=1", "backend=inline"]
+
+
+def _prepare(overrides: list[str]) -> None:
+    prepare_run(compose_config([*DIGITS, *overrides]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["privacy=logit_dp", "privacy.noise_multiplier=0"],
+            "privacy.noise_multiplier must be > 0",
+        ),
+        (["privacy=dpsgd", "privacy.noise_multiplier=-1"], "privacy.noise_multiplier must be > 0"),
+        (["privacy=logit_dp", "privacy.clip=0"], "privacy.clip must be > 0"),
+        (["privacy=dpsgd", "privacy.max_grad_norm=0"], "privacy.max_grad_norm must be > 0"),
+        (["privacy=pate", "privacy.max_epsilon=0"], "privacy.max_epsilon must be > 0"),
+        (["privacy=pate", "privacy.sigma=0"], "privacy.sigma must be > 0"),
+        (["privacy=pate", "privacy.delta=1.5"], r"privacy.delta must be in \(0, 1\)"),
+        (["privacy=logit_dp", "privacy.mode=global"], "privacy.mode must be one of"),
+        (["privacy=pate", "privacy.threshold=5"], "privacy.threshold and privacy.sigma_threshold"),
+        (["privacy=logit_dp", "+privacy.sigma=1"], r"unknown option\(s\) \['privacy.sigma'\]"),
+        (["privacy=none", "privacy.name=laplace"], "privacy.name must be one of"),
+        (["privacy=none", "privacy.audit_shadows=1"], "privacy.audit_shadows must be"),
+        (["privacy=none", "privacy.audit_attacks=[loss,mystery]"], "privacy.audit_attacks"),
+    ],
+)
+def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _prepare(["strategy=dsfl", *overrides])
+
+
+def test_delta_must_be_below_one_over_the_number_of_units() -> None:
+    # client-level unit: 4 clients, so delta must be < 0.25
+    with pytest.raises(ConfigError, match=r"privacy.delta=0.3 must be < 1/num_clients = 1/4"):
+        _prepare(["strategy=dsfl", "privacy=logit_dp", "privacy.delta=0.3"])
+    # example-level unit (DP-SGD): 1/n of the smallest client's training set
+    with pytest.raises(ConfigError, match=r"privacy.delta=0.1 must be < 1/n = 1/\d+"):
+        _prepare(["strategy=fedavg", "privacy=dpsgd", "privacy.delta=0.1"])
+    _prepare(["strategy=dsfl", "privacy=logit_dp", "privacy.delta=0.2"])  # fine
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["strategy=fedavg", "privacy=logit_dp"], "shares weights; use strategy=fedmd"),
+        (["strategy=feddf", "privacy=pate"], "shares weights"),
+        (
+            ["strategy=feddf", "strategy.teacher_from=predictions", "privacy=logit_dp"],
+            "shares weights",
+        ),
+        (["strategy=fd", "data.proxy_labeled=true", "privacy=logit_dp"], "shares no proxy"),
+        (["strategy=fd", "data.proxy_labeled=true", "privacy=dpsgd"], "per-label logits"),
+        (["strategy=fedproto", "privacy=dpsgd"], "per-label logits or class prototypes"),
+        (["strategy=centralized", "privacy=dpsgd"], "trains centrally"),
+        (["strategy=dsfl", "privacy=logit_dp", "aggregation=confidence"], "use aggregation=mean"),
+        (["strategy=fedavg", "privacy=dpsgd", "client.born_again={}"], "client.born_again"),
+    ],
+)
+def test_a_mechanism_with_a_method_it_cannot_protect_is_refused(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _prepare(overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["strategy=fedmd", "privacy=logit_dp", "privacy.mode=central"],
+        ["strategy=fedet", "privacy=pate"],
+        ["strategy=feddf", "privacy=dpsgd"],
+        ["strategy=local_only", "privacy=dpsgd"],
+        ["strategy=centralized", "privacy=none", "privacy.audit=true"],
+    ],
+)
+def test_valid_combinations_prepare(overrides: list[str]) -> None:
+    _prepare(overrides)
+
+
+def test_spec_round_trips_through_the_client_setup() -> None:
+    spec = PrivacySpec.from_config({"name": "pate", "threshold": 3.0, "sigma_threshold": 1.0})
+    assert PrivacySpec.from_dict(spec.to_dict()) == spec
+    assert spec.confident and spec.enabled and "client" in spec.unit
+    assert not PrivacySpec.from_dict(None).enabled
