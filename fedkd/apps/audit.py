@@ -2,13 +2,16 @@
 
 Targets: the final student (members: every client's private training data; non-members: the
 server's held-out test set) and up to ``privacy.audit_clients`` client models (members: that
-client's training data; non-members: held-out test data). Client models come from the last
-weights a client returned (weight-sharing methods) or, for methods where clients keep their
-own model, from one ``query`` message with ``audit-model`` (simulation telemetry, never part
-of the method's traffic). Attacks: :mod:`fedkd.privacy.audit`. LiRA's shadow models have
-the target's architecture and are trained with the clients' optimizer settings for
-``privacy.audit_epochs`` epochs (default ``client.epochs * num_rounds``, at most 50): an
-approximation of the federated pipeline that produced the target, as usual in audits.
+client's training data; non-members: its own local test split, drawn from the same skewed
+partition, so a client model's better fit to its own label or feature mix is not mistaken
+for membership). Members are subsampled to the number of non-members. Client models come
+from the last weights a client returned (weight-sharing methods) or, for methods where
+clients keep their own model, from one ``query`` message with ``audit-model`` (simulation
+telemetry, never part of the method's traffic). Attacks: :mod:`fedkd.privacy.audit`. LiRA's
+shadow models have the target's architecture and are trained with the clients' optimizer
+settings for ``privacy.audit_epochs`` epochs (default ``client.epochs * num_rounds``, at
+most 50): an approximation of the federated pipeline that produced the target, as usual in
+audits.
 """
 
 from __future__ import annotations
@@ -121,14 +124,21 @@ def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
 
         return factory
 
-    targets: list[tuple[str, nn.Module, dict[str, Any], np.ndarray, np.ndarray]] = []
+    Target = tuple[str, nn.Module, dict[str, Any], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    targets: list[Target] = []
     if strategy.has_student:
         splits = [data.client_data(p) for p in range(data.num_clients)]
         x = np.concatenate([s.train_x for s in splits])
         y = np.concatenate([s.train_y for s in splits])
-        targets.append(("student", assets.student, assets.student_config, x, y))
+        student = (assets.student, assets.student_config)
+        targets.append(("student", *student, x, y, data.test_x, data.test_y))
     for partition, client_model in client_models(plan, grid).items():
         split = data.client_data(partition)
+        if len(split.test_y) < 2:
+            logger.warning("client %s has no local test split to audit against", partition)
+            continue
+        # non-members from the client's own held-out split: the same (skewed) distribution
+        # as its members, so the attack measures membership, not the partition's skew
         targets.append(
             (
                 f"client-{partition}",
@@ -136,13 +146,15 @@ def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
                 assets.setup.model_for(partition),
                 split.train_x,
                 split.train_y,
+                split.test_x,
+                split.test_y,
             )
         )
     results: list[AttackResult] = []
-    for index, (name, target_model, model_spec, member_x, member_y) in enumerate(targets):
-        non_x, non_y = balanced_non_members(
-            len(member_y), data.test_x, data.test_y, seed=seed + index
-        )
+    for index, (name, target_model, model_spec, member_x, member_y, pool_x, pool_y) in enumerate(
+        targets
+    ):
+        non_x, non_y = balanced_non_members(len(member_y), pool_x, pool_y, seed=seed + index)
         if len(member_y) > len(non_y):  # the same number of each keeps the shadow pools even
             rng = np.random.default_rng([seed, AUDIT_SEED_STREAM, index])
             keep = np.sort(rng.choice(len(member_y), size=len(non_y), replace=False))
@@ -164,8 +176,10 @@ def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
         "targets": {},
         "shadows": spec.audit_shadows,
         "shadow_epochs": epochs,
-        "members": "clients' private training data (a balanced subsample)",
-        "non_members": "server test set (never trained on)",
+        "members": "private training data: all clients' for the student, its own for a client "
+        "(subsampled to the number of non-members)",
+        "non_members": "never trained on: the server test set for the student, the client's "
+        "own local test split for a client (same distribution as its members)",
     }
     for result in results:
         summary["targets"].setdefault(result.target, {})[result.attack] = result.summary()

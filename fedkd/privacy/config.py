@@ -7,12 +7,15 @@ Every option error is a :class:`fedkd.errors.ConfigError` naming ``privacy.<key>
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
 from typing import Any
 
 from fedkd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 MECHANISMS: tuple[str, ...] = ("none", "logit_dp", "pate", "dpsgd")
 LOGIT_DP_MODES: tuple[str, ...] = ("local", "central")
@@ -34,6 +37,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "pate": {**_COMMON, **_DP, "sigma": 1.0, "threshold": None, "sigma_threshold": None},
     "dpsgd": {**_COMMON, **_DP, "noise_multiplier": 1.0, "max_grad_norm": 1.0},
 }
+
+_ANY_OPTION = {key for options in OPTIONS.values() for key in options}
 
 
 def _number(key: str, value: Any, *, positive: bool = True, optional: bool = False) -> float | None:
@@ -145,6 +150,16 @@ class PrivacySpec:
             raise ConfigError(f"privacy.name must be one of {list(MECHANISMS)}, got {name!r}")
         allowed = OPTIONS[name]
         cfg = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+        # Options of another mechanism (left by a preset when the group is switched, e.g.
+        # experiment=healthcare privacy=none) are ignored with a warning; typos fail.
+        other = sorted(str(k) for k in cfg if k not in allowed and k in _ANY_OPTION)
+        if other:
+            logger.warning(
+                "privacy=%s ignores %s (options of another mechanism)",
+                name,
+                ["privacy." + k for k in other],
+            )
+            cfg = {k: v for k, v in cfg.items() if k in allowed}
         unknown = sorted(str(k) for k in cfg if k not in allowed)
         if unknown:
             raise ConfigError(

@@ -31,7 +31,7 @@ def _prepare(overrides: list[str]) -> None:
         (["privacy=pate", "privacy.delta=1.5"], r"privacy.delta must be in \(0, 1\)"),
         (["privacy=logit_dp", "privacy.mode=global"], "privacy.mode must be one of"),
         (["privacy=pate", "privacy.threshold=5"], "privacy.threshold and privacy.sigma_threshold"),
-        (["privacy=logit_dp", "+privacy.sigma=1"], r"unknown option\(s\) \['privacy.sigma'\]"),
+        (["privacy=logit_dp", "+privacy.sigmaa=1"], r"unknown option\(s\) \['privacy.sigmaa'\]"),
         (["privacy=none", "privacy.name=laplace"], "privacy.name must be one of"),
         (["privacy=none", "privacy.audit_shadows=1"], "privacy.audit_shadows must be"),
         (["privacy=none", "privacy.audit_attacks=[loss,mystery]"], "privacy.audit_attacks"),
@@ -95,3 +95,10 @@ def test_spec_round_trips_through_the_client_setup() -> None:
     assert PrivacySpec.from_dict(spec.to_dict()) == spec
     assert spec.confident and spec.enabled and "client" in spec.unit
     assert not PrivacySpec.from_dict(None).enabled
+
+
+def test_options_of_another_mechanism_left_by_a_preset_are_ignored(caplog) -> None:
+    _prepare(["experiment=healthcare", "privacy=pate", "strategy=dsfl", "num_clients=5"])
+    assert "privacy=pate ignores ['privacy.max_grad_norm', 'privacy.noise_multiplier']" in (
+        caplog.text
+    )

@@ -143,3 +143,50 @@ def test_audit_reports_auc_per_attack_and_target(in_process_run, tmp_path) -> No
             assert 0.0 <= result["auc"] <= 1.0 and 0.0 <= result["tpr_at_1pct_fpr"] <= 1.0
             assert result["members"] == result["non_members"] > 0
     assert (tmp_path / audit["plot"]).stat().st_size > 0
+
+
+@pytest.mark.ray
+def test_dpsgd_on_ray_matches_the_in_process_engine(tmp_path, in_process_run) -> None:
+    """Under Ray each client's accountant history lives in its node context between rounds
+    like in process; with reproducible noise every number, epsilon included, is the same."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = [
+        "dataset=synthetic",
+        "dataset.num_samples=300",
+        "num_clients=3",
+        "num_rounds=2",
+        "client.epochs=1",
+        "strategy=fedavg",
+        "privacy=dpsgd",
+        "privacy.reproducible_noise=true",
+    ]
+    run_dir = tmp_path / "ray"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulations.run",
+            *args,
+            "backend.total_cpus=2",
+            "progress=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    in_process_run(args, tmp_path / "inproc")
+    drop = ("seconds",)
+    ray_rows, inproc_rows = read_metrics(run_dir), read_metrics(tmp_path / "inproc")
+    assert ray_rows[2]["epsilon"] > ray_rows[1]["epsilon"]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ray_rows] == [
+        {k: v for k, v in r.items() if k not in drop} for r in inproc_rows
+    ]

@@ -1,0 +1,174 @@
+"""Privacy-utility table and plot from the runs of docs/experiments/privacy_sweep.sh.
+
+Usage: python docs/experiments/privacy_table.py OUT_DIR [--plot FILE.png]
+Prints a markdown table per preset: mechanism, noise, epsilon (delta), student and teacher
+ensemble test accuracy, and the membership-inference AUC of both attacks on the student and
+(mean over the audited clients) on the client models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def _noise(privacy: dict[str, Any]) -> str:
+    if privacy.get("mechanism") == "pate":
+        return f"sigma={privacy['sigma']:g}"
+    if "noise_multiplier" in privacy:
+        return f"z={privacy['noise_multiplier']:g}"
+    return "-"
+
+
+def _auc(audit: dict[str, Any], target: str, attack: str) -> float | None:
+    if target == "clients":
+        values = [
+            attacks[attack]["auc"]
+            for name, attacks in audit.get("targets", {}).items()
+            if name.startswith("client-") and attack in attacks
+        ]
+        return sum(values) / len(values) if values else None
+    result = audit.get("targets", {}).get(target, {}).get(attack)
+    return None if result is None else result["auc"]
+
+
+def _fmt(values: list[float | None], pct: bool = False) -> str:
+    """Mean (± std over seeds when there are several)."""
+    clean = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if not clean:
+        return "-"
+    scale = 100.0 if pct else 1.0
+    mean = scale * sum(clean) / len(clean)
+    text = f"{mean:.1f}" if pct else f"{mean:.3g}" if mean >= 10 else f"{mean:.2f}"
+    if len(clean) > 1:
+        std = scale * statistics.stdev(clean)
+        text += f" ± {std:.1f}" if pct else f" ± {std:.2f}"
+    return text + (" %" if pct else "")
+
+
+def rows(out: Path) -> list[dict[str, Any]]:
+    """One row per (preset, run name), values listed over seeds."""
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(out.glob("seed*/*/*/summary.json")):
+        summary = json.loads(path.read_text())
+        privacy = summary.get("privacy", {})
+        audit = privacy.get("audit", {})
+        key = (path.parent.parent.name, path.parent.name)
+        row = grouped.setdefault(
+            key,
+            {
+                "preset": key[0],
+                "run": key[1],
+                "method": summary["strategy"],
+                "mechanism": privacy.get("mechanism", "none")
+                + (f" ({privacy['mode']})" if "mode" in privacy else ""),
+                "noise": _noise(privacy),
+                "seeds": 0,
+            },
+        )
+        row["seeds"] += 1
+        values = {
+            "epsilon": privacy.get("epsilon"),
+            "student": summary["final"].get("student_accuracy"),
+            "ensemble": summary["final"].get("ensemble_accuracy"),
+            "clients": summary["final"].get("client_accuracy_mean"),
+            "auc_student_loss": _auc(audit, "student", "loss"),
+            "auc_student_lira": _auc(audit, "student", "lira"),
+            "auc_clients_loss": _auc(audit, "clients", "loss"),
+            "auc_clients_lira": _auc(audit, "clients", "lira"),
+        }
+        for name, value in values.items():
+            row.setdefault(name, []).append(value)
+    return list(grouped.values())
+
+
+def table(found: list[dict[str, Any]]) -> str:
+    lines = []
+    for preset in sorted({r["preset"] for r in found}):
+        seeds = max(r["seeds"] for r in found if r["preset"] == preset)
+        lines += [
+            f"**{preset}** ({seeds} seeds, mean ± std)",
+            "",
+            "| method | mechanism | noise | ε (δ = 1e-5) | student acc | ensemble acc "
+            "| client acc | MIA AUC student (loss / LiRA) | MIA AUC clients (loss / LiRA) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        order = {"none": 0, "dpsgd": 1, "logit_dp (central)": 2, "logit_dp (local)": 3, "pate": 4}
+        selected = sorted(
+            (r for r in found if r["preset"] == preset),
+            key=lambda r: (order.get(r["mechanism"], 9), r["method"], r["run"]),
+        )
+        for r in selected:
+            eps = "∞" if all(e is None for e in r["epsilon"]) else _fmt(r["epsilon"])
+            lines.append(
+                f"| {r['method']} | {r['mechanism']} | {r['noise']} | {eps} "
+                f"| {_fmt(r['student'], True)} | {_fmt(r['ensemble'], True)} "
+                f"| {_fmt(r['clients'], True)} "
+                f"| {_fmt(r['auc_student_loss'])} / {_fmt(r['auc_student_lira'])} "
+                f"| {_fmt(r['auc_clients_loss'])} / {_fmt(r['auc_clients_lira'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    clean = [v for v in values if isinstance(v, int | float)]
+    return sum(clean) / len(clean) if clean else None
+
+
+def plot(found: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    presets = sorted({r["preset"] for r in found if r["preset"] != "overfit"})
+    fig = Figure(figsize=(5.5 * len(presets), 4.2))
+    for i, preset in enumerate(presets):
+        ax = fig.add_subplot(1, len(presets), i + 1)
+        for mechanism, marker in (
+            ("logit_dp (central)", "o"),
+            ("logit_dp (local)", "v"),
+            ("pate", "s"),
+            ("dpsgd", "^"),
+        ):
+            points = sorted(
+                (_mean(r["epsilon"]), _mean(r["student"]))
+                for r in found
+                if r["preset"] == preset and r["mechanism"] == mechanism and _mean(r["student"])
+            )
+            if points:
+                ax.plot(
+                    [p[0] for p in points], [p[1] for p in points], marker=marker, label=mechanism
+                )
+        for r in found:
+            accuracy = _mean(r["student"])
+            if r["preset"] == preset and r["mechanism"] == "none" and accuracy:
+                ax.axhline(accuracy, linestyle="--", linewidth=1, color="grey")
+                ax.annotate(f"no DP ({r['method']})", (1, accuracy), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("ε (δ = 1e-5)")
+        ax.set_ylabel("student test accuracy")
+        ax.set_title(preset)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args()
+    found = rows(args.out)
+    if not found:
+        parser.error(f"no seed*/*/*/summary.json under {args.out}")
+    print(table(found))
+    if args.plot:
+        plot(found, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
