@@ -81,6 +81,9 @@ def method_of(run: dict[str, Any]) -> str:
     student = config.get("student", {}).get("name")
     if student and student != config.get("model", {}).get("name", student):
         label += f" ({student} student)"
+    privacy = config.get("privacy") or {}
+    if privacy.get("name", "none") != "none":
+        label += f" [{privacy['name']}]"
     return label
 
 

@@ -8,7 +8,7 @@
 # Then:  python docs/experiments/privacy_table.py OUT_DIR
 set -euo pipefail
 out=${1:-multirun/privacy_sweep}
-common=(backend=inline progress=false privacy.max_epsilon=null privacy.reproducible_noise=true
+common=(backend=inline progress=false ++privacy.max_epsilon=null ++privacy.reproducible_noise=true
         privacy.audit=true privacy.audit_clients=2 privacy.audit_shadows=8)
 run() {
   name=$1; shift

@@ -75,3 +75,12 @@ def test_method_label_names_the_loss_and_a_different_student() -> None:
     same = {"distill": {"name": "kd"}, "model": {"name": "mlp"}, "student": {"name": "mlp"}}
     assert method_of({"strategy": "feddf", "config": same}) == "feddf"
     assert _method_key(label)[0] == _method_key("feddf")[0]
+
+
+def test_method_label_names_the_privacy_mechanism() -> None:
+    from simulations.report import _method_key, method_of
+
+    config = {"privacy": {"name": "dpsgd"}}
+    assert method_of({"strategy": "feddf", "config": config}) == "feddf [dpsgd]"
+    assert method_of({"strategy": "feddf", "config": {"privacy": {"name": "none"}}}) == "feddf"
+    assert _method_key("feddf [dpsgd]")[0] == _method_key("feddf")[0]
