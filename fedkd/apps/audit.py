@@ -4,14 +4,13 @@ Targets: the final student (members: every client's private training data; non-m
 server's held-out test set) and up to ``privacy.audit_clients`` client models (members: that
 client's training data; non-members: its own local test split, drawn from the same skewed
 partition, so a client model's better fit to its own label or feature mix is not mistaken
-for membership). Members are subsampled to the number of non-members. Client models come
-from the last weights a client returned (weight-sharing methods) or, for methods where
-clients keep their own model, from one ``query`` message with ``audit-model`` (simulation
-telemetry, never part of the method's traffic). Attacks: :mod:`fedkd.privacy.audit`. LiRA's
-shadow models have the target's architecture and are trained with the clients' optimizer
-settings for ``privacy.audit_epochs`` epochs (default ``client.epochs * num_rounds``, at
-most 50): an approximation of the federated pipeline that produced the target, as usual in
-audits.
+for membership). Client models come from the last weights a client returned (weight-sharing
+methods) or, for methods where clients keep their own model, from one ``query`` message with
+``audit-model`` (simulation telemetry, never part of the method's traffic). Attacks:
+:mod:`fedkd.privacy.audit`. LiRA's shadow models have the target's architecture and are
+trained with the clients' optimizer settings for ``privacy.audit_epochs`` epochs (default
+``client.epochs * num_rounds``, at most 50): an approximation of the federated pipeline that
+produced the target, as usual in audits.
 """
 
 from __future__ import annotations
@@ -154,11 +153,9 @@ def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
     for index, (name, target_model, model_spec, member_x, member_y, pool_x, pool_y) in enumerate(
         targets
     ):
+        # every member is kept: LiRA's shadows then train on about as many records as the
+        # target did (half of members + non-members); ROC AUC does not need balanced sets
         non_x, non_y = balanced_non_members(len(member_y), pool_x, pool_y, seed=seed + index)
-        if len(member_y) > len(non_y):  # the same number of each keeps the shadow pools even
-            rng = np.random.default_rng([seed, AUDIT_SEED_STREAM, index])
-            keep = np.sort(rng.choice(len(member_y), size=len(non_y), replace=False))
-            member_x, member_y = member_x[keep], member_y[keep]
         logger.info("auditing %s (%s members, %s non-members)", name, len(member_y), len(non_y))
         results += audit_model(
             target_model,
@@ -176,8 +173,7 @@ def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
         "targets": {},
         "shadows": spec.audit_shadows,
         "shadow_epochs": epochs,
-        "members": "private training data: all clients' for the student, its own for a client "
-        "(subsampled to the number of non-members)",
+        "members": "private training data: all clients' for the student, its own for a client",
         "non_members": "never trained on: the server test set for the student, the client's "
         "own local test split for a client (same distribution as its members)",
     }

@@ -141,7 +141,7 @@ def test_audit_reports_auc_per_attack_and_target(in_process_run, tmp_path) -> No
         assert set(attacks) == {"loss", "lira"}
         for result in attacks.values():
             assert 0.0 <= result["auc"] <= 1.0 and 0.0 <= result["tpr_at_1pct_fpr"] <= 1.0
-            assert result["members"] == result["non_members"] > 0
+            assert result["members"] >= result["non_members"] > 0
     assert (tmp_path / audit["plot"]).stat().st_size > 0
 
 
