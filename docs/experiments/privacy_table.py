@@ -36,15 +36,23 @@ def _auc(audit: dict[str, Any], target: str, attack: str) -> float | None:
     return None if result is None else result["auc"]
 
 
-def _fmt(values: list[float | None], pct: bool = False) -> str:
-    """Mean (± std over seeds when there are several)."""
+def _level(run: str) -> float:
+    """The noise level in a run name such as ``pate_16`` (for sorting)."""
+    try:
+        return float(run.rsplit("_", 1)[-1])
+    except ValueError:
+        return 0.0
+
+
+def _fmt(values: list[float | None], pct: bool = False, spread: bool = True) -> str:
+    """Mean (± std over seeds when there are several and ``spread``)."""
     clean = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
     if not clean:
         return "-"
     scale = 100.0 if pct else 1.0
     mean = scale * sum(clean) / len(clean)
     text = f"{mean:.1f}" if pct else f"{mean:.3g}" if mean >= 10 else f"{mean:.2f}"
-    if len(clean) > 1:
+    if len(clean) > 1 and spread:
         std = scale * statistics.stdev(clean)
         text += f" ± {std:.1f}" if pct else f" ± {std:.2f}"
     return text + (" %" if pct else "")
@@ -100,10 +108,10 @@ def table(found: list[dict[str, Any]]) -> str:
         order = {"none": 0, "dpsgd": 1, "logit_dp (central)": 2, "logit_dp (local)": 3, "pate": 4}
         selected = sorted(
             (r for r in found if r["preset"] == preset),
-            key=lambda r: (order.get(r["mechanism"], 9), r["method"], r["run"]),
+            key=lambda r: (order.get(r["mechanism"], 9), r["method"], _level(r["run"])),
         )
         for r in selected:
-            eps = "∞" if all(e is None for e in r["epsilon"]) else _fmt(r["epsilon"])
+            eps = "∞" if all(e is None for e in r["epsilon"]) else _fmt(r["epsilon"], spread=False)
             lines.append(
                 f"| {r['method']} | {r['mechanism']} | {r['noise']} | {eps} "
                 f"| {_fmt(r['student'], True)} | {_fmt(r['ensemble'], True)} "
@@ -146,7 +154,13 @@ def plot(found: list[dict[str, Any]], path: Path) -> None:
             accuracy = _mean(r["student"])
             if r["preset"] == preset and r["mechanism"] == "none" and accuracy:
                 ax.axhline(accuracy, linestyle="--", linewidth=1, color="grey")
-                ax.annotate(f"no DP ({r['method']})", (1, accuracy), fontsize=7)
+                ax.annotate(
+                    f"no DP ({r['method']})",
+                    (0.01, accuracy),
+                    xycoords=("axes fraction", "data"),
+                    fontsize=7,
+                    va="bottom",
+                )
         ax.set_xscale("log")
         ax.set_xlabel("ε (δ = 1e-5)")
         ax.set_ylabel("student test accuracy")
