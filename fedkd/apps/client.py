@@ -29,7 +29,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedkd import keys
-from fedkd.data import ClientData, FederatedData, get_federated_data, proxy_round_indices
+from fedkd.data import (
+    ClientData,
+    FederatedData,
+    LocalDataSpec,
+    get_federated_data,
+    load_local_data,
+    local_split,
+    proxy_round_indices,
+)
 from fedkd.devices import resolve_device, set_torch_threads
 from fedkd.distill import KDLoss, build_loss, distill, loss_options
 from fedkd.distill.augment import Augmentation, build_augmentation
@@ -91,7 +99,7 @@ class _ClientRuntime:
         return ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
 
-_runtimes: dict[tuple[str, int], _ClientRuntime] = {}
+_runtimes: dict[tuple[str, int, str], _ClientRuntime] = {}
 _models: dict[tuple[str, str], tuple[FedKDModel, dict[str, torch.Tensor]]] = {}
 
 
@@ -129,11 +137,25 @@ def _model(
     return cached
 
 
+def _client_data(
+    context: Context, setup: FederationSetup, data: FederatedData, partition_id: int
+) -> ClientData:
+    """The client's private records: its own data file when the node config names one
+    (``data-file``, deployment), else its partition of the run's dataset (simulation)."""
+    spec = LocalDataSpec.from_node_config(context.node_config)
+    if spec is None:
+        return data.client_data(partition_id)
+    x, y = load_local_data(spec, input_shape=data.input_shape, num_classes=data.num_classes)
+    return local_split(
+        x, y, fraction=setup.local_test_fraction, seed=setup.seed, partition_id=partition_id
+    )
+
+
 def _runtime(message: Message, context: Context) -> _ClientRuntime:
     setup_json = str(message.content.config_records[keys.CONFIG][keys.SETUP])
     setup = FederationSetup.from_json(setup_json)
     partition_id = _partition_id(context, setup)
-    cache_key = (setup_json, partition_id)
+    cache_key = (setup_json, partition_id, str(context.node_config.get("data-file", "")))
     runtime = _runtimes.get(cache_key)
     if runtime is None:
         set_torch_threads(setup.torch_threads)
@@ -143,7 +165,7 @@ def _runtime(message: Message, context: Context) -> _ClientRuntime:
         runtime = _ClientRuntime(
             setup=setup,
             data=data,
-            client_data=data.client_data(partition_id),
+            client_data=_client_data(context, setup, data, partition_id),
             partition_id=partition_id,
             architecture=architecture_index(setup.model, partition_id),
             model=model,

@@ -15,8 +15,15 @@ from fedkd.data.federated import (
     build_federated_data,
     clear_federated_data_cache,
     get_federated_data,
+    local_split,
     proxy_round_indices,
     validate_data_config,
+)
+from fedkd.data.local_files import (
+    DataFileError,
+    LocalDataSpec,
+    load_local_data,
+    write_local_data,
 )
 from fedkd.data.partition import (
     CLASS_ASSIGNMENT_MODES,
@@ -34,16 +41,21 @@ __all__ = [
     "PARTITION_NAMES",
     "PARTITION_OPTIONS",
     "ClientData",
+    "DataFileError",
     "FederatedData",
+    "LocalDataSpec",
     "RawDataset",
     "build_federated_data",
     "clear_federated_data_cache",
     "generate_credit",
     "get_federated_data",
     "load_dataset",
+    "load_local_data",
+    "local_split",
     "partition_indices",
     "proxy_round_indices",
     "resolve_dataset_options",
     "resolve_partition_options",
     "validate_data_config",
+    "write_local_data",
 ]

@@ -145,15 +145,12 @@ class FederatedData:
                 f"partition_id {pid} out of range: valid ids are 0..{self.num_clients - 1}"
             )
         indices = self.partitions[pid]
-        rng = np.random.default_rng([self.seed, _LOCAL_SPLIT_STREAM, pid])
-        shuffled = indices[rng.permutation(len(indices))]
-        num_test = _local_test_count(len(indices), self.local_test_fraction)
-        test_idx, train_idx = shuffled[:num_test], shuffled[num_test:]
-        return ClientData(
-            train_x=self.train_x[train_idx],
-            train_y=self.train_y[train_idx],
-            test_x=self.train_x[test_idx],
-            test_y=self.train_y[test_idx],
+        return local_split(
+            self.train_x[indices],
+            self.train_y[indices],
+            fraction=self.local_test_fraction,
+            seed=self.seed,
+            partition_id=pid,
         )
 
     def label_histograms(self) -> np.ndarray:
@@ -174,6 +171,19 @@ class FederatedData:
             if self.partitions
             else np.zeros((0, self.num_classes), dtype=np.int64)
         )
+
+
+def local_split(
+    x: np.ndarray, y: np.ndarray, *, fraction: float, seed: int, partition_id: int
+) -> ClientData:
+    """A client's records split into local train and test parts, seeded by
+    ``(seed, partition_id)``: the split of a simulated partition, and of a deployed client's
+    own data file (``fedkd.data.local_files``)."""
+    rng = np.random.default_rng([seed, _LOCAL_SPLIT_STREAM, partition_id])
+    order = rng.permutation(len(y))
+    num_test = _local_test_count(len(y), fraction)
+    test, train = order[:num_test], order[num_test:]
+    return ClientData(train_x=x[train], train_y=y[train], test_x=x[test], test_y=y[test])
 
 
 def _local_test_count(num_samples: int, fraction: float) -> int:
