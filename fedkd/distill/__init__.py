@@ -10,9 +10,12 @@ from fedkd.distill.targets import (
     era_targets,
     label_aware_targets,
     mean_targets,
+    median_targets,
+    robust_mean_targets,
     size_weighted_targets,
     target_rule_options,
     teacher_targets,
+    trimmed_mean_targets,
     validate_target_rule,
 )
 
@@ -32,8 +35,11 @@ __all__ = [
     "label_aware_targets",
     "loss_options",
     "mean_targets",
+    "median_targets",
+    "robust_mean_targets",
     "size_weighted_targets",
     "target_rule_options",
     "teacher_targets",
+    "trimmed_mean_targets",
     "validate_target_rule",
 ]

@@ -7,6 +7,12 @@ per-example or per-class) convex combination of the clients, or a sharpened aver
 every returned row sums to 1. :func:`teacher_targets` dispatches on the config name
 (``aggregation.name``, one of :data:`TARGET_RULES`); :func:`validate_target_rule` checks
 a rule name and its options without data, for config validation.
+
+Three rules are *robust* to a minority of clients sending poisoned predictions:
+``median`` (coordinate-wise median over clients), ``trimmed_mean`` (coordinate-wise mean
+after dropping the ``trim`` share of largest and smallest values) and ``robust_mean``
+(Cronus-style spectral filtering: per example, the client vector farthest along the top
+principal direction is dropped while that direction's variance exceeds ``threshold``).
 """
 
 from __future__ import annotations
@@ -32,16 +38,23 @@ TARGET_RULES: tuple[str, ...] = (
     "entropy",
     "label_aware",
     "era",
+    "median",
+    "trimmed_mean",
+    "robust_mean",
 )
 
-# Per rule: option name -> (default, lower bound, lower bound inclusive?).
-_OPTION_SPECS: dict[str, dict[str, tuple[float, float, bool]]] = {
+# Per rule: option name -> (default, lower bound, lower bound inclusive?[, upper bound,
+# exclusive]).
+_OPTION_SPECS: dict[str, dict[str, tuple[float, ...]]] = {
     "mean": {},
     "size_weighted": {},
     "confidence": {"power": (1.0, 0.0, True)},
     "entropy": {"floor": (1e-6, 0.0, False)},
     "label_aware": {"smoothing": (1.0, 0.0, True)},
     "era": {"temperature": (0.1, 0.0, False)},
+    "median": {},
+    "trimmed_mean": {"trim": (0.2, 0.0, True, 0.5)},
+    "robust_mean": {"threshold": (0.05, 0.0, False)},
 }
 
 
@@ -104,12 +117,19 @@ def _is_real(value: Any) -> bool:
 
 def _check_option(rule: str, key: str, value: Any) -> float:
     """Check one option of ``rule`` against its range; return it as a float."""
-    _, low, inclusive = _OPTION_SPECS[rule][key]
-    ok = _is_real(value) and (float(value) >= low if inclusive else float(value) > low)
+    spec = _OPTION_SPECS[rule][key]
+    low, inclusive = spec[1], bool(spec[2])
+    high = spec[3] if len(spec) > 3 else math.inf
+    ok = (
+        _is_real(value)
+        and (float(value) >= low if inclusive else float(value) > low)
+        and float(value) < high
+    )
     if not ok:
         relation = ">=" if inclusive else ">"
+        bound = f" and < {high:g}" if math.isfinite(high) else ""
         raise ConfigError(
-            f"aggregation.{key} must be a finite number {relation} {low:g} for "
+            f"aggregation.{key} must be a finite number {relation} {low:g}{bound} for "
             f"aggregation.name={rule!r}, got {value!r}"
         )
     return float(value)
@@ -476,6 +496,76 @@ def _era(probs: np.ndarray, temperature: float) -> np.ndarray:
     return _finish(np.exp(scaled))
 
 
+def _finish_or_mean(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Normalise robust estimates; a row with no mass left (clients disagreeing on every
+    class, e.g. a median of distinct one-hot votes) falls back to the plain mean."""
+    sums = targets.sum(axis=1, keepdims=True)
+    targets = np.where(sums > 1e-12, targets, probs.mean(axis=0))
+    return _finish(targets)
+
+
+def median_targets(client_probs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Coordinate-wise median over clients, renormalised (Yin et al., ICML 2018).
+
+    Any minority of clients, whatever they send, moves each coordinate at most to the
+    range of the honest values. YAML: ``aggregation: {name: median}``.
+    """
+    probs = _probs(client_probs)
+    return _finish_or_mean(np.median(probs, axis=0), probs)
+
+
+def trimmed_mean_targets(
+    client_probs: np.ndarray | Sequence[np.ndarray], *, trim: float = 0.2
+) -> np.ndarray:
+    """Coordinate-wise trimmed mean: per example and class, the ``floor(trim * K)`` largest
+    and smallest client values are dropped and the rest averaged (Yin et al., ICML 2018).
+
+    YAML: ``aggregation: {name: trimmed_mean, trim: 0.2}`` with ``0 <= trim < 0.5``.
+    """
+    return _trimmed_mean(_probs(client_probs), _check_option("trimmed_mean", "trim", trim))
+
+
+def _trimmed_mean(probs: np.ndarray, trim: float) -> np.ndarray:
+    k = probs.shape[0]
+    cut = math.floor(trim * k)
+    cut = min(cut, (k - 1) // 2)
+    ordered = np.sort(probs, axis=0)
+    return _finish_or_mean(ordered[cut : k - cut].mean(axis=0), probs)
+
+
+def robust_mean_targets(
+    client_probs: np.ndarray | Sequence[np.ndarray], *, threshold: float = 0.05
+) -> np.ndarray:
+    """Robust mean by spectral filtering, as in Cronus (Chang, Shejwalkar, Shokri & Houmansadr,
+    2019), which aggregates predictions with a robust high-dimensional mean estimator.
+
+    Per example: while more than half of the clients remain and the largest eigenvalue of the
+    remaining vectors' covariance exceeds ``threshold``, drop the client whose vector lies
+    farthest from the mean along that eigenvector; average the rest. Honest probability
+    vectors that agree have a small spread, so ``threshold`` (default 0.05) is a variance
+    on the probability scale. YAML: ``aggregation: {name: robust_mean, threshold: 0.05}``.
+    """
+    return _robust_mean(_probs(client_probs), _check_option("robust_mean", "threshold", threshold))
+
+
+def _robust_mean(probs: np.ndarray, threshold: float) -> np.ndarray:
+    k, n, _ = probs.shape
+    keep_at_least = k // 2 + 1
+    targets = np.empty(probs.shape[1:], dtype=np.float64)
+    for i in range(n):
+        points = probs[:, i, :]
+        kept = np.arange(k)
+        while len(kept) > keep_at_least:
+            centred = points[kept] - points[kept].mean(axis=0)
+            covariance = centred.T @ centred / len(kept)
+            values, vectors = np.linalg.eigh(covariance)
+            if values[-1] <= threshold:
+                break
+            kept = np.delete(kept, int(np.argmax(np.abs(centred @ vectors[:, -1]))))
+        targets[i] = points[kept].mean(axis=0)
+    return _finish(targets)
+
+
 _RuleFn = Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, float]], np.ndarray]
 
 # Registry: name -> rule on validated float64 (K, N, C) probabilities, with num_examples,
@@ -492,6 +582,9 @@ _RULES: dict[str, _RuleFn] = {
         p, _label_histograms(hist, p.shape[0], p.shape[2]), opts["smoothing"]
     ),
     "era": lambda p, sizes, hist, opts: _era(p, opts["temperature"]),
+    "median": lambda p, sizes, hist, opts: _finish_or_mean(np.median(p, axis=0), p),
+    "trimmed_mean": lambda p, sizes, hist, opts: _trimmed_mean(p, opts["trim"]),
+    "robust_mean": lambda p, sizes, hist, opts: _robust_mean(p, opts["threshold"]),
 }
 assert tuple(_RULES) == TARGET_RULES == tuple(_OPTION_SPECS)
 

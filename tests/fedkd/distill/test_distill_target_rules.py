@@ -46,13 +46,26 @@ def _check_rows(out: np.ndarray, shape: tuple[int, int]) -> None:
 
 
 def test_registry_and_defaults() -> None:
-    assert TARGET_RULES == ("mean", "size_weighted", "confidence", "entropy", "label_aware", "era")
+    assert TARGET_RULES == (
+        "mean",
+        "size_weighted",
+        "confidence",
+        "entropy",
+        "label_aware",
+        "era",
+        "median",
+        "trimmed_mean",
+        "robust_mean",
+    )
     assert target_rule_options("mean") == {}
     assert target_rule_options("size_weighted") == {}
     assert target_rule_options("confidence") == {"power": 1.0}
     assert target_rule_options("entropy") == {"floor": 1e-6}
     assert target_rule_options("label_aware") == {"smoothing": 1.0}
     assert target_rule_options("era") == {"temperature": 0.1}
+    assert target_rule_options("median") == {}
+    assert target_rule_options("trimmed_mean") == {"trim": 0.2}
+    assert target_rule_options("robust_mean") == {"threshold": 0.05}
 
 
 @pytest.mark.parametrize("rule", TARGET_RULES)
@@ -247,13 +260,13 @@ def test_era_is_softmax_of_probabilities_not_log_probabilities() -> None:
 
 def test_unknown_rule() -> None:
     with pytest.raises(ConfigError, match=r"aggregation\.name") as exc:
-        teacher_targets(PROBS, rule="median")
+        teacher_targets(PROBS, rule="mode")
     for rule in TARGET_RULES:
         assert rule in str(exc.value)
     with pytest.raises(ConfigError, match=r"aggregation\.name"):
-        validate_target_rule("median")
+        validate_target_rule("mode")
     with pytest.raises(ConfigError, match=r"aggregation\.name"):
-        target_rule_options("median")
+        target_rule_options("mode")
 
 
 def test_unknown_option() -> None:
