@@ -647,13 +647,16 @@ class FedKDStrategy(Strategy):
 
     def teacher_models(self, replies: list[Message]) -> list[FedKDModel]:
         """One server-side model per reply, holding that client's returned weights."""
-        models = []
-        for reply in replies:
-            model = copy.deepcopy(self.architecture_model(self.architecture_of_reply(reply)))
-            state = reply.content.array_records[keys.ARRAYS].to_torch_state_dict()
-            model.load_state_dict(state, strict=True)
-            models.append(model)
-        return models
+        return [
+            self.client_model(self.partition_of(r), r.content.array_records[keys.ARRAYS])
+            for r in replies
+        ]
+
+    def client_model(self, partition_id: int, weights: ArrayRecord) -> FedKDModel:
+        """A new server-side model of the client's architecture holding ``weights``."""
+        model = copy.deepcopy(self.architecture_model(self.architecture_of.get(partition_id, 0)))
+        model.load_state_dict(weights.to_torch_state_dict(), strict=True)
+        return model
 
     # ------------------------------------------------------------------ distillation loss
     def distilled_architectures(self) -> list[int]:
@@ -966,6 +969,7 @@ def _check_probs(record: ArrayRecord, key: str, expected_shape: tuple[int, int])
     if (values < -1e-6).any() or not np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
         return f"{key}: rows are not probability vectors"
     return None
+
 
 def _check_noisy(
     record: ArrayRecord, key: str, expected_shape: tuple[int, int], *, clip: float | None

@@ -76,18 +76,7 @@ def client_models(plan: RunPlan, grid: Grid) -> dict[int, FedKDModel]:
         records = {
             p: strategy.last_client_weights[p] for p in wanted if p in strategy.last_client_weights
         }
-    models: dict[int, FedKDModel] = {}
-    for partition, record in sorted(records.items()):
-        spec = assets.setup.model_for(partition)
-        model = model_from_config(
-            spec,
-            input_shape=assets.data.input_shape,
-            num_classes=assets.data.num_classes,
-            seed=assets.setup.seed,
-        )
-        model.load_state_dict(record.to_torch_state_dict(), strict=True)
-        models[partition] = model.to(assets.device)
-    return models
+    return {p: strategy.client_model(p, record) for p, record in sorted(records.items())}
 
 
 def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,7 @@ class _ClientRuntime:
     initial_state: dict[str, torch.Tensor]
     device: torch.device
     augmentation: Augmentation | None = None
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
 
     def load_start_weights(self, message: Message, context: Context, *, keep_model: bool) -> bool:
         """Load this round's starting weights; True when the client starts from scratch.
@@ -172,6 +173,7 @@ def _runtime(message: Message, context: Context) -> _ClientRuntime:
             initial_state=initial_state,
             device=device,
             augmentation=build_augmentation(setup.augment, data.input_shape),
+            privacy=PrivacySpec.from_dict(setup.privacy),
         )
         _runtimes[cache_key] = runtime
     return runtime
@@ -455,7 +457,7 @@ def train(message: Message, context: Context) -> Message:
     targets = message.content.array_records.get(keys.TARGETS)
     if targets is not None:
         _digest(runtime, config, targets, seed=(seed + 1) % 2**32)
-    privacy = PrivacySpec.from_dict(runtime.setup.privacy)
+    privacy = runtime.privacy
     dp_epsilon: float | None = None
     if privacy.name == "dpsgd":
         train_loss, dp_epsilon = _train_dpsgd(runtime, config, context, privacy)
