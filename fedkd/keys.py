@@ -66,3 +66,12 @@ DP_HISTORY = "fedkd-dp-history"  # context.state: the client's Opacus accountant
 DP_EPSILON = "dp-epsilon"  # reply metric: the client's own Opacus epsilon after training
 TARGETS_ROWS = "targets-rows"  # rows of the round's proxy subset the targets cover (PATE)
 AUDIT_MODEL = "audit-model"  # query config: reply with the client's own model (audit only)
+# Reliability (fedkd.faults, fedkd.attacks, checkpoints)
+FAULT = "fault"  # round config: crash | straggle | kill (fault injection, simulation only)
+FAULT_DELAY = "fault-delay"  # round config: seconds a straggler sleeps
+ATTACK_KIND = "attack-kind"  # round config: the poisoning a malicious client applies
+ATTACK_SCALE = "attack-scale"  # round config: factor of the scale attack
+STATE_EXPORT = "state-export"  # query config: reply with every context.state record
+STATE_IMPORT = "state-import"  # query config: replace context.state with the sent records
+STATE_PREFIX = "state/"  # RecordDict key prefix of context.state records in those queries
+# A train reply's metrics echo SERVER_ROUND, so a reply never counts in another round.

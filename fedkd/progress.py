@@ -35,6 +35,12 @@ class RoundProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
+    def advance_to(self, server_round: int) -> None:
+        """Show rounds up to ``server_round`` as done (a resumed run)."""
+        self._progress.update(
+            self._task, completed=server_round, description=f"resumed after round {server_round}"
+        )
+
     def update(self, row: Mapping[str, Any]) -> None:
         """Show one finished round."""
         parts = [f"student {_pct(row.get('student_accuracy'))}"]

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from fedkd.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
@@ -34,12 +36,33 @@ class RunWriter:
         self.rows: list[dict[str, Any]] = []
 
     def start(self, config: Mapping[str, Any]) -> None:
-        """Create the directory, write ``config.yaml`` and start an empty ``metrics.jsonl``."""
+        """Create the directory, write ``config.yaml`` and start an empty ``metrics.jsonl``.
+
+        Raises
+        ------
+        ConfigError
+            The directory already holds a run's results: they are never overwritten.
+        """
+        check_fresh_run_dir(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run_dir / CONFIG_FILE).open("w") as handle:
-            yaml.safe_dump(_jsonable(dict(config)), handle, sort_keys=False)
+        self._write_config(config)
         (self.run_dir / METRICS_FILE).write_text("")
         self.rows = []
+
+    def resume(self, config: Mapping[str, Any], *, last_round: int) -> None:
+        """Continue an existing run after ``last_round`` (its checkpoint): rows of later
+        rounds, written after the checkpoint, are dropped (they will be run again)."""
+        rows = [r for r in read_metrics(self.run_dir) if int(r.get("round", 0)) <= last_round]
+        self._write_config(config)
+        tmp = self.run_dir / (METRICS_FILE + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.run_dir / METRICS_FILE)
+        (self.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+        self.rows = rows
+
+    def _write_config(self, config: Mapping[str, Any]) -> None:
+        with (self.run_dir / CONFIG_FILE).open("w") as handle:
+            yaml.safe_dump(_jsonable(dict(config)), handle, sort_keys=False)
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Append one round's metrics."""
@@ -55,6 +78,17 @@ class RunWriter:
             write_plots(self.rows, self.run_dir)
         except Exception:  # a plotting failure must not lose the numbers above
             logger.exception("could not write plots into %s", self.run_dir)
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that already holds a run's results (never overwrite them)."""
+    existing = [name for name in RESULT_FILES if (Path(run_dir) / name).exists()]
+    if existing:
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run ({', '.join(existing)}); results are "
+            f"never overwritten: pick another hydra.run.dir (or out-dir), or continue that "
+            f"run with resume={run_dir}"
+        )
 
 
 def summarize(

@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 import random
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -166,7 +167,21 @@ class InlineGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return [self.deliver(message) for message in messages]
+        """Deliver one by one. Clients run one after another here, but in parallel on the
+        other engines, so the deadline applies to each message's own run time: a reply
+        that took longer than ``timeout`` is dropped as too late, as Flower's grids drop
+        replies that miss the deadline."""
+        replies = []
+        for message in messages:
+            started = time.monotonic()
+            reply = self.deliver(message)
+            if timeout is not None and time.monotonic() - started > timeout:
+                logger.info(
+                    "reply from node %s arrived after the timeout", reply.metadata.src_node_id
+                )
+                continue
+            replies.append(reply)
+        return replies
 
 
 def run_inline(server_app: ServerApp, client_app: ClientApp, *, num_clients: int) -> None:

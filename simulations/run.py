@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -10,33 +11,43 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedkd.apps.client import app as client_app
 from fedkd.apps.server import make_server_app, prepare_run
+from fedkd.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
 from fedkd.config import to_plain
 from fedkd.errors import ConfigError
-from fedkd.results import RESULT_FILES, SUMMARY_FILE
+from fedkd.results import CONFIG_FILE, RESULT_FILES, SUMMARY_FILE, check_fresh_run_dir
 from simulations.engine import backend_config, run_inline, run_on_ray
 
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Validate, then simulate the federation on Ray; returns ``summary.json``'s content.
 
     A config error is raised before Ray starts, and the run directory Hydra created for it
-    is removed again so nothing is left that looks like a result.
+    is removed again so nothing is left that looks like a result. An existing run's results
+    are never overwritten; ``resume`` continues the run in ``run_dir`` from its checkpoint.
     """
     try:
         backend_config(cfg.get("backend", {}))
+        if resume:
+            check_resumable(load_checkpoint(run_dir)["config"], cfg, run_dir)
+        else:
+            check_fresh_run_dir(run_dir)
         plan = prepare_run(cfg)
     except ConfigError:
-        _remove_empty_run_dir(run_dir)
+        if not resume:
+            _remove_empty_run_dir(run_dir)
         raise
-    server_app = make_server_app(plan, run_dir, show_progress=bool(cfg.get("progress", True)))
+    server_app = make_server_app(
+        plan, run_dir, show_progress=bool(cfg.get("progress", True)), resume=resume
+    )
     if cfg["backend"]["name"] == "inline":
         run_inline(server_app, client_app, num_clients=cfg["num_clients"])
     else:
@@ -80,15 +91,57 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def resume_config(run_dir: Path, composed: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The config of a resumed run: the saved ``config.yaml``, with only the command line's
+    overrides of :data:`RESUMABLE_KEYS` applied (taken from the freshly composed config).
+
+    Raises
+    ------
+    ConfigError
+        The run directory has no readable config, or another key is overridden.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"resume={run_dir}: no {CONFIG_FILE} there (not a fedkd run directory)")
+    saved = yaml.safe_load(path.read_text())
+    if not isinstance(saved, dict):
+        raise ConfigError(f"resume={run_dir}: {CONFIG_FILE} is not a mapping")
+    config = copy.deepcopy(saved)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        top = key.split(".", 1)[0]
+        if top == "resume":
+            continue
+        if top not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"resume: {override!r} would change what the run computes; a resumed run "
+                f"keeps {run_dir}/{CONFIG_FILE} and may only change {', '.join(RESUMABLE_KEYS)}"
+            )
+        config[top] = copy.deepcopy(composed[top])
+    config["resume"] = str(run_dir)
+    return config
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns :func:`validation_objective` (what sweepers optimize)."""
+    """Hydra entry point; returns :func:`validation_objective` (what sweepers optimize).
+
+    ``resume=<run dir>`` continues that run from its checkpoint, in that directory."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    plain: dict[str, Any] = {}
     try:
-        summary = run(to_plain(cfg), run_dir)
+        plain = to_plain(cfg)
+        if plain.get("resume"):
+            hydra_dir, run_dir = run_dir, Path(str(plain["resume"]))
+            _remove_empty_run_dir(hydra_dir)
+            plain = resume_config(run_dir, plain, list(hydra_config.overrides.task))
+            summary = run(plain, run_dir, resume=True)
+        else:
+            summary = run(plain, run_dir)
     except ConfigError as exc:
-        _remove_empty_run_dir(run_dir)
+        if not plain.get("resume"):
+            _remove_empty_run_dir(run_dir)
         if hydra_config.mode == RunMode.MULTIRUN:
             # One job of a sweep: raising (not SystemExit) lets the sweeper record this job
             # as failed and keep the others (the Optuna sweeper marks the trial FAIL).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from abc import abstractmethod
 from collections import Counter
@@ -20,14 +21,16 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 from torch import nn
 
 from fedkd import keys
+from fedkd.attacks import AttackSpec
 from fedkd.data import FederatedData, proxy_round_indices
 from fedkd.distill import agreement, distill, teacher_targets, validate_target_rule
 from fedkd.distill.losses import DistillInputs, DistillLoss, build_loss
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, FedKDError
+from fedkd.faults import FaultSpec
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacyController, PrivacySpec
 from fedkd.setup import FederationSetup
@@ -39,6 +42,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DISCOVERY_TIMEOUT_SECONDS = 300.0
+#: Largest absolute value accepted in shared weights or statistics: trained models of this
+#: framework's sizes stay far below it, while overflowing or scaled-up uploads do not.
+MAX_ABS_VALUE = 1e4
+TOO_FEW_ACTIONS = ("skip", "abort")
+
+
+class RoundAborted(FedKDError):
+    """A round got fewer valid replies than ``min_train_replies`` and the run is set to abort
+    (``strategy.on_too_few_replies=abort``); every finished round is kept."""
 
 
 @dataclass
@@ -68,6 +80,12 @@ class RunAssets:
         Transfer-data augmentation of proxy batches (``augment`` group); ``None``: off.
     privacy : PrivacySpec
         The ``privacy`` group (mechanism, accounting and audit options).
+    faults : FaultSpec
+        Fault injection (``faults`` block): crashing, straggling and killed clients.
+    attack : AttackSpec
+        Poisoning simulation (``attack`` block): which clients are malicious and how.
+    round_timeout : float
+        Seconds the server waits for a round's replies (stragglers sleep past it).
     """
 
     setup: FederationSetup
@@ -80,6 +98,9 @@ class RunAssets:
     distill_config: dict[str, Any] = field(default_factory=lambda: {"name": "kd"})
     augmentation: Augmentation | None = None
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    faults: FaultSpec = field(default_factory=FaultSpec)
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    round_timeout: float = 3600.0
 
 
 class FedKDStrategy(Strategy):
@@ -98,7 +119,11 @@ class FedKDStrategy(Strategy):
         round (default 0.0: off).
     min_train_replies : int
         Fewest valid training replies a round needs; with fewer, the round is skipped (the
-        global state is kept) and the reason is logged and counted.
+        global state is kept) or the run stops, as ``on_too_few_replies`` says, and the
+        reason is logged and counted.
+    on_too_few_replies : {"skip", "abort"}
+        ``skip`` (default): keep the global state and go on with the next round; ``abort``:
+        raise :class:`RoundAborted` (the run ends with status ``stopped``).
 
     Notes
     -----
@@ -141,6 +166,7 @@ class FedKDStrategy(Strategy):
         fraction_train: float = 1.0,
         fraction_evaluate: float = 0.0,
         min_train_replies: int = 1,
+        on_too_few_replies: str = "skip",
         proxy_round_size: int = 0,
         distill_epochs: int = 20,
         distill_batch_size: int = 64,
@@ -176,10 +202,16 @@ class FedKDStrategy(Strategy):
             )
         if min_train_replies < 1:
             raise ConfigError(f"strategy.min_train_replies must be >= 1, got {min_train_replies}")
+        if on_too_few_replies not in TOO_FEW_ACTIONS:
+            raise ConfigError(
+                f"strategy.on_too_few_replies must be one of {TOO_FEW_ACTIONS}, "
+                f"got {on_too_few_replies!r}"
+            )
         self.assets = assets
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_replies = min_train_replies
+        self.on_too_few_replies = on_too_few_replies
         self.proxy_round_size = proxy_round_size
         self.distill_epochs = distill_epochs
         self.distill_batch_size = distill_batch_size
@@ -208,6 +240,88 @@ class FedKDStrategy(Strategy):
         )
         #: The last weights each client returned (kept for the membership audit only).
         self.last_client_weights: dict[int, ArrayRecord] = {}
+        #: Partitions that poison what they share (``attack``), fixed for the run.
+        self.malicious = assets.attack.malicious(assets.setup.num_clients, assets.setup.seed)
+        self._round = 0  # the round whose replies are being collected
+
+    # ------------------------------------------------------------------ the round loop
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+        *,
+        first_round: int = 1,
+        on_round_end: Any = None,
+    ) -> Result:
+        """Run rounds ``first_round..num_rounds`` (Flower's loop, plus resume and a hook).
+
+        ``evaluate_fn(round, arrays)`` runs before the first round (only when starting at
+        round 1) and after each round; ``on_round_end(round, arrays)`` runs after it (the
+        ServerApp writes checkpoints there). Train and evaluate replies that miss
+        ``timeout`` are left behind; they are never read in a later round.
+        """
+        logger.info("%s: rounds %s..%s", type(self).__name__, first_round, num_rounds)
+        self.summary()
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result = Result()
+        arrays = initial_arrays
+        if evaluate_fn is not None and first_round == 1:
+            metrics = evaluate_fn(0, arrays)
+            if metrics is not None:
+                result.evaluate_metrics_serverapp[0] = metrics
+        for server_round in range(first_round, num_rounds + 1):
+            replies = grid.send_and_receive(
+                self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+            )
+            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                result.arrays = arrays = new_arrays
+            if train_metrics is not None:
+                result.train_metrics_clientapp[server_round] = train_metrics
+            evaluate_replies = grid.send_and_receive(
+                self.configure_evaluate(server_round, arrays, evaluate_config, grid),
+                timeout=timeout,
+            )
+            evaluate_metrics = self.aggregate_evaluate(server_round, evaluate_replies)
+            if evaluate_metrics is not None:
+                result.evaluate_metrics_clientapp[server_round] = evaluate_metrics
+            if evaluate_fn is not None:
+                metrics = evaluate_fn(server_round, arrays)
+                if metrics is not None:
+                    result.evaluate_metrics_serverapp[server_round] = metrics
+            if on_round_end is not None:
+                on_round_end(server_round, arrays)
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    #: Attributes that carry the method's state from one round to the next (saved in
+    #: checkpoints); subclasses with more state extend the tuple.
+    checkpoint_attributes: ClassVar[tuple[str, ...]] = (
+        "round_targets",
+        "targets_round",
+        "last_client_weights",
+        "privacy",
+    )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The method's state between rounds (picklable), for :meth:`load_checkpoint_state`."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in self.checkpoint_attributes}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` saved."""
+        missing = sorted(set(self.checkpoint_attributes) - set(state))
+        if missing:
+            raise ConfigError(
+                f"checkpoint lacks strategy state {missing} for {type(self).__name__}"
+            )
+        for name in self.checkpoint_attributes:
+            setattr(self, name, state[name])
 
     # ------------------------------------------------------------------ discovery
     def discover(self, grid: Grid, timeout: float | None = None) -> None:
@@ -273,6 +387,72 @@ class FedKDStrategy(Strategy):
         rng = np.random.default_rng([self.assets.setup.seed, server_round, stream])
         return sorted(int(p) for p in rng.choice(available, size=count, replace=False))
 
+    def export_client_states(
+        self, grid: Grid, *, timeout: float | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """Every discovered client's ``context.state`` records, by partition id (checkpoints).
+
+        Raises
+        ------
+        RuntimeError
+            A client did not answer or failed: the states would be incomplete.
+        """
+        partitions = {node: p for p, node in self.node_of_partition.items()}
+        config = ConfigRecord({keys.SETUP: self._setup_json, keys.STATE_EXPORT: True})
+        messages = [
+            Message(
+                content=RecordDict({keys.CONFIG: config}),
+                message_type=MessageType.QUERY,
+                dst_node_id=node_id,
+            )
+            for node_id in sorted(partitions)
+        ]
+        states: dict[int, dict[str, Any]] = {}
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node_id = reply.metadata.src_node_id
+            if reply.has_error() or node_id not in partitions:
+                raise RuntimeError(f"node {node_id} could not export its state")
+            states[partitions[node_id]] = {
+                name[len(keys.STATE_PREFIX) :]: record
+                for name, record in reply.content.items()
+                if name.startswith(keys.STATE_PREFIX)
+            }
+        missing = sorted(set(partitions.values()) - set(states))
+        if missing:
+            raise RuntimeError(f"partitions {missing} did not export their state in time")
+        return states
+
+    def import_client_states(
+        self, grid: Grid, states: dict[int, dict[str, Any]], *, timeout: float | None = None
+    ) -> None:
+        """Give each client back the ``context.state`` records a checkpoint saved for its
+        partition (a resumed run's nodes are new: their node ids differ)."""
+        messages = []
+        for partition_id, records in sorted(states.items()):
+            if not records:
+                continue
+            if partition_id not in self.node_of_partition:
+                raise RuntimeError(f"partition {partition_id} has no node to restore its state")
+            content = RecordDict(
+                {keys.CONFIG: ConfigRecord({keys.SETUP: self._setup_json, keys.STATE_IMPORT: True})}
+            )
+            for name, record in records.items():
+                content[keys.STATE_PREFIX + name] = record
+            messages.append(
+                Message(
+                    content=content,
+                    message_type=MessageType.QUERY,
+                    dst_node_id=self.node_of_partition[partition_id],
+                )
+            )
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        failed = [r.metadata.src_node_id for r in replies if r.has_error()]
+        if failed or len(replies) < len(messages):
+            raise RuntimeError(
+                f"restoring client states failed ({len(messages) - len(replies)} no reply, "
+                f"errors from nodes {failed})"
+            )
+
     # ------------------------------------------------------------------ training
     def train_config(self, server_round: int) -> dict[str, Any]:
         """Round settings sent to clients; subclasses add method-specific keys."""
@@ -302,6 +482,8 @@ class FedKDStrategy(Strategy):
         metrics = self.round_metrics.setdefault(server_round, {})
         metrics["clients_sampled"] = len(partitions)
         self._sent_to = {}
+        self._round = server_round
+        harness = self.harness_config(server_round, partitions)
         self.proxy_indices = proxy_round_indices(
             len(self.assets.data.proxy_x),
             size=self.proxy_round_size or None,
@@ -332,6 +514,7 @@ class FedKDStrategy(Strategy):
                     keys.TRAIN_SEED: round_seed(
                         self.assets.setup.seed, server_round, 0, partition_id
                     ),
+                    **harness.get(partition_id, {}),
                 }
             )
             content = RecordDict({keys.CONFIG: round_config})
@@ -350,6 +533,31 @@ class FedKDStrategy(Strategy):
             )
         metrics["downlink_bytes"] = downlink_bytes
         return messages
+
+    def harness_config(
+        self, server_round: int, partitions: Sequence[int]
+    ) -> dict[int, dict[str, Any]]:
+        """Extra round-config keys for clients told to fail (``faults``) or to poison what
+        they share (``attack``); empty for every other client, so a run without faults or
+        attack sends exactly the messages of a clean run."""
+        extra: dict[int, dict[str, Any]] = {}
+        faults = self.assets.faults
+        plan = faults.plan(self.assets.setup.seed, server_round, partitions)
+        if plan:
+            self.round_metrics[server_round]["faults_injected"] = dict(
+                sorted(Counter(plan.values()).items())
+            )
+        for partition_id, kind in plan.items():
+            extra[partition_id] = {
+                keys.FAULT: kind,
+                keys.FAULT_DELAY: faults.delay(self.assets.round_timeout),
+            }
+        attack = self.assets.attack
+        for partition_id in set(self.malicious) & set(partitions):
+            extra.setdefault(partition_id, {}).update(
+                {keys.ATTACK_KIND: str(attack.kind), keys.ATTACK_SCALE: float(attack.scale)}
+            )
+        return extra
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -380,10 +588,13 @@ class FedKDStrategy(Strategy):
         self.record_diagnostics(server_round, valid)
         self._record_privacy(server_round, valid)
         if len(valid) < self.min_train_replies:
-            metrics["skipped"] = (
-                f"{len(valid)} valid replies < min_train_replies={self.min_train_replies}"
-            )
-            logger.warning("round %s skipped: %s", server_round, metrics["skipped"])
+            reason = f"{len(valid)} valid replies < min_train_replies={self.min_train_replies}"
+            if self.on_too_few_replies == "abort":
+                raise RoundAborted(
+                    f"round {server_round} aborted: {reason} (failures: {dict(failures) or 'none'})"
+                )
+            metrics["skipped"] = reason
+            logger.warning("round %s skipped: %s", server_round, reason)
             return None, MetricRecord({"clients-ok": len(valid)})
         new_arrays = self.aggregate(server_round, valid)
         if self.privacy is not None:
@@ -518,8 +729,19 @@ class FedKDStrategy(Strategy):
         content = reply.content
         if keys.METRICS not in content.metric_records:
             return "missing metrics"
-        num_examples = content.metric_records[keys.METRICS].get(keys.NUM_EXAMPLES)
+        reply_metrics = content.metric_records[keys.METRICS]
+        echoed = reply_metrics.get(keys.SERVER_ROUND)
+        if not isinstance(echoed, int):
+            return "missing server-round"
+        if echoed != self._round:
+            return "reply for another round"
+        num_examples = reply_metrics.get(keys.NUM_EXAMPLES)
         if not isinstance(num_examples, int) or num_examples < 1:
+            return "implausible num-examples"
+        known = sum(self.label_histograms.get(self.partition_of(reply), []))
+        if known and num_examples > known:
+            # the client told discovery how many records it holds; more is a lie that
+            # would buy it weight in every example-weighted average
             return "implausible num-examples"
         if self.shares_weights:
             if keys.ARRAYS not in content.array_records:
@@ -554,8 +776,12 @@ class FedKDStrategy(Strategy):
             logits, counts = shared[keys.LABEL_LOGITS].numpy(), shared[keys.LABEL_COUNTS].numpy()
             if logits.shape != (num_classes, num_classes) or counts.shape != (num_classes,):
                 return "label logits: wrong shape"
+            if logits.dtype.kind != "f" or counts.dtype.kind != "f":
+                return "label logits: wrong dtype"
             if not (np.isfinite(logits).all() and np.isfinite(counts).all()) or (counts < 0).any():
                 return "label logits: not finite or negative counts"
+            if np.abs(logits).max(initial=0.0) > MAX_ABS_VALUE:
+                return "label logits: absurd magnitude"
         return None
 
     # ------------------------------------------------------------------ helpers for methods
@@ -925,9 +1151,22 @@ def _uplink_bytes(reply: Message) -> int:
 
 
 def _first_line(reply: Message) -> str:
+    """A client error as a short, data-free reason.
+
+    fedkd's ClientApp already sends one generic line (see ``fedkd.apps.client.safe_reason``).
+    Anything else (a runtime's reason with a traceback or an exception's text, which could
+    quote private data) is cut down to the exception's type name.
+    """
     reason = (reply.error.reason if reply.error else None) or ""
-    lines = [line for line in reason.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else f"error code {reply.error.code}"
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"error code {reply.error.code if reply.error else '?'}"
+    match = re.match(r"<class '([\w.]+)'>", lines[0])
+    if match:  # Flower's runtimes: "<class 'X'>:<'message and traceback'>"
+        return match.group(1).rsplit(".", 1)[-1]
+    if len(lines) > 1:  # a traceback: its last line is "Type: message"
+        return lines[-1].split(":", 1)[0][:100]
+    return lines[0][:300]
 
 
 def round_seed(seed: int, server_round: int, *stream: int) -> int:
@@ -943,8 +1182,12 @@ def _check_weights(record: ArrayRecord, reference: nn.Module) -> str | None:
         if tuple(array.shape) != tuple(expected[name].shape):
             return f"weights: wrong shape for {name}"
         values = array.numpy()
+        if values.dtype != torch.empty(0, dtype=expected[name].dtype).numpy().dtype:
+            return f"weights: wrong dtype for {name}"
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             return "weights: non-finite values"
+        if values.dtype.kind == "f" and np.abs(values).max(initial=0.0) > MAX_ABS_VALUE:
+            return "weights: absurd magnitude"
     return None
 
 
@@ -957,7 +1200,9 @@ def _shared_floats(
     values = record[key].numpy()
     if values.shape != expected_shape:
         return None, f"{key}: shape {values.shape}, expected {expected_shape}"
-    if values.dtype.kind != "f" or not np.isfinite(values).all():
+    if values.dtype.kind != "f":
+        return None, f"{key}: wrong dtype {values.dtype}"
+    if not np.isfinite(values).all():
         return None, f"{key}: not finite floats"
     return values, None
 

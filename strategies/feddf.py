@@ -49,6 +49,7 @@ class FedDF(FedAvg):
 
     forms_ensemble = True
     requires_student_architecture = False
+    checkpoint_attributes = (*FedAvg.checkpoint_attributes, "prototypes")
 
     def __init__(self, assets: RunAssets, *, teacher_from: str = "weights", **options: Any) -> None:
         super().__init__(assets, **options)
@@ -59,7 +60,7 @@ class FedDF(FedAvg):
         self.teacher_from = teacher_from
         self.shares_proxy_predictions = teacher_from == "predictions"  # type: ignore[misc]
         self.provides_teacher_models = teacher_from == "weights"
-        self.prototypes: dict[int, ArrayRecord] = {}
+        self.prototypes: dict[int, ArrayRecord] = {}  # per architecture, carried over rounds
         self._initial: dict[int, ArrayRecord] = {}
         self.student_architecture = next(
             (

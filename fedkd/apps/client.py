@@ -18,17 +18,29 @@ One ``train`` message runs, in order and as the round config asks:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
-from fedkd import keys
+from fedkd import faults, keys
+from fedkd.attacks import LABEL_FLIP, flip_labels, poison_probs, poison_weights
 from fedkd.data import (
     ClientData,
     FederatedData,
@@ -43,7 +55,7 @@ from fedkd.distill import KDLoss, build_loss, distill, loss_options
 from fedkd.distill.augment import Augmentation, build_augmentation
 from fedkd.distill.losses import DistillLoss
 from fedkd.distill.self_train import born_again, check_born_again, train_self_distilled
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, FedKDError
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacySpec
 from fedkd.privacy.mechanisms import (
@@ -76,6 +88,16 @@ class _ClientRuntime:
     device: torch.device
     augmentation: Augmentation | None = None
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    _flipped: ClientData | None = None
+
+    def label_flipped(self) -> _ClientRuntime:
+        """This runtime with its training labels flipped (``attack.kind=label_flip``)."""
+        if self._flipped is None:
+            data = self.client_data
+            self._flipped = dataclasses.replace(
+                data, train_y=flip_labels(data.train_y, self.data.num_classes)
+            )
+        return dataclasses.replace(self, client_data=self._flipped)
 
     def load_start_weights(self, message: Message, context: Context, *, keep_model: bool) -> bool:
         """Load this round's starting weights; True when the client starts from scratch.
@@ -401,20 +423,124 @@ def _label_logits(runtime: _ClientRuntime) -> tuple[np.ndarray, np.ndarray]:
     return means.astype(np.float32), counts
 
 
+@dataclass
+class _Poisoner:
+    """What a malicious client (``attack-kind``) does to what it shares; honest: nothing."""
+
+    kind: str
+    scale: float
+    seed: int
+    start_state: dict[str, np.ndarray] | None
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng([self.seed, 0xA77AC])
+        self.active = bool(self.kind) and self.kind != LABEL_FLIP
+
+    def weights(self, record: ArrayRecord) -> ArrayRecord:
+        if not self.active:
+            return record
+        state = {name: array.numpy() for name, array in record.items()}
+        poisoned = poison_weights(
+            state, self.start_state, self.kind, scale=self.scale, rng=self.rng
+        )
+        return ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in poisoned.items()})
+
+    def probs(self, values: np.ndarray) -> np.ndarray:
+        if not self.active:
+            return values
+        return poison_probs(values, self.kind, scale=self.scale, rng=self.rng)
+
+    def statistics(self, shared: dict[str, Array]) -> dict[str, Array]:
+        """Per-label logits and prototypes are poisoned like weight tensors (from zero);
+        proxy predictions were poisoned already; counts are left alone."""
+        if not self.active:
+            return shared
+        out = dict(shared)
+        for key in (keys.LABEL_LOGITS, keys.PROTOTYPES, keys.PROTOTYPE_SOFT):
+            if key in out:
+                values = out[key].numpy()
+                poisoned = poison_weights(
+                    {key: values}, None, self.kind, scale=self.scale, rng=self.rng
+                )[key]
+                out[key] = _array(poisoned)
+        return out
+
+
+#: Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION.
+CLIENT_APP_ERROR_CODE = 2
+
+
+def safe_reason(exc: BaseException) -> str:
+    """What the server learns about a client failure.
+
+    fedkd's own errors name config keys, node-config keys and files, never records, so
+    their first line crosses; any other exception crosses as its type only (its message
+    or traceback could quote private data). The full traceback stays in the client's log.
+    """
+    if isinstance(exc, FedKDError):
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+    return f"{type(exc).__name__} (details in the client's log)"
+
+
+def _safe_errors(
+    handler: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
+    """Turn an exception in ``handler`` into an Error reply with a :func:`safe_reason`."""
+
+    @functools.wraps(handler)
+    def wrapper(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except Exception as exc:
+            logger.error(
+                "ClientApp %s failed on node %s: %s",
+                handler.__name__,
+                context.node_id,
+                exc,
+                exc_info=not isinstance(exc, faults.InjectedFault),
+            )
+            return Message(
+                Error(code=CLIENT_APP_ERROR_CODE, reason=safe_reason(exc)), reply_to=message
+            )
+
+    return wrapper
+
+
 @app.query()
+@_safe_errors
 def query(message: Message, context: Context) -> Message:
     """Describe this client: partition id, example count, label histogram, architecture.
 
-    With ``audit-model`` in the config (the membership audit after a run, simulation only)
-    the reply also carries the client's own model."""
+    Other questions, by config key:
+
+    * ``audit-model`` (the membership audit after a run, simulation only): reply with the
+      client's own model;
+    * ``state-export`` (checkpoints): reply with every ``context.state`` record, keys
+      prefixed ``state/``;
+    * ``state-import`` (resume): replace ``context.state`` with the ``state/`` records sent.
+    """
     runtime = _runtime(message, context)
     config = message.content.config_records[keys.CONFIG]
+    identity = MetricRecord({keys.PARTITION_ID: runtime.partition_id})
     if bool(config.get(keys.AUDIT_MODEL, False)):
         content = RecordDict()
         if keys.STATE_MODEL in context.state.array_records:
             content[keys.ARRAYS] = context.state.array_records[keys.STATE_MODEL]
-        content[keys.METRICS] = MetricRecord({keys.PARTITION_ID: runtime.partition_id})
+        content[keys.METRICS] = identity
         return Message(content, reply_to=message)
+    if bool(config.get(keys.STATE_EXPORT, False)):
+        content = RecordDict({keys.METRICS: identity})
+        for name, record in context.state.items():
+            content[keys.STATE_PREFIX + name] = record
+        return Message(content, reply_to=message)
+    if bool(config.get(keys.STATE_IMPORT, False)):
+        for name in list(context.state.keys()):
+            del context.state[name]
+        for name, record in message.content.items():
+            if name.startswith(keys.STATE_PREFIX):
+                context.state[name[len(keys.STATE_PREFIX) :]] = record
+        return Message(RecordDict({keys.METRICS: identity}), reply_to=message)
     histogram = np.bincount(runtime.client_data.train_y, minlength=runtime.data.num_classes)
     metrics = MetricRecord(
         {
@@ -428,14 +554,31 @@ def query(message: Message, context: Context) -> Message:
 
 
 @app.train()
+@_safe_errors
 def train(message: Message, context: Context) -> Message:
-    """Warm up, digest, train locally, then share what the round asks for."""
+    """Warm up, digest, train locally, then share what the round asks for.
+
+    Simulation harness keys, set by the server for chosen clients only: ``fault`` (crash,
+    straggle or kill first, see :mod:`fedkd.faults`) and ``attack-kind`` (poison what is
+    shared, see :mod:`fedkd.attacks`)."""
     runtime = _runtime(message, context)
     config = message.content.config_records[keys.CONFIG]
+    fault = str(config.get(keys.FAULT, ""))
+    if fault:
+        faults.inject(fault, _float(config, keys.FAULT_DELAY, 1.0))
+    attack = str(config.get(keys.ATTACK_KIND, ""))
+    if attack == LABEL_FLIP:
+        runtime = runtime.label_flipped()
     keep_model = bool(config.get(keys.KEEP_MODEL, False))
     seed = _int(config, keys.TRAIN_SEED)
+    server_round = _int(config, keys.SERVER_ROUND)
     data, device = runtime.data, runtime.device
     fresh = runtime.load_start_weights(message, context, keep_model=keep_model)
+    start_state = (
+        {k: v.detach().cpu().numpy().copy() for k, v in runtime.model.state_dict().items()}
+        if attack and attack != LABEL_FLIP
+        else None
+    )
 
     warmup_epochs = _int(config, keys.WARMUP_PUBLIC_EPOCHS)
     if keep_model and fresh and warmup_epochs > 0:
@@ -471,6 +614,7 @@ def train(message: Message, context: Context) -> Message:
         keys.TRAIN_LOSS: float(train_loss),
         keys.PARTITION_ID: runtime.partition_id,
         keys.ARCHITECTURE: runtime.architecture,
+        keys.SERVER_ROUND: server_round,  # the server rejects replies for another round
     }
     if dp_epsilon is not None:
         metrics[keys.DP_EPSILON] = float(dp_epsilon)
@@ -479,14 +623,15 @@ def train(message: Message, context: Context) -> Message:
             runtime.model, runtime.client_data.test_x, runtime.client_data.test_y, device=device
         )
     content = RecordDict({keys.METRICS: MetricRecord(metrics)})
+    poison = _Poisoner(attack, _float(config, keys.ATTACK_SCALE, 10.0), seed, start_state)
     if bool(config.get(keys.SHARE_WEIGHTS, False)):
-        content[keys.ARRAYS] = runtime.weights_record()
+        content[keys.ARRAYS] = poison.weights(runtime.weights_record())
     shared: dict[str, Array] = {}
     if bool(config.get(keys.SHARE_PROXY_PROBS, False)):
-        server_round = _int(config, keys.SERVER_ROUND)
         indices = _round_indices(runtime, config, server_round)
         probs = predict_probs(runtime.model, data.proxy_x[indices], device=device)
-        shared[keys.PROXY_PROBS] = _array(_privatize(runtime, privacy, probs, server_round))
+        released = _privatize(runtime, privacy, probs, server_round)
+        shared[keys.PROXY_PROBS] = _array(poison.probs(released))
     if bool(config.get(keys.SHARE_LABEL_LOGITS, False)):
         label_logits, label_counts = _label_logits(runtime)
         shared[keys.LABEL_LOGITS] = _array(label_logits)
@@ -504,7 +649,7 @@ def train(message: Message, context: Context) -> Message:
         shared[keys.PROTOTYPE_SOFT] = _array(prototype_soft)
         shared[keys.PROTOTYPE_COUNTS] = _array(prototype_counts)
     if shared:
-        content[keys.PREDICTIONS] = ArrayRecord(shared)
+        content[keys.PREDICTIONS] = ArrayRecord(poison.statistics(shared))
     if bool(config.get(keys.SHARE_TEST_PROBS, False)):
         test_probs = predict_probs(runtime.model, data.test_x, device=device)
         content[keys.EVALUATION] = ArrayRecord({keys.TEST_PROBS: _array(test_probs)})
@@ -512,6 +657,7 @@ def train(message: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_safe_errors
 def evaluate_local(message: Message, context: Context) -> Message:
     """Accuracy on this client's local test split of the global model (when the server sends
     weights) or of the client's own model (methods where clients keep theirs)."""

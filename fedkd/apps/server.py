@@ -21,6 +21,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedkd.attacks import AttackSpec
+from fedkd.checkpoint import (
+    check_resumable,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from fedkd.config import check_top_level, compose_config, options, strategy_class
 from fedkd.data import FederatedData, get_federated_data
 from fedkd.devices import resolve_device
@@ -28,13 +36,14 @@ from fedkd.distill import build_loss, loss_options
 from fedkd.distill.augment import build_augmentation
 from fedkd.distill.self_train import check_born_again
 from fedkd.errors import ConfigError
+from fedkd.faults import FaultSpec
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
 from fedkd.privacy import PrivacyBudgetExhausted, PrivacySpec
 from fedkd.progress import RoundProgress, summary_table
 from fedkd.results import RunWriter, summarize
 from fedkd.setup import FederationSetup, LocalTraining
 from fedkd.train import evaluate
-from strategies.base import FedKDStrategy, RunAssets, student_arrays
+from strategies.base import FedKDStrategy, RoundAborted, RunAssets, student_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +151,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
             cfg["strategy"]["name"],
         )
     aggregation = dict(cfg.get("aggregation") or {"name": "mean"})
+    faults, attack, round_timeout = _reliability(cfg, cls)
     assets = RunAssets(
         setup=setup,
         data=data,
@@ -153,6 +163,9 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         distill_config=dict(cfg["distill"]),
         augmentation=augmentation,
         privacy=privacy,
+        faults=faults,
+        attack=attack,
+        round_timeout=round_timeout,
     )
     try:
         strategy = cls(assets, **options(cfg["strategy"]))
@@ -163,15 +176,72 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     return RunPlan(config=cfg, assets=assets, strategy=strategy)
 
 
+def _reliability(cfg: dict[str, Any], cls: type) -> tuple[FaultSpec, AttackSpec, float]:
+    """The ``faults``, ``attack``, ``round_timeout`` and ``checkpoint`` settings, checked."""
+    faults = FaultSpec.from_config(cfg.get("faults"))
+    faults.check_backend(str(cfg["backend"]["name"]))
+    attack = AttackSpec.from_config(cfg.get("attack"))
+    if (faults.enabled or attack.enabled) and not getattr(cls, "has_clients", True):
+        raise ConfigError(
+            f"faults/attack act on clients, but strategy {cfg['strategy']['name']!r} has none"
+        )
+    round_timeout = cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)
+    if not isinstance(round_timeout, int | float) or round_timeout <= 0:
+        raise ConfigError(f"round_timeout must be > 0 seconds, got {round_timeout!r}")
+    checkpoint_every(cfg)
+    return faults, attack, float(round_timeout)
+
+
+def checkpoint_every(cfg: dict[str, Any]) -> int:
+    """``checkpoint.every``: write a checkpoint every this many rounds (0: never)."""
+    spec = cfg.get("checkpoint") or {}
+    if not isinstance(spec, dict) or set(spec) - {"every"}:
+        raise ConfigError(f"checkpoint must be a mapping with the key 'every', got {spec!r}")
+    every = spec.get("every", 0)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"checkpoint.every must be an integer >= 0 (0: off), got {every!r}")
+    return every
+
+
 def run_federation(
-    grid: Grid, plan: RunPlan, run_dir: Path, *, show_progress: bool = True
+    grid: Grid,
+    plan: RunPlan,
+    run_dir: Path,
+    *,
+    show_progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run all rounds on ``grid`` and write the run directory; returns the summary."""
+    """Run all rounds on ``grid`` and write the run directory; returns the summary.
+
+    With ``resume``, ``run_dir`` holds a run with a checkpoint: its state is restored (the
+    student, the strategy, the generators, and every client's state through a
+    ``state-import`` query) and the rounds after the checkpoint are run.
+    """
     cfg, assets, strategy = plan.config, plan.assets, plan.strategy
     writer = RunWriter(run_dir)
-    writer.start(cfg)
+    first_round, initial_arrays, resumed_from = 1, student_arrays(assets.student), None
+    timeout = float(cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS))
+    if resume:
+        state = load_checkpoint(run_dir)
+        check_resumable(state["config"], cfg, run_dir)
+        resumed_from = int(state["round"])
+        writer.resume(cfg, last_round=resumed_from)
+        assets.student.load_state_dict(state["student"], strict=True)
+        strategy.load_checkpoint_state(state["strategy"])
+        set_rng_states(state["rng"])
+        if strategy.has_clients:
+            strategy.discover(grid)
+            strategy.import_client_states(grid, state["clients"], timeout=timeout)
+        first_round, initial_arrays = resumed_from + 1, state["arrays"]
+    else:
+        writer.start(cfg)
+    every = checkpoint_every(cfg)
     validation_x, validation_y = validation_set(assets.data)
     started = last_round_end = time.perf_counter()
+
+    def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
+        if every and (server_round % every == 0 or server_round == cfg["num_rounds"]):
+            write_checkpoint(plan, grid, run_dir, server_round, arrays, timeout=timeout)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal last_round_end
@@ -216,6 +286,8 @@ def run_federation(
 
     status, error = "completed", None
     progress = RoundProgress(cfg["num_rounds"], enabled=show_progress)
+    if resumed_from:
+        progress.advance_to(resumed_from)
     privacy: dict[str, Any] | None = None
     stopped_reason: str | None = None
     try:
@@ -223,13 +295,15 @@ def run_federation(
             try:
                 strategy.start(
                     grid=grid,
-                    initial_arrays=student_arrays(assets.student),
+                    initial_arrays=initial_arrays,
                     num_rounds=cfg["num_rounds"],
-                    timeout=float(cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)),
+                    timeout=timeout,
                     train_config=ConfigRecord(),
                     evaluate_fn=evaluate_fn,
+                    first_round=first_round,
+                    on_round_end=on_round_end,
                 )
-            except PrivacyBudgetExhausted as exc:  # every finished round is kept
+            except (PrivacyBudgetExhausted, RoundAborted) as exc:  # finished rounds are kept
                 status, stopped_reason = "stopped", str(exc)
                 logger.warning("%s", exc)
         privacy = privacy_summary(plan, grid, run_dir)
@@ -248,6 +322,8 @@ def run_federation(
         )
         if stopped_reason is not None:
             summary["stopped_reason"] = stopped_reason
+        if resumed_from is not None:
+            summary["resumed_from_round"] = resumed_from
         if privacy is not None:
             summary["privacy"] = privacy
         writer.finish(summary)
@@ -255,6 +331,44 @@ def run_federation(
             progress.console.print(summary_table(summary))
             progress.console.print(f"results in {run_dir}")
     return summary
+
+
+def write_checkpoint(
+    plan: RunPlan,
+    grid: Grid,
+    run_dir: Path,
+    server_round: int,
+    arrays: ArrayRecord,
+    *,
+    timeout: float,
+) -> bool:
+    """Save everything round ``server_round + 1`` needs (see :mod:`fedkd.checkpoint`).
+
+    When a client cannot export its state the checkpoint would be incomplete, so none is
+    written and the previous one stays; the run goes on. Returns whether one was written.
+    """
+    strategy = plan.strategy
+    try:
+        clients = (
+            strategy.export_client_states(grid, timeout=timeout) if strategy.has_clients else {}
+        )
+    except RuntimeError as exc:
+        logger.warning("round %s: no checkpoint written: %s", server_round, exc)
+        return False
+    save_checkpoint(
+        run_dir,
+        {
+            "round": server_round,
+            "arrays": arrays,
+            "student": {k: v.detach().cpu() for k, v in plan.assets.student.state_dict().items()},
+            "strategy": strategy.checkpoint_state(),
+            "rng": rng_states(),
+            "clients": clients,
+            "config": plan.config,
+        },
+    )
+    logger.info("round %s: checkpoint written", server_round)
+    return True
 
 
 def privacy_summary(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any] | None:
@@ -287,13 +401,15 @@ def validation_set(data: FederatedData) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def make_server_app(plan: RunPlan, run_dir: Path, *, show_progress: bool = True) -> ServerApp:
+def make_server_app(
+    plan: RunPlan, run_dir: Path, *, show_progress: bool = True, resume: bool = False
+) -> ServerApp:
     """A ServerApp bound to an already validated plan (the simulation runner's path)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, plan, run_dir, show_progress=show_progress)
+        run_federation(grid, plan, run_dir, show_progress=show_progress, resume=resume)
 
     return server_app
 
@@ -307,6 +423,11 @@ def main(grid: Grid, context: Context) -> None:
     overrides = str(context.run_config.get("overrides", ""))
     out_dir = str(context.run_config.get("out-dir", ""))
     cfg = compose_config(overrides)
+    if cfg.get("resume"):
+        raise ConfigError(
+            "resume: continue a run with `python -m simulations.run resume=<run dir>`; under "
+            "flwr run, start a new run (out-dir) instead"
+        )
     run_dir = (
         Path(out_dir)
         if out_dir

@@ -46,7 +46,9 @@ def _prediction_reply(request: Message, probs: np.ndarray, n: int) -> Message:
     return Message(
         RecordDict(
             {
-                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: n, keys.TRAIN_LOSS: 0.1}),
+                keys.METRICS: MetricRecord(
+                    {keys.NUM_EXAMPLES: n, keys.TRAIN_LOSS: 0.1, keys.SERVER_ROUND: 1}
+                ),
                 keys.PREDICTIONS: ArrayRecord({keys.PROXY_PROBS: Array(probs.astype(np.float32))}),
             }
         ),

@@ -42,7 +42,15 @@ def _reply(request: Message, num_examples: int = 10, **arrays: np.ndarray) -> Me
     return Message(
         RecordDict(
             {
-                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: num_examples, keys.TRAIN_LOSS: 0.5}),
+                keys.METRICS: MetricRecord(
+                    {
+                        keys.NUM_EXAMPLES: num_examples,
+                        keys.TRAIN_LOSS: 0.5,
+                        keys.SERVER_ROUND: request.content.config_records[keys.CONFIG][
+                            keys.SERVER_ROUND
+                        ],
+                    }
+                ),
                 keys.PREDICTIONS: record,
             }
         ),

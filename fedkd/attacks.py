@@ -1,0 +1,156 @@
+"""Poisoning attacks for robustness studies: malicious clients and what they send.
+
+A fixed set of ``attack.fraction * num_clients`` partitions, drawn from the seed, is
+malicious for the whole run; the server tells each in its round config (``attack-kind``,
+``attack-scale``) and the ClientApp poisons what it shares. Kinds:
+
+``label_flip``
+    Data poisoning: the client trains on labels ``C - 1 - y``; whatever it shares
+    (weights, predictions, per-label logits, prototypes) comes from that model.
+``random``
+    Shared probability rows are drawn from a flat Dirichlet; shared weights are Gaussian
+    noise with each tensor's own standard deviation.
+``scale``
+    Shared predictions are multiplied by ``scale`` (reply validation rejects them: they are
+    no longer probability vectors); a shared weight update (trained minus received weights)
+    is multiplied by ``scale`` (model replacement).
+``sign_flip``
+    Shared predictions become ``softmax(-log p)``: valid probability rows that rank the
+    least likely class first; a shared weight update is negated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedkd.errors import ConfigError
+
+LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP = "label_flip", "random", "scale", "sign_flip"
+ATTACK_KINDS = (LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP)
+_STREAM = 0xA77AC
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """The ``attack`` config block.
+
+    Parameters
+    ----------
+    kind : str, optional
+        One of :data:`ATTACK_KINDS`; ``None``: no attack.
+    fraction : float
+        Fraction of all clients that are malicious, in [0, 1).
+    scale : float
+        Factor of the ``scale`` attack (default 10).
+    """
+
+    kind: str | None = None
+    fraction: float = 0.0
+    scale: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind is not None and self.fraction > 0
+
+    @staticmethod
+    def from_config(cfg: Mapping[str, Any] | None) -> AttackSpec:
+        """Parse and check the ``attack`` block (``None``: no attack)."""
+        if cfg is None:
+            return AttackSpec()
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"attack must be a mapping, got {cfg!r}")
+        allowed = set(AttackSpec.__dataclass_fields__)
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ConfigError(f"attack: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        spec = AttackSpec(**dict(cfg))
+        if spec.kind is not None and spec.kind not in ATTACK_KINDS:
+            raise ConfigError(
+                f"attack.kind must be one of {ATTACK_KINDS} or null, got {spec.kind!r}"
+            )
+        if not isinstance(spec.fraction, int | float) or not 0.0 <= spec.fraction < 1.0:
+            raise ConfigError(f"attack.fraction must be in [0, 1), got {spec.fraction!r}")
+        if spec.fraction > 0 and spec.kind is None:
+            raise ConfigError(
+                f"attack.fraction={spec.fraction} needs attack.kind (one of {ATTACK_KINDS})"
+            )
+        if not isinstance(spec.scale, int | float) or spec.scale <= 0:
+            raise ConfigError(f"attack.scale must be > 0, got {spec.scale!r}")
+        return spec
+
+    def malicious(self, num_clients: int, seed: int) -> list[int]:
+        """The malicious partition ids: ``round(fraction * num_clients)`` of them, seeded."""
+        return malicious_partitions(num_clients, self.fraction if self.enabled else 0.0, seed)
+
+
+def malicious_partitions(num_clients: int, fraction: float, seed: int) -> list[int]:
+    """Sorted ids of ``round(fraction * num_clients)`` partitions drawn from ``seed``."""
+    count = round(fraction * num_clients)
+    if count <= 0:
+        return []
+    rng = np.random.default_rng([seed, _STREAM])
+    return sorted(int(p) for p in rng.choice(num_clients, size=count, replace=False))
+
+
+def flip_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``label_flip``: each label ``y`` becomes ``num_classes - 1 - y``."""
+    return (num_classes - 1 - np.asarray(labels)).astype(np.asarray(labels).dtype)
+
+
+def poison_probs(
+    probs: np.ndarray, kind: str, *, scale: float, rng: np.random.Generator
+) -> np.ndarray:
+    """What a malicious client shares instead of its ``(rows, classes)`` predictions."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if kind == LABEL_FLIP:  # the poison is in the training labels
+        out = probs
+    elif kind == RANDOM:
+        out = rng.dirichlet(np.ones(probs.shape[1]), size=probs.shape[0])
+    elif kind == SCALE:
+        out = probs * scale
+    elif kind == SIGN_FLIP:
+        logits = -np.log(np.clip(probs, 1e-12, None))
+        logits -= logits.max(axis=1, keepdims=True)
+        out = np.exp(logits)
+        out /= out.sum(axis=1, keepdims=True)
+    else:
+        raise ConfigError(f"attack.kind must be one of {ATTACK_KINDS}, got {kind!r}")
+    return out.astype(np.float32)
+
+
+def poison_weights(
+    state: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray] | None,
+    kind: str,
+    *,
+    scale: float,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """What a malicious client shares instead of its trained weights ``state``.
+
+    ``reference`` holds the weights it started the round from (the update is ``state -
+    reference``); without one, the update is taken from zero. Integer tensors (counters)
+    are left alone.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, values in state.items():
+        values = np.asarray(values)
+        if values.dtype.kind != "f" or kind == LABEL_FLIP:
+            out[name] = values.copy()
+            continue
+        start = np.zeros_like(values) if reference is None else np.asarray(reference[name])
+        if kind == RANDOM:
+            std = float(values.std()) or 1.0
+            poisoned = rng.normal(0.0, std, size=values.shape)
+        elif kind == SCALE:
+            poisoned = start + scale * (values - start)
+        elif kind == SIGN_FLIP:
+            poisoned = start - (values - start)
+        else:
+            raise ConfigError(f"attack.kind must be one of {ATTACK_KINDS}, got {kind!r}")
+        out[name] = poisoned.astype(values.dtype)
+    return out
