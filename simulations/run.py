@@ -36,11 +36,18 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
     """
     try:
         backend_config(cfg.get("backend", {}))
-        if resume:
-            check_resumable(load_checkpoint(run_dir)["config"], cfg, run_dir)
-        else:
+        checkpoint = load_checkpoint(run_dir) if resume else None
+        if not resume:
             check_fresh_run_dir(run_dir)
-        plan = prepare_run(cfg)
+        plan = prepare_run(cfg)  # resolves the config as the checkpointed run's was
+        if checkpoint is not None:
+            check_resumable(checkpoint["config"], plan.config, run_dir)
+            if checkpoint["round"] >= cfg["num_rounds"]:
+                raise ConfigError(
+                    f"resume={run_dir}: its checkpoint is at round {checkpoint['round']} and "
+                    f"num_rounds={cfg['num_rounds']}: nothing left to run (raise num_rounds "
+                    "to continue it)"
+                )
     except ConfigError:
         if not resume:
             _remove_empty_run_dir(run_dir)

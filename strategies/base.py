@@ -46,6 +46,9 @@ DISCOVERY_TIMEOUT_SECONDS = 300.0
 #: framework's sizes stay far below it, while overflowing or scaled-up uploads do not.
 MAX_ABS_VALUE = 1e4
 TOO_FEW_ACTIONS = ("skip", "abort")
+#: Client error reasons that say the runtime, not the client, failed to run a message (Ray:
+#: the actor is restarting after its process died); such messages are resent once.
+TRANSIENT_ERRORS = ("ActorUnavailableError",)
 
 
 class RoundAborted(FedKDError):
@@ -276,17 +279,22 @@ class FedKDStrategy(Strategy):
             if metrics is not None:
                 result.evaluate_metrics_serverapp[0] = metrics
         for server_round in range(first_round, num_rounds + 1):
-            replies = grid.send_and_receive(
-                self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+            replies = self.send_and_receive(
+                grid,
+                self.configure_train(server_round, arrays, train_config, grid),
+                timeout=timeout,
+                server_round=server_round,
             )
             new_arrays, train_metrics = self.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 result.arrays = arrays = new_arrays
             if train_metrics is not None:
                 result.train_metrics_clientapp[server_round] = train_metrics
-            evaluate_replies = grid.send_and_receive(
+            evaluate_replies = self.send_and_receive(
+                grid,
                 self.configure_evaluate(server_round, arrays, evaluate_config, grid),
                 timeout=timeout,
+                server_round=server_round,
             )
             evaluate_metrics = self.aggregate_evaluate(server_round, evaluate_replies)
             if evaluate_metrics is not None:
@@ -298,6 +306,52 @@ class FedKDStrategy(Strategy):
             if on_round_end is not None:
                 on_round_end(server_round, arrays)
         return result
+
+    def send_and_receive(
+        self,
+        grid: Grid,
+        messages: Iterable[Message],
+        *,
+        timeout: float,
+        server_round: int,
+    ) -> list[Message]:
+        """``grid.send_and_receive``, resending once, within the same deadline, the messages
+        that failed for a transient runtime reason (:data:`TRANSIENT_ERRORS`: a Ray actor
+        restarting after its process died). The ClientApp's context is only updated on
+        success, so running the message again is safe. Messages told to fail (``fault``)
+        are never resent."""
+        messages = list(messages)
+        deadline = time.monotonic() + timeout
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        sent = {m.metadata.dst_node_id: m for m in messages}
+        retry = [
+            sent[r.metadata.src_node_id]
+            for r in replies
+            if r.has_error()
+            and _first_line(r) in TRANSIENT_ERRORS
+            and r.metadata.src_node_id in sent
+            and keys.FAULT
+            not in sent[r.metadata.src_node_id].content.config_records.get(keys.CONFIG, {})
+        ]
+        remaining = deadline - time.monotonic()
+        if not retry or remaining <= 0:
+            return replies
+        again = {m.metadata.dst_node_id for m in retry}
+        logger.info(
+            "round %s: resending %s message(s) after a transient failure", server_round, len(retry)
+        )
+        self.round_metrics.setdefault(server_round, {}).setdefault("messages_resent", 0)
+        self.round_metrics[server_round]["messages_resent"] += len(retry)
+        kept = [r for r in replies if r.metadata.src_node_id not in again]
+        fresh = [
+            Message(
+                content=m.content,
+                message_type=m.metadata.message_type,
+                dst_node_id=m.metadata.dst_node_id,
+            )
+            for m in retry
+        ]
+        return kept + list(grid.send_and_receive(fresh, timeout=remaining))
 
     # ------------------------------------------------------------------ checkpoints
     #: Attributes that carry the method's state from one round to the next (saved in

@@ -1,0 +1,203 @@
+"""Every invalid-reply kind is rejected with its own counted reason, and client failures
+reach the server as generic reasons without client data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+
+from fedkd import keys
+from fedkd.apps.client import app as client_app
+from fedkd.apps.client import safe_reason
+from fedkd.apps.server import prepare_run
+from fedkd.config import compose_config
+from fedkd.errors import ConfigError
+from fedkd.faults import InjectedFault
+from strategies.base import RoundAborted
+
+SMALL = [
+    "dataset=synthetic",
+    "dataset.num_samples=300",
+    "dataset.num_features=6",
+    "dataset.num_classes=3",
+    "partition=iid",
+    "num_clients=4",
+    "model.hidden=[8]",
+    "student.hidden=[8]",
+    "client.epochs=1",
+    "progress=false",
+]
+
+
+def _strategy(*extra: str):  # needs the task_identity fixture
+    strategy = prepare_run(compose_config([*SMALL, *extra])).strategy
+    strategy.node_of_partition = {0: 11, 1: 22, 2: 33, 3: 44}
+    strategy.label_histograms = {p: [10, 10, 10] for p in range(4)}  # 30 records each
+    return strategy
+
+
+def _weights(strategy, fill: float, dtype=np.float32) -> ArrayRecord:
+    return ArrayRecord(
+        {
+            k: Array(np.full(tuple(v.shape), fill, dtype=dtype))
+            for k, v in strategy.assets.student.state_dict().items()
+        }
+    )
+
+
+def _reply(request: Message, arrays: ArrayRecord, **metrics) -> Message:
+    values = {
+        keys.NUM_EXAMPLES: 30,
+        keys.TRAIN_LOSS: 0.5,
+        keys.SERVER_ROUND: request.content.config_records[keys.CONFIG][keys.SERVER_ROUND],
+        **metrics,
+    }
+    values = {k: v for k, v in values.items() if v is not None}
+    content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(values)})
+    return Message(content, reply_to=request)
+
+
+def _requests(strategy, server_round: int = 2) -> list[Message]:
+    return list(
+        strategy.configure_train(server_round, _weights(strategy, 0.0), ConfigRecord(), None)
+    )
+
+
+def test_each_invalid_weight_reply_kind_is_counted(task_identity) -> None:
+    strategy = _strategy("strategy=fedavg")
+    requests = _requests(strategy)
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0)),  # the only good one
+        _reply(requests[1], _weights(strategy, 1.0), **{keys.SERVER_ROUND: 1}),
+        _reply(requests[2], _weights(strategy, 1.0, dtype=np.float64)),
+        _reply(requests[3], _weights(strategy, 1e6)),
+    ]
+    arrays, _ = strategy.aggregate_train(2, replies)
+    assert arrays is not None
+    for array in arrays.values():
+        np.testing.assert_allclose(array.numpy(), 1.0)
+    name = next(iter(strategy.assets.student.state_dict()))
+    assert strategy.round_metrics[2]["failure_reasons"] == {
+        "reply for another round": 1,
+        f"weights: wrong dtype for {name}": 1,
+        "weights: absurd magnitude": 1,
+    }
+
+
+def test_missing_round_and_inflated_example_counts_are_rejected(task_identity) -> None:
+    strategy = _strategy("strategy=fedavg")
+    requests = _requests(strategy)
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0)),
+        _reply(requests[1], _weights(strategy, 1.0), **{keys.SERVER_ROUND: None}),
+        _reply(requests[2], _weights(strategy, 1.0), **{keys.NUM_EXAMPLES: 3000}),
+        _reply(requests[3], _weights(strategy, 1.0), **{keys.NUM_EXAMPLES: 0}),
+    ]
+    strategy.aggregate_train(2, replies)
+    assert strategy.round_metrics[2]["failure_reasons"] == {
+        "missing server-round": 1,
+        "implausible num-examples": 2,
+    }
+    assert strategy.round_metrics[2]["clients_ok"] == 1
+
+
+def test_invalid_prediction_replies_are_counted(task_identity) -> None:
+    strategy = _strategy("strategy=dsfl")
+    requests = _requests(strategy)
+    rows = len(strategy.proxy_indices)
+    good = np.full((rows, 3), 1 / 3)
+
+    def reply(request: Message, probs: np.ndarray) -> Message:
+        message = _reply(request, ArrayRecord())
+        del message.content.array_records[keys.ARRAYS]
+        message.content[keys.PREDICTIONS] = ArrayRecord({keys.PROXY_PROBS: Array(probs)})
+        return message
+
+    nan = good.copy()
+    nan[0, 0] = np.nan
+    replies = [
+        reply(requests[0], good.astype(np.float32)),
+        reply(requests[1], good.astype(np.int64)),  # wrong dtype
+        reply(requests[2], nan.astype(np.float32)),
+        reply(requests[3], (good * 10).astype(np.float32)),  # the scale attack
+    ]
+    strategy.aggregate_train(2, replies)
+    assert strategy.round_metrics[2]["failure_reasons"] == {
+        "proxy-probs: wrong dtype int64": 1,
+        "proxy-probs: not finite floats": 1,
+        "proxy-probs: rows are not probability vectors": 1,
+    }
+
+
+def test_client_errors_cross_without_their_text(task_identity) -> None:
+    strategy = _strategy("strategy=fedavg")
+    requests = _requests(strategy)
+    secret = "patient 4711 has diagnosis X"
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0)),
+        # Flower's runtime wraps an exception's text (and traceback) into the reason
+        Message(Error(code=2, reason=f"<class 'ValueError'>:<'{secret}'>"), reply_to=requests[1]),
+        Message(
+            Error(code=2, reason=f"Traceback (most recent call last):\nKeyError: '{secret}'"),
+            reply_to=requests[2],
+        ),
+        Message(
+            Error(code=2, reason=safe_reason(InjectedFault("injected crash"))), reply_to=requests[3]
+        ),
+    ]
+    strategy.aggregate_train(2, replies)
+    reasons = strategy.round_metrics[2]["failure_reasons"]
+    assert reasons == {
+        "client error: ValueError": 1,
+        "client error: KeyError": 1,
+        "client error: InjectedFault: injected crash": 1,
+    }
+    assert all(secret not in reason for reason in reasons)
+
+
+def test_client_app_reports_foreign_exceptions_by_type_only(task_identity) -> None:
+    """A non-fedkd exception inside the ClientApp becomes an Error reply naming its type."""
+    assert (
+        safe_reason(ValueError("row 7: 63.2, 1, 0")) == "ValueError (details in the client's log)"
+    )
+    assert safe_reason(ConfigError("client.lr must be > 0")).startswith("ConfigError: client.lr")
+    context = Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": 0, "num-partitions": 4},
+        state=RecordDict(),
+        run_config={},
+    )
+    broken = Message(
+        RecordDict({keys.CONFIG: ConfigRecord({keys.SETUP: "{not json"})}),
+        dst_node_id=5,
+        message_type=MessageType.TRAIN,
+    )
+    reply = client_app(broken, context)
+    assert reply.has_error()
+    assert reply.error.reason == "JSONDecodeError (details in the client's log)"
+
+
+def test_too_few_replies_abort_when_asked(task_identity) -> None:
+    strategy = _strategy(
+        "strategy=fedavg", "strategy.min_train_replies=2", "strategy.on_too_few_replies=abort"
+    )
+    requests = _requests(strategy)
+    replies = [_reply(requests[0], _weights(strategy, 1.0))]
+    with pytest.raises(
+        RoundAborted, match="round 2 aborted: 1 valid replies < min_train_replies=2"
+    ):
+        strategy.aggregate_train(2, replies)
+    with pytest.raises(ConfigError, match="on_too_few_replies"):
+        _strategy("strategy=fedavg", "strategy.on_too_few_replies=retry")
