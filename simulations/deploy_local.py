@@ -57,6 +57,7 @@ from typing import IO, Any
 from hydra.errors import HydraException
 
 from fedkd.errors import ConfigError, FedKDError
+from fedkd.results import check_fresh_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -919,6 +920,7 @@ def deploy(
     if port is not None:
         check_port_free(port)
     run_dir = (out_dir or Path("outputs") / f"deploy-{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    check_fresh_run_dir(run_dir)  # an existing run's results are never overwritten
     if not (REPO_ROOT / "pyproject.toml").is_file():
         raise DeployError(f"no pyproject.toml in {REPO_ROOT}: the Flower app must be a checkout")
     temporary = workdir is None

@@ -124,6 +124,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     cls = strategy_class(cfg["strategy"])
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
+    faults, attack, round_timeout = _reliability(cfg, cls)  # cheap: before building data
     cfg["distill"] = resolve_distill(dict(cfg["distill"]))
     privacy = PrivacySpec.from_config(cfg.get("privacy"))
     setup = build_setup(cfg, privacy)
@@ -151,7 +152,6 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
             cfg["strategy"]["name"],
         )
     aggregation = dict(cfg.get("aggregation") or {"name": "mean"})
-    faults, attack, round_timeout = _reliability(cfg, cls)
     assets = RunAssets(
         setup=setup,
         data=data,
@@ -428,6 +428,9 @@ def main(grid: Grid, context: Context) -> None:
             "resume: continue a run with `python -m simulations.run resume=<run dir>`; under "
             "flwr run, start a new run (out-dir) instead"
         )
+    # Resuming is a `python -m simulations.run` feature; checkpoints would only cost every
+    # SuperNode a state-export message here.
+    cfg["checkpoint"] = {"every": 0}
     run_dir = (
         Path(out_dir)
         if out_dir
