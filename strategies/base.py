@@ -760,7 +760,7 @@ class FedKDStrategy(Strategy):
                 valid.append(reply)
             else:
                 failures[reason] += 1
-                logger.info(
+                logger.debug(
                     "round %s: rejected reply from node %s: %s",
                     server_round,
                     reply.metadata.src_node_id,

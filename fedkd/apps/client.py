@@ -493,12 +493,14 @@ def _safe_errors(
         try:
             return handler(message, context)
         except Exception as exc:
-            logger.error(
+            injected = isinstance(exc, faults.InjectedFault)  # asked for: no alarm
+            logger.log(
+                logging.DEBUG if injected else logging.ERROR,
                 "ClientApp %s failed on node %s: %s",
                 handler.__name__,
                 context.node_id,
                 exc,
-                exc_info=not isinstance(exc, faults.InjectedFault),
+                exc_info=not injected,
             )
             return Message(
                 Error(code=CLIENT_APP_ERROR_CODE, reason=safe_reason(exc)), reply_to=message
