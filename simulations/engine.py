@@ -6,6 +6,8 @@ import copy
 import logging
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -16,6 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedkd.errors import ConfigError
+from fedkd.interrupt import RunInterrupted, clear_stop, request_stop, stop_requested
 
 logger = logging.getLogger(__name__)
 
@@ -84,27 +87,55 @@ def run_on_ray(
             logging.getLogger(name).setLevel(logging.WARNING)
     from flwr.simulation import run_simulation  # deferred: importing it is slow
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_config=config,
-            verbose_logging=verbose,
-        )
+    clear_stop()
+    previous = _install_sigint_handler()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients,
+                backend_config=config,
+                verbose_logging=verbose,
+            )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        interrupted = stop_requested()
+        clear_stop()
+    if interrupted:  # the ServerApp ended early and the engine has shut down
+        raise RunInterrupted("interrupted (Ctrl-C)")
+
+
+def _install_sigint_handler() -> Any:
+    """Ctrl-C asks the ServerApp to stop (see :mod:`fedkd.interrupt`); a second one raises
+    at once. Returns the previous handler (``None`` off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop_requested():
+            raise KeyboardInterrupt
+        logger.warning("interrupted: stopping the run (Ctrl-C again to force)")
+        request_stop()
+
+    return signal.signal(signal.SIGINT, on_sigint)
 
 
 class InlineGrid(Grid):
     """A Grid that delivers Messages to a ClientApp in this process, one node at a time.
 
-    No Ray, no threads: each message is deep-copied (as deployment would serialize it) and
-    handed to ``client_app(message, context)`` with one persistent Context per simulated
-    node (``partition-id``, ``num-partitions``). A ClientApp exception becomes an Error
-    reply, as in Flower's engines. Node ids are random like Flower's. Results equal a Ray
-    run of the same config (tests/simulations/test_run.py checks it); what is lost is
+    No Ray, no threads (``synchronous``: a message runs while it is pushed): each message
+    is deep-copied (as deployment would serialize it) and handed to
+    ``client_app(message, context)`` with one persistent Context per simulated node
+    (``partition-id``, ``num-partitions``). A ClientApp exception becomes an Error reply, as
+    in Flower's engines. Node ids are random like Flower's. Results equal a Ray run of the
+    same config (tests/simulations/test_run.py checks it); what is lost is
     parallelism across clients, what is gained is no start-up cost.
     """
+
+    synchronous = True
 
     def __init__(self, client_app: ClientApp, num_nodes: int, *, seed: int = 0) -> None:
         rng = random.Random(seed)

@@ -155,6 +155,9 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"fedkd: invalid configuration: {exc}", file=sys.stderr)  # one line, no traceback
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # includes RunInterrupted: finished rounds are on disk
+        print(f"fedkd: interrupted; finished rounds are in {run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
     objective = validation_objective(summary)
     logger.info("validation objective: %s", objective)
     return objective

@@ -31,6 +31,7 @@ from fedkd.distill import agreement, distill, teacher_targets, validate_target_r
 from fedkd.distill.losses import DistillInputs, DistillLoss, build_loss
 from fedkd.errors import ConfigError, FedKDError
 from fedkd.faults import FaultSpec
+from fedkd.interrupt import check_stop
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacyController, PrivacySpec
 from fedkd.setup import FederationSetup
@@ -279,6 +280,7 @@ class FedKDStrategy(Strategy):
             if metrics is not None:
                 result.evaluate_metrics_serverapp[0] = metrics
         for server_round in range(first_round, num_rounds + 1):
+            check_stop(f"before round {server_round}")
             replies = self.send_and_receive(
                 grid,
                 self.configure_train(server_round, arrays, train_config, grid),
@@ -322,7 +324,7 @@ class FedKDStrategy(Strategy):
         are never resent."""
         messages = list(messages)
         deadline = time.monotonic() + timeout
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = exchange(grid, messages, timeout=timeout, server_round=server_round)
         sent = {m.metadata.dst_node_id: m for m in messages}
         retry = [
             sent[r.metadata.src_node_id]
@@ -351,7 +353,7 @@ class FedKDStrategy(Strategy):
             )
             for m in retry
         ]
-        return kept + list(grid.send_and_receive(fresh, timeout=remaining))
+        return kept + exchange(grid, fresh, timeout=remaining, server_round=server_round)
 
     # ------------------------------------------------------------------ checkpoints
     #: Attributes that carry the method's state from one round to the next (saved in
@@ -422,6 +424,7 @@ class FedKDStrategy(Strategy):
         expected = self.assets.setup.num_clients
         deadline = time.monotonic() + (DISCOVERY_TIMEOUT_SECONDS if timeout is None else timeout)
         while len(node_ids := sorted(grid.get_node_ids())) < expected:
+            check_stop("while waiting for nodes")
             if time.monotonic() > deadline:
                 logger.warning(
                     "only %s of %s nodes connected after waiting; continuing with them",
@@ -1149,6 +1152,32 @@ class FedKDStrategy(Strategy):
             self.fraction_evaluate,
             self.min_train_replies,
         )
+
+
+PULL_INTERVAL_SECONDS = 0.1  # as Flower's grids poll
+
+
+def exchange(
+    grid: Grid, messages: list[Message], *, timeout: float, server_round: int
+) -> list[Message]:
+    """Push ``messages`` and collect their replies until all are in or ``timeout`` passes
+    (Flower's ``send_and_receive``), checking between polls whether the run was asked to
+    stop (:func:`fedkd.interrupt.check_stop`). A grid that runs the ClientApp while
+    pushing (``synchronous``, the inline engine) is asked directly."""
+    if getattr(grid, "synchronous", False):
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        found = list(grid.pull_messages(pending))
+        replies.extend(found)
+        pending.difference_update(m.metadata.reply_to_message_id for m in found)
+        if not pending or time.monotonic() >= deadline:
+            break
+        check_stop(f"in round {server_round}")
+        time.sleep(PULL_INTERVAL_SECONDS)
+    return replies
 
 
 def _options(spec: dict[str, Any]) -> dict[str, Any]:

@@ -132,3 +132,23 @@ def test_gpu_backend_without_a_gpu_fails_clearly() -> None:
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="cuda"):
         prepare_run(compose_config([*SMALL, "dataset=synthetic", "backend=ray_gpu"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.assignment=map"], "model.map has no entry for partition 0"),
+        (["model.assignment=map", "+model.map={0:5,1:0,2:0}"], r"model.map\[0\] = 5"),
+        (["model.assignment=bogus"], "model.assignment must be one of"),
+    ],
+)
+def test_hetero_assignment_errors_are_caught_before_ray(overrides: list[str], message: str) -> None:
+    """Every partition's architecture is resolved on the server, not first on a client."""
+    hetero = [
+        "dataset=synthetic",
+        *SMALL,
+        "model=hetero",
+        "model.architectures=[{name:mlp},{name:mlp,hidden:[32]}]",
+    ]
+    with pytest.raises(ConfigError, match=message):
+        prepare_run(compose_config([*hetero, *overrides]))

@@ -41,7 +41,7 @@ from fedkd.models import FedKDModel, count_parameters, model_from_config, model_
 from fedkd.privacy import PrivacyBudgetExhausted, PrivacySpec
 from fedkd.progress import RoundProgress, summary_table
 from fedkd.results import RunWriter, summarize
-from fedkd.setup import FederationSetup, LocalTraining
+from fedkd.setup import FederationSetup, LocalTraining, architecture_index
 from fedkd.train import evaluate
 from strategies.base import FedKDStrategy, RoundAborted, RunAssets, student_arrays
 
@@ -138,6 +138,8 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     data = get_federated_data(**setup.data_kwargs())
     for spec in setup.architectures:  # every client architecture must build too
         _build(spec, "model", data, setup.seed)
+    for partition_id in range(setup.num_clients):  # and every client must have one
+        architecture_index(setup.model, partition_id)
     student = _build(cfg["student"], "student", data, setup.seed)
     device = resolve_device(setup.device)
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))

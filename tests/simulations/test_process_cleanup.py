@@ -1,0 +1,204 @@
+"""No Ray or Flower process outlives ``python -m simulations.run``: after a completed run, a
+run whose ServerApp raises while Ray is up, and a Hydra multirun.
+
+Each CLI call gets a unique ``FEDKD_TEST_MARKER`` in its environment; every process it starts
+(Ray's gcs_server, raylet, dashboard and monitors, workers and ClientApp actors; Flower's
+simulation runtime itself runs in threads of the CLI) inherits it, so scanning
+``/proc/*/environ`` for the marker finds exactly the processes a test is responsible for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fedkd.results import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+MARKER_VAR = "FEDKD_TEST_MARKER"
+GRACE_SECONDS = 10.0  # Ray reaps its processes asynchronously after ray.shutdown()
+SMALL = [
+    "strategy=fedmd",
+    "dataset=synthetic",
+    "dataset.num_samples=300",
+    "num_clients=2",
+    "num_rounds=1",
+    "client.epochs=1",
+    "strategy.distill_epochs=1",
+    "backend.total_cpus=2",
+    "backend.num_cpus=2",  # one actor: the cheapest Ray run on a 2-core machine
+    "progress=false",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/environ").is_file(), reason="scans /proc (Linux)"
+)
+
+
+@dataclass
+class CliRun:
+    """What one ``python -m simulations.run`` call did."""
+
+    returncode: int
+    output: str
+    snapshots: list[dict[int, str]]  # marked processes (pid: command line) while it ran
+    left: dict[int, str]  # marked processes still alive after the grace period
+
+    def seen(self, program: str) -> set[int]:
+        """Pids of marked processes seen running the executable named ``program``."""
+        return {pid for snap in self.snapshots for pid in _running(snap, program)}
+
+
+def _running(processes: dict[int, str], program: str) -> list[int]:
+    """Pids in ``processes`` (pid -> command line) whose executable is named ``program``."""
+    return [pid for pid, cmd in processes.items() if Path(cmd.partition(" ")[0]).name == program]
+
+
+def _marked_processes(marker: str) -> dict[int, str]:
+    """Live processes whose environment holds ``FEDKD_TEST_MARKER=<marker>``: pid -> cmdline.
+
+    Unreadable entries (other users' processes, zombies) and processes that exit during the
+    scan are skipped.
+    """
+    needle = f"{MARKER_VAR}={marker}".encode()
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+def _survivors(marker: str, grace: float = GRACE_SECONDS) -> dict[int, str]:
+    """Marked processes still alive after polling for up to ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while (alive := _marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """A unique marker; whatever still carries it at teardown is killed, by pid."""
+    value = uuid.uuid4().hex
+    yield value
+    for pid in _marked_processes(value):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _cli(
+    tmp_path: Path,
+    marker: str,
+    *args: str,
+    timeout: float = 300,
+    interrupt_after_round: int | None = None,
+) -> CliRun:
+    """Run the CLI with the marker, watching which marked processes exist while it runs;
+    with ``interrupt_after_round``, press Ctrl-C (SIGINT) once that round is in
+    ``metrics.jsonl``."""
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FEDKD_CONFIG_DIR": str(REPO / "configs"),
+        MARKER_VAR: marker,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "simulations.run",
+        *args,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.sweep.dir={tmp_path / 'multi'}",
+    ]
+    log = tmp_path / "output.txt"
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    snapshots: list[dict[int, str]] = []
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"simulations.run still running after {timeout} s")
+                snapshot = _marked_processes(marker)
+                snapshot.pop(proc.pid, None)  # the CLI itself
+                snapshots.append(snapshot)
+                if (
+                    interrupt_after_round is not None
+                    and metrics.is_file()
+                    and len(metrics.read_text().splitlines()) > interrupt_after_round
+                ):
+                    proc.send_signal(signal.SIGINT)
+                    interrupt_after_round = None
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return CliRun(proc.returncode, log.read_text(), snapshots, _survivors(marker))
+
+
+def _assert_ray_was_seen_and_is_gone(result: CliRun) -> None:
+    # The scan must see Ray's processes while they live, or finding none afterwards is moot.
+    assert result.seen("raylet") and result.seen("gcs_server"), result.snapshots[-5:]
+    assert not result.left, "left behind after exit:\n" + "\n".join(
+        f"{pid}: {cmd}" for pid, cmd in sorted(result.left.items())
+    )
+
+
+@pytest.mark.ray
+def test_completed_run_leaves_no_process(tmp_path: Path, marker: str) -> None:
+    result = _cli(tmp_path, marker, *SMALL)
+    assert result.returncode == 0, result.output[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    _assert_ray_was_seen_and_is_gone(result)
+
+
+@pytest.mark.ray
+def test_interrupted_run_leaves_no_process(tmp_path: Path, marker: str) -> None:
+    """Ctrl-C in the middle of a Ray run: the run fails, keeps its finished rounds and says
+    so in summary.json, and Ray's processes go with it."""
+    result = _cli(tmp_path, marker, *SMALL, "num_rounds=30", interrupt_after_round=1)
+    assert result.returncode == 130, result.output[-3000:]
+    assert "fedkd: interrupted" in result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed", summary
+    assert "interrupted (Ctrl-C)" in summary["error"], summary
+    rounds = [r["round"] for r in read_metrics(tmp_path / "run")]
+    assert 1 <= rounds[-1] < 30 and rounds == list(range(len(rounds)))
+    _assert_ray_was_seen_and_is_gone(result)
+
+
+@pytest.mark.ray
+def test_multirun_leaves_no_process_between_or_after_jobs(tmp_path: Path, marker: str) -> None:
+    result = _cli(tmp_path, marker, "-m", "seed=0,1", *SMALL)
+    assert result.returncode == 0, result.output[-3000:]
+    for job in ("0-fedmd-synthetic", "1-fedmd-synthetic"):
+        summary = json.loads((tmp_path / "multi" / job / "summary.json").read_text())
+        assert summary["status"] == "completed"
+    # One Ray cluster per job, and job 0's is gone before job 1's starts.
+    assert len(result.seen("raylet")) == 2, result.seen("raylet")
+    overlapping = [s for s in result.snapshots if len(_running(s, "raylet")) > 1]
+    assert not overlapping, overlapping[0]
+    _assert_ray_was_seen_and_is_gone(result)
