@@ -167,15 +167,6 @@ def _assert_ray_was_seen_and_is_gone(result: CliRun) -> None:
 
 
 @pytest.mark.ray
-def test_completed_run_leaves_no_process(tmp_path: Path, marker: str) -> None:
-    result = _cli(tmp_path, marker, *SMALL)
-    assert result.returncode == 0, result.output[-3000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    _assert_ray_was_seen_and_is_gone(result)
-
-
-@pytest.mark.ray
 def test_interrupted_run_leaves_no_process(tmp_path: Path, marker: str) -> None:
     """Ctrl-C in the middle of a Ray run: the run fails, keeps its finished rounds and says
     so in summary.json, and Ray's processes go with it."""
@@ -191,14 +182,34 @@ def test_interrupted_run_leaves_no_process(tmp_path: Path, marker: str) -> None:
 
 
 @pytest.mark.ray
-def test_multirun_leaves_no_process_between_or_after_jobs(tmp_path: Path, marker: str) -> None:
-    result = _cli(tmp_path, marker, "-m", "seed=0,1", *SMALL)
+def test_a_multirun_of_every_method_completes_and_leaves_no_process(
+    tmp_path: Path, marker: str
+) -> None:
+    """A Hydra multirun on Ray, one job per method (each a completed run): every job ends
+    with its clients answering, one Ray cluster per job, each gone before the next starts
+    and nothing left at the end."""
+    methods = ["fedmd", "dsfl", "fedet", "fd", "local_only", "centralized"]
+    result = _cli(
+        tmp_path,
+        marker,
+        "-m",
+        *[o for o in SMALL if not o.startswith("strategy")],
+        f"strategy={','.join(methods)}",
+        "num_clients=3",
+        "num_rounds=2",
+        "data.proxy_labeled=true",
+        "backend.num_cpus=1",
+        timeout=600,
+    )
     assert result.returncode == 0, result.output[-3000:]
-    for job in ("0-fedmd-synthetic", "1-fedmd-synthetic"):
-        summary = json.loads((tmp_path / "multi" / job / "summary.json").read_text())
-        assert summary["status"] == "completed"
-    # One Ray cluster per job, and job 0's is gone before job 1's starts.
-    assert len(result.seen("raylet")) == 2, result.seen("raylet")
+    for index, method in enumerate(methods):
+        run_dir = tmp_path / "multi" / f"{index}-{method}-synthetic"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["strategy"] == method and summary["status"] == "completed"
+        rows = read_metrics(run_dir)
+        expected_clients = 0 if method == "centralized" else 3
+        assert rows[-1]["clients_ok"] == expected_clients and rows[-1]["clients_failed"] == 0
+    assert len(result.seen("raylet")) == len(methods), result.seen("raylet")
     overlapping = [s for s in result.snapshots if len(_running(s, "raylet")) > 1]
     assert not overlapping, overlapping[0]
     _assert_ray_was_seen_and_is_gone(result)

@@ -102,33 +102,6 @@ def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path):
     assert not run_dir.exists()
 
 
-@pytest.mark.ray
-def test_every_distillation_method_runs_on_ray_in_one_sweep(tmp_path):
-    methods = ["fedmd", "dsfl", "fedet", "fd", "local_only", "centralized"]
-    proc = _cli(
-        "-m",
-        f"strategy={','.join(methods)}",
-        "dataset=synthetic",
-        "dataset.num_samples=300",
-        "num_clients=3",
-        "num_rounds=2",
-        "client.epochs=1",
-        "data.proxy_labeled=true",
-        "backend.total_cpus=2",
-        "progress=false",
-        f"hydra.sweep.dir={tmp_path}",
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for index, method in enumerate(methods):
-        run_dir = tmp_path / f"{index}-{method}-synthetic"
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["strategy"] == method and summary["status"] == "completed"
-        rows = read_metrics(run_dir)
-        expected_clients = 0 if method == "centralized" else 3
-        assert rows[-1]["clients_ok"] == expected_clients and rows[-1]["clients_failed"] == 0
-
-
 def test_inline_backend_cli_gives_the_same_numbers_without_ray(tmp_path, in_process_run):
     run_dir = tmp_path / "inline"
     proc = _cli(*SMALL, "backend=inline", f"hydra.run.dir={run_dir}", timeout=240)
