@@ -17,6 +17,9 @@ malicious for the whole run; the server tells each in its round config (``attack
 ``sign_flip``
     Shared predictions become ``softmax(-log p)``: valid probability rows that rank the
     least likely class first; a shared weight update is negated.
+``targeted``
+    Colluding clients all push one class, ``target``: they train on labels set to it and
+    share one-hot predictions on it (valid probability rows, so validation cannot tell).
 """
 
 from __future__ import annotations
@@ -29,8 +32,16 @@ import numpy as np
 
 from fedkd.errors import ConfigError
 
-LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP = "label_flip", "random", "scale", "sign_flip"
-ATTACK_KINDS = (LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP)
+LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP, TARGETED = (
+    "label_flip",
+    "random",
+    "scale",
+    "sign_flip",
+    "targeted",
+)
+ATTACK_KINDS = (LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP, TARGETED)
+#: Kinds whose poison is in the training labels (the model itself is poisoned).
+LABEL_ATTACKS = (LABEL_FLIP, TARGETED)
 _STREAM = 0xA77AC
 
 
@@ -46,11 +57,14 @@ class AttackSpec:
         Fraction of all clients that are malicious, in [0, 1).
     scale : float
         Factor of the ``scale`` attack (default 10).
+    target : int
+        The class the ``targeted`` attack pushes (default 0).
     """
 
     kind: str | None = None
     fraction: float = 0.0
     scale: float = 10.0
+    target: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -80,7 +94,16 @@ class AttackSpec:
             )
         if not isinstance(spec.scale, int | float) or spec.scale <= 0:
             raise ConfigError(f"attack.scale must be > 0, got {spec.scale!r}")
+        if not isinstance(spec.target, int) or isinstance(spec.target, bool) or spec.target < 0:
+            raise ConfigError(f"attack.target must be a class index >= 0, got {spec.target!r}")
         return spec
+
+    def check_classes(self, num_classes: int) -> None:
+        """``attack.target`` must name one of the dataset's classes."""
+        if self.kind == TARGETED and self.target >= num_classes:
+            raise ConfigError(
+                f"attack.target={self.target} is not a class of this dataset (0..{num_classes - 1})"
+            )
 
     def malicious(self, num_clients: int, seed: int) -> list[int]:
         """The malicious partition ids: ``round(fraction * num_clients)`` of them, seeded."""
@@ -101,13 +124,29 @@ def flip_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return (num_classes - 1 - np.asarray(labels)).astype(np.asarray(labels).dtype)
 
 
+def poison_labels(labels: np.ndarray, kind: str, *, num_classes: int, target: int) -> np.ndarray:
+    """The training labels of a malicious client: flipped (``label_flip``) or all set to
+    ``target`` (``targeted``)."""
+    labels = np.asarray(labels)
+    if kind == LABEL_FLIP:
+        return flip_labels(labels, num_classes)
+    if kind == TARGETED:
+        return np.full_like(labels, target)
+    raise ConfigError(
+        f"attack.kind {kind!r} does not poison labels; expected one of {LABEL_ATTACKS}"
+    )
+
+
 def poison_probs(
-    probs: np.ndarray, kind: str, *, scale: float, rng: np.random.Generator
+    probs: np.ndarray, kind: str, *, scale: float, rng: np.random.Generator, target: int = 0
 ) -> np.ndarray:
     """What a malicious client shares instead of its ``(rows, classes)`` predictions."""
     probs = np.asarray(probs, dtype=np.float64)
     if kind == LABEL_FLIP:  # the poison is in the training labels
         out = probs
+    elif kind == TARGETED:
+        out = np.zeros_like(probs)
+        out[:, target] = 1.0
     elif kind == RANDOM:
         out = rng.dirichlet(np.ones(probs.shape[1]), size=probs.shape[0])
     elif kind == SCALE:
@@ -139,7 +178,7 @@ def poison_weights(
     out: dict[str, np.ndarray] = {}
     for name, values in state.items():
         values = np.asarray(values)
-        if values.dtype.kind != "f" or kind == LABEL_FLIP:
+        if values.dtype.kind != "f" or kind in LABEL_ATTACKS:  # poisoned by training
             out[name] = values.copy()
             continue
         start = np.zeros_like(values) if reference is None else np.asarray(reference[name])

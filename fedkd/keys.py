@@ -71,6 +71,7 @@ FAULT = "fault"  # round config: crash | straggle | kill (fault injection, simul
 FAULT_DELAY = "fault-delay"  # round config: seconds a straggler sleeps
 ATTACK_KIND = "attack-kind"  # round config: the poisoning a malicious client applies
 ATTACK_SCALE = "attack-scale"  # round config: factor of the scale attack
+ATTACK_TARGET = "attack-target"  # round config: the class the targeted attack pushes
 STATE_EXPORT = "state-export"  # query config: reply with every context.state record
 STATE_IMPORT = "state-import"  # query config: replace context.state with the sent records
 STATE_PREFIX = "state/"  # RecordDict key prefix of context.state records in those queries

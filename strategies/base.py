@@ -612,7 +612,11 @@ class FedKDStrategy(Strategy):
         attack = self.assets.attack
         for partition_id in set(self.malicious) & set(partitions):
             extra.setdefault(partition_id, {}).update(
-                {keys.ATTACK_KIND: str(attack.kind), keys.ATTACK_SCALE: float(attack.scale)}
+                {
+                    keys.ATTACK_KIND: str(attack.kind),
+                    keys.ATTACK_SCALE: float(attack.scale),
+                    keys.ATTACK_TARGET: int(attack.target),
+                }
             )
         return extra
 

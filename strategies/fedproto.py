@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, Message
 from fedkd import keys
 from fedkd.errors import ConfigError
 from fedkd.prototypes import aggregate_prototypes
-from strategies.base import FedKDStrategy, RunAssets, num_examples
+from strategies.base import MAX_ABS_VALUE, FedKDStrategy, RunAssets, num_examples
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +136,9 @@ class FedProto(FedKDStrategy):
 
     def check_reply(self, reply: Message) -> str | None:
         """The base checks, then the three prototype arrays: present, shaped ``(C, D)``,
-        ``(C, C)``, ``(C,)``, finite, counts >= 0 and at most the reply's num-examples, and
-        soft rows that are distributions for the classes the client holds."""
+        ``(C, C)``, ``(C,)``, finite, embeddings within ``MAX_ABS_VALUE``, counts >= 0 and at
+        most the reply's num-examples, and soft rows that are distributions for the classes
+        the client holds."""
         reason = super().check_reply(reply)
         if reason is not None:
             return reason
@@ -157,6 +158,8 @@ class FedProto(FedKDStrategy):
         arrays = (prototypes, soft, counts)
         if any(a.dtype.kind != "f" or not np.isfinite(a).all() for a in arrays):
             return "prototypes: not finite floats"
+        if np.abs(prototypes).max(initial=0.0) > MAX_ABS_VALUE:
+            return "prototypes: absurd magnitude"
         if (counts < 0).any():
             return "prototypes: negative counts"
         if counts.sum() > num_examples(reply):

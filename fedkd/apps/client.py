@@ -40,7 +40,13 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedkd import faults, keys
-from fedkd.attacks import LABEL_FLIP, flip_labels, poison_probs, poison_weights
+from fedkd.attacks import (
+    LABEL_ATTACKS,
+    LABEL_FLIP,
+    poison_labels,
+    poison_probs,
+    poison_weights,
+)
 from fedkd.data import (
     ClientData,
     FederatedData,
@@ -88,16 +94,18 @@ class _ClientRuntime:
     device: torch.device
     augmentation: Augmentation | None = None
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
-    _flipped: ClientData | None = None
+    _poisoned: dict[tuple[str, int], ClientData] = field(default_factory=dict)
 
-    def label_flipped(self) -> _ClientRuntime:
-        """This runtime with its training labels flipped (``attack.kind=label_flip``)."""
-        if self._flipped is None:
+    def with_poisoned_labels(self, kind: str, target: int) -> _ClientRuntime:
+        """This runtime with poisoned training labels (``label_flip``, ``targeted``)."""
+        key = (kind, target)
+        if key not in self._poisoned:
             data = self.client_data
-            self._flipped = dataclasses.replace(
-                data, train_y=flip_labels(data.train_y, self.data.num_classes)
+            labels = poison_labels(
+                data.train_y, kind, num_classes=self.data.num_classes, target=target
             )
-        return dataclasses.replace(self, client_data=self._flipped)
+            self._poisoned[key] = dataclasses.replace(data, train_y=labels)
+        return dataclasses.replace(self, client_data=self._poisoned[key])
 
     def load_start_weights(self, message: Message, context: Context, *, keep_model: bool) -> bool:
         """Load this round's starting weights; True when the client starts from scratch.
@@ -429,6 +437,7 @@ class _Poisoner:
 
     kind: str
     scale: float
+    target: int
     seed: int
     start_state: dict[str, np.ndarray] | None
 
@@ -448,7 +457,7 @@ class _Poisoner:
     def probs(self, values: np.ndarray) -> np.ndarray:
         if not self.active:
             return values
-        return poison_probs(values, self.kind, scale=self.scale, rng=self.rng)
+        return poison_probs(values, self.kind, scale=self.scale, rng=self.rng, target=self.target)
 
     def statistics(self, shared: dict[str, Array]) -> dict[str, Array]:
         """Per-label logits and prototypes are poisoned like weight tensors (from zero);
@@ -569,8 +578,9 @@ def train(message: Message, context: Context) -> Message:
     if fault:
         faults.inject(fault, _float(config, keys.FAULT_DELAY, 1.0))
     attack = str(config.get(keys.ATTACK_KIND, ""))
-    if attack == LABEL_FLIP:
-        runtime = runtime.label_flipped()
+    attack_target = _int(config, keys.ATTACK_TARGET)
+    if attack in LABEL_ATTACKS:
+        runtime = runtime.with_poisoned_labels(attack, attack_target)
     keep_model = bool(config.get(keys.KEEP_MODEL, False))
     seed = _int(config, keys.TRAIN_SEED)
     server_round = _int(config, keys.SERVER_ROUND)
@@ -578,7 +588,7 @@ def train(message: Message, context: Context) -> Message:
     fresh = runtime.load_start_weights(message, context, keep_model=keep_model)
     start_state = (
         {k: v.detach().cpu().numpy().copy() for k, v in runtime.model.state_dict().items()}
-        if attack and attack != LABEL_FLIP
+        if attack and attack not in LABEL_ATTACKS
         else None
     )
 
@@ -625,7 +635,9 @@ def train(message: Message, context: Context) -> Message:
             runtime.model, runtime.client_data.test_x, runtime.client_data.test_y, device=device
         )
     content = RecordDict({keys.METRICS: MetricRecord(metrics)})
-    poison = _Poisoner(attack, _float(config, keys.ATTACK_SCALE, 10.0), seed, start_state)
+    poison = _Poisoner(
+        attack, _float(config, keys.ATTACK_SCALE, 10.0), attack_target, seed, start_state
+    )
     if bool(config.get(keys.SHARE_WEIGHTS, False)):
         content[keys.ARRAYS] = poison.weights(runtime.weights_record())
     shared: dict[str, Array] = {}

@@ -140,6 +140,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         _build(spec, "model", data, setup.seed)
     for partition_id in range(setup.num_clients):  # and every client must have one
         architecture_index(setup.model, partition_id)
+    attack.check_classes(data.num_classes)
     student = _build(cfg["student"], "student", data, setup.seed)
     device = resolve_device(setup.device)
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
