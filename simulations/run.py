@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -96,6 +97,8 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
     leftovers = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
     if not leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # Hydra's date folder, when nothing else is in it
+            run_dir.parent.rmdir()
 
 
 def resume_config(run_dir: Path, composed: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fedkd.attacks import (
     AttackSpec,
     flip_labels,
     malicious_partitions,
+    poison_labels,
     poison_probs,
     poison_weights,
 )
@@ -71,6 +72,7 @@ def test_injected_crash_and_straggle() -> None:
         ({"kind": "random", "fraction": 1.0}, "attack.fraction"),
         ({"fraction": 0.2}, "needs attack.kind"),
         ({"kind": "scale", "fraction": 0.2, "scale": 0}, "attack.scale"),
+        ({"kind": "targeted", "fraction": 0.2, "target": -1}, "attack.target"),
     ],
 )
 def test_bad_attack_config_names_the_key(block: dict, key: str) -> None:
@@ -87,8 +89,20 @@ def test_malicious_partitions_are_a_fixed_seeded_share() -> None:
     assert AttackSpec(kind=None, fraction=0.0).malicious(20, 0) == []
 
 
-def test_label_flip() -> None:
+def test_label_poisoning() -> None:
     np.testing.assert_array_equal(flip_labels(np.array([0, 1, 9]), 10), [9, 8, 0])
+    labels = np.array([0, 1, 9])
+    np.testing.assert_array_equal(
+        poison_labels(labels, "label_flip", num_classes=10, target=3), [9, 8, 0]
+    )
+    np.testing.assert_array_equal(
+        poison_labels(labels, "targeted", num_classes=10, target=3), [3, 3, 3]
+    )
+    with pytest.raises(ConfigError):
+        poison_labels(labels, "random", num_classes=10, target=0)
+    with pytest.raises(ConfigError, match=r"attack\.target=10"):
+        AttackSpec(kind="targeted", fraction=0.2, target=10).check_classes(10)
+    AttackSpec(kind="targeted", fraction=0.2, target=9).check_classes(10)
 
 
 def test_poisoned_probabilities() -> None:
@@ -102,6 +116,8 @@ def test_poisoned_probabilities() -> None:
     np.testing.assert_allclose(random.sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(poison_probs(probs, "scale", scale=10.0, rng=rng), probs * 10)
     np.testing.assert_allclose(poison_probs(probs, "label_flip", scale=10.0, rng=rng), probs)
+    targeted = poison_probs(probs, "targeted", scale=10.0, rng=rng, target=1)
+    np.testing.assert_array_equal(targeted, [[0, 1, 0], [0, 1, 0]])
     with pytest.raises(ConfigError):
         poison_probs(probs, "nope", scale=1.0, rng=rng)
 
