@@ -103,7 +103,8 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
 
 def resume_config(run_dir: Path, composed: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """The config of a resumed run: the saved ``config.yaml``, with only the command line's
-    overrides of :data:`RESUMABLE_KEYS` applied (taken from the freshly composed config).
+    overrides of :data:`RESUMABLE_KEYS` applied (taken from the freshly composed config);
+    ``progress`` and ``verbose`` always come from this invocation.
 
     Raises
     ------
@@ -117,6 +118,9 @@ def resume_config(run_dir: Path, composed: dict[str, Any], overrides: list[str])
     if not isinstance(saved, dict):
         raise ConfigError(f"resume={run_dir}: {CONFIG_FILE} is not a mapping")
     config = copy.deepcopy(saved)
+    for key in ("progress", "verbose"):  # how this invocation displays, not what it computes
+        if key in composed:
+            config[key] = composed[key]
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         top = key.split(".", 1)[0]
