@@ -29,7 +29,7 @@ RULES = {
     "trimmed_mean": "trimmed_mean (trim 0.2)",
     "trimmed_mean_t45": "trimmed_mean (trim 0.45)",
     "robust_mean": "robust_mean (threshold 0.05)",
-    "robust_mean_th0.2": "robust_mean (threshold 0.2)",
+    "robust_mean_th0.2": "robust_mean (threshold 0.2, default)",
 }
 
 
@@ -228,6 +228,7 @@ def plot(swept: dict[str, Block], path: Path) -> None:
     fig = Figure(figsize=(5 * len(kinds), 4.2))
     axes = [fig.add_subplot(1, len(kinds), i + 1) for i in range(len(kinds))]
     markers = dict(zip(RULES, "osv^DP", strict=True))
+    colors = {label: f"C{i}" for i, label in enumerate(RULES)}  # the same rule, the same colour
     for ax, kind in zip(axes, kinds, strict=True):
         main = swept[kind]
         fractions = sorted({f for _, f in main})
@@ -246,6 +247,7 @@ def plot(swept: dict[str, Block], path: Path) -> None:
                 [s[0] for _, s in points],
                 yerr=[s[1] for _, s in points],
                 marker=markers.get(label, "o"),
+                color=colors.get(label),
                 capsize=3,
                 label=RULES.get(label, label),
             )
