@@ -65,7 +65,7 @@ def test_registry_and_defaults() -> None:
     assert target_rule_options("era") == {"temperature": 0.1}
     assert target_rule_options("median") == {}
     assert target_rule_options("trimmed_mean") == {"trim": 0.2}
-    assert target_rule_options("robust_mean") == {"threshold": 0.05}
+    assert target_rule_options("robust_mean") == {"threshold": 0.2}
 
 
 @pytest.mark.parametrize("rule", TARGET_RULES)
