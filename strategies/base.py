@@ -249,7 +249,7 @@ class FedKDStrategy(Strategy):
         self._round = 0  # the round whose replies are being collected
 
     # ------------------------------------------------------------------ the round loop
-    def start(  # type: ignore[override]
+    def start(
         self,
         grid: Grid,
         initial_arrays: ArrayRecord,
