@@ -17,6 +17,7 @@ A checkpoint (``checkpoint.pt``) holds everything the next round depends on:
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 
 from fedkd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 VERSION = 1
@@ -96,6 +99,11 @@ def check_resumable(saved: dict[str, Any], config: dict[str, Any], run_dir: Path
     ignored = {*RESUMABLE_KEYS, "resume"}
     for key in sorted(set(saved) | set(config)):
         if key in ignored:
+            continue
+        if key not in saved:  # a setting added to fedkd after the run was checkpointed
+            logger.warning(
+                "resume: %s is not in the checkpointed run's config; using %r", key, config[key]
+            )
             continue
         if saved.get(key) != config.get(key):
             raise ConfigError(

@@ -16,7 +16,11 @@ SHARE_TEST_PROBS = "share-test-probs"
 TRAIN_SEED = "train-seed"
 
 # ArrayRecord keys
-PROXY_PROBS = "proxy-probs"
+PROXY_PROBS = "proxy-probs"  # (rows, classes): uplink float32/float16 (fedkd.encoding), targets
+PROXY_PROBS_Q = "proxy-probs-q"  # int8 encoding: (rows, classes) quantized values
+PROXY_PROBS_SCALE = "proxy-probs-scale"  # int8 encoding: (rows,) float32 step per row
+PROXY_PROBS_IDX = "proxy-probs-idx"  # topk encoding: (rows, k) class indices
+PROXY_PROBS_VAL = "proxy-probs-val"  # topk encoding: (rows, k) float16 values
 TEST_PROBS = "test-probs"
 
 # MetricRecord keys

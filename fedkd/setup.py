@@ -132,6 +132,8 @@ class FederationSetup:
     distill: dict[str, Any] = field(default_factory=lambda: {"name": "kd"})
     augment: dict[str, Any] | None = None
     privacy: dict[str, Any] | None = None  # PrivacySpec.to_dict() when a mechanism is on
+    #: EncodingSpec.to_dict(): how clients encode the proxy predictions they upload
+    encoding: dict[str, Any] = field(default_factory=lambda: {"name": "float32", "k": 3})
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fedkd.data.get_federated_data`."""

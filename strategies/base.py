@@ -29,6 +29,7 @@ from fedkd.attacks import AttackSpec
 from fedkd.data import FederatedData, proxy_round_indices
 from fedkd.distill import agreement, distill, teacher_targets, validate_target_rule
 from fedkd.distill.losses import DistillInputs, DistillLoss, build_loss
+from fedkd.encoding import EncodingSpec, MalformedEncoding
 from fedkd.errors import ConfigError, FedKDError
 from fedkd.faults import FaultSpec
 from fedkd.interrupt import check_stop
@@ -46,6 +47,8 @@ DISCOVERY_TIMEOUT_SECONDS = 300.0
 #: Largest absolute value accepted in shared weights or statistics: trained models of this
 #: framework's sizes stay far below it, while overflowing or scaled-up uploads do not.
 MAX_ABS_VALUE = 1e4
+#: How far a shared probability row's sum may be from 1 (on top of an encoding's rounding).
+PROBABILITY_SUM_TOLERANCE = 1e-3
 TOO_FEW_ACTIONS = ("skip", "abort")
 #: Client error reasons that say the runtime, not the client, failed to run a message (Ray:
 #: the actor is restarting after its process died); such messages are resent once.
@@ -135,7 +138,9 @@ class FedKDStrategy(Strategy):
     partition id, example count and label histogram (``RecordDict`` key ``metrics``).
     Train messages carry ``config`` (keys ``server-round``, ``fedkd-setup``,
     ``share-weights``, ``share-proxy-probs``, ``share-test-probs``, ``train-seed``) and,
-    when :attr:`sends_weights`, ``arrays`` with the global weights.
+    when :attr:`sends_weights`, ``arrays`` with the global weights. Replies carry proxy
+    predictions in the run's ``encoding`` (:mod:`fedkd.encoding`); read them through
+    :meth:`proxy_probs`, which decodes them.
     """
 
     #: Clients receive the global weights and start local training from them.
@@ -236,6 +241,8 @@ class FedKDStrategy(Strategy):
         self.round_metrics: dict[int, dict[str, Any]] = {}
         self._sent_to: dict[int, int] = {}  # node id -> partition id, current round
         self._setup_json = assets.setup.to_json()
+        #: How clients encode the proxy predictions they upload (``encoding`` block).
+        self.encoding = EncodingSpec.from_config(assets.setup.encoding)
         #: Accounting, budget and server-side release of the ``privacy`` mechanism.
         self.privacy = (
             PrivacyController(assets.privacy, seed=assets.setup.seed)
@@ -813,20 +820,26 @@ class FedKDStrategy(Strategy):
                 return reason
         num_classes = self.assets.data.num_classes
         if self.shares_proxy_predictions:
-            if keys.PREDICTIONS not in content.array_records:
-                return "missing proxy predictions"
-            expected = (len(self.proxy_indices), num_classes)
+            try:
+                values = self.shared_proxy_values(reply)
+            except MalformedEncoding as exc:
+                return str(exc)
+            # an encoding that rounds gets its own rounding on top of the usual tolerance
+            slack = None if self.encoding.lossless else self.encoding.rounding_error(values)
             if self.shares_noisy_predictions():
                 assert self.privacy is not None
                 reason = _check_noisy(
-                    content.array_records[keys.PREDICTIONS],
+                    values,
                     keys.PROXY_PROBS,
-                    expected,
                     clip=self.privacy.spec.clip if self.privacy.spec.mode == "central" else None,
+                    slack=slack,
                 )
             else:
-                reason = _check_probs(
-                    content.array_records[keys.PREDICTIONS], keys.PROXY_PROBS, expected
+                reason = _check_probability_rows(
+                    values,
+                    keys.PROXY_PROBS,
+                    slack=slack,
+                    min_mass=self.encoding.min_row_mass(num_classes),
                 )
             if reason:
                 return reason
@@ -866,11 +879,34 @@ class FedKDStrategy(Strategy):
             self._architecture_models[index] = model
         return model
 
-    def proxy_probs(self, replies: list[Message]) -> np.ndarray:
-        """Stack the clients' shared proxy predictions: (clients, proxy subset, classes)."""
-        return np.stack(
-            [r.content.array_records[keys.PREDICTIONS][keys.PROXY_PROBS].numpy() for r in replies]
+    def shared_proxy_values(self, reply: Message) -> np.ndarray:
+        """The proxy predictions a reply uploaded, decoded from the run's ``encoding``: the
+        ``(proxy subset, classes)`` rows (for ``float32``, the uploaded array itself).
+
+        The one place where replies are decoded; validation and aggregation both read it.
+
+        Raises
+        ------
+        MalformedEncoding
+            The predictions are missing or do not decode; the message is the reason.
+        """
+        record = reply.content.array_records.get(keys.PREDICTIONS)
+        if record is None:
+            raise MalformedEncoding("missing proxy predictions")
+        expected = (len(self.proxy_indices), self.assets.data.num_classes)
+        return self.encoding.decode(
+            {name: array.numpy() for name, array in record.items()}, shape=expected
         )
+
+    def proxy_probs(self, replies: list[Message]) -> np.ndarray:
+        """Stack the clients' shared proxy predictions: (clients, proxy subset, classes).
+
+        Rows of a rounding or truncating encoding (``float16``, ``int8``, ``topk``) are
+        renormalized to sum to 1, unless they are ``logit_dp``'s noisy values."""
+        client_probs = np.stack([self.shared_proxy_values(r) for r in replies])
+        if self.encoding.lossless or self.shares_noisy_predictions():
+            return client_probs
+        return client_probs / client_probs.sum(axis=2, keepdims=True)
 
     def teacher_targets(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
         """Combine per-client probabilities with :attr:`target_rule` (``aggregation``)."""
@@ -1298,19 +1334,53 @@ def _check_probs(record: ArrayRecord, key: str, expected_shape: tuple[int, int])
     values, reason = _shared_floats(record, key, expected_shape)
     if values is None:
         return reason
-    if (values < -1e-6).any() or not np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
+    return _check_probability_rows(values, key)
+
+
+def _check_probability_rows(
+    values: np.ndarray, key: str, *, slack: np.ndarray | None = None, min_mass: float = 1.0
+) -> str | None:
+    """Why finite ``(rows, classes)`` values are not probability rows, or None.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        The (decoded) rows.
+    key : str
+        The name used in the reason.
+    slack : np.ndarray, optional
+        Per-row bound on the encoding's rounding error (L1), added to the tolerance of
+        :data:`PROBABILITY_SUM_TOLERANCE`; ``None``: rows as computed (float32).
+    min_mass : float
+        The least row sum the encoding can leave (``k / C`` for ``topk``, else 1).
+    """
+    if slack is None:
+        if (values < -1e-6).any() or not np.allclose(
+            values.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE
+        ):
+            return f"{key}: rows are not probability vectors"
+        return None
+    sums = values.sum(axis=1, dtype=np.float64)
+    tolerance = PROBABILITY_SUM_TOLERANCE + slack
+    if (
+        (values < -1e-6 - slack[:, None]).any()
+        or (sums > 1.0 + tolerance).any()
+        or (sums < min_mass - tolerance).any()
+    ):
         return f"{key}: rows are not probability vectors"
     return None
 
 
 def _check_noisy(
-    record: ArrayRecord, key: str, expected_shape: tuple[int, int], *, clip: float | None
+    values: np.ndarray, key: str, *, clip: float | None, slack: np.ndarray | None = None
 ) -> str | None:
-    """Shared outputs of ``logit_dp``: finite floats; rows within ``clip`` when clients only
-    clip (central mode; the server clips again anyway)."""
-    values, reason = _shared_floats(record, key, expected_shape)
-    if values is None:
-        return reason
-    if clip is not None and (np.linalg.norm(values, axis=1) > clip * (1 + 1e-4) + 1e-6).any():
+    """Shared outputs of ``logit_dp`` (decoded, finite): rows within ``clip`` when clients
+    only clip (central mode; the server clips again anyway), plus the encoding's rounding
+    ``slack`` per row (``None``: float32)."""
+    if clip is None:
+        return None
+    bound = clip * (1 + 1e-4) + 1e-6
+    norms = np.linalg.norm(values, axis=1)
+    if (norms > (bound if slack is None else bound + slack)).any():
         return f"{key}: rows exceed the clipping bound privacy.clip={clip:g}"
     return None

@@ -13,7 +13,9 @@ One ``train`` message runs, in order and as the round config asks:
 3. digest: distill toward the server's ``targets`` on the proxy subset they refer to;
 4. revisit: local training on private data (with FD's per-label regularizer when the
    server sent ``label-logits``);
-5. reply with what the round asks to share, and save the model when it keeps one.
+5. reply with what the round asks to share (proxy predictions after privacy and any
+   attack, in the run's ``encoding``, see :mod:`fedkd.encoding`), and save the model when
+   it keeps one.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from fedkd.distill import KDLoss, build_loss, distill, loss_options
 from fedkd.distill.augment import Augmentation, build_augmentation
 from fedkd.distill.losses import DistillLoss
 from fedkd.distill.self_train import born_again, check_born_again, train_self_distilled
+from fedkd.encoding import EncodingSpec
 from fedkd.errors import ConfigError, FedKDError
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacySpec
@@ -94,6 +97,7 @@ class _ClientRuntime:
     device: torch.device
     augmentation: Augmentation | None = None
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    encoding: EncodingSpec = field(default_factory=EncodingSpec)
     _poisoned: dict[tuple[str, int], ClientData] = field(default_factory=dict)
 
     def with_poisoned_labels(self, kind: str, target: int) -> _ClientRuntime:
@@ -204,6 +208,7 @@ def _runtime(message: Message, context: Context) -> _ClientRuntime:
             device=device,
             augmentation=build_augmentation(setup.augment, data.input_shape),
             privacy=PrivacySpec.from_dict(setup.privacy),
+            encoding=EncodingSpec.from_config(setup.encoding),
         )
         _runtimes[cache_key] = runtime
     return runtime
@@ -645,7 +650,9 @@ def train(message: Message, context: Context) -> Message:
         indices = _round_indices(runtime, config, server_round)
         probs = predict_probs(runtime.model, data.proxy_x[indices], device=device)
         released = _privatize(runtime, privacy, probs, server_round)
-        shared[keys.PROXY_PROBS] = _array(poison.probs(released))
+        # encoded last: the rows that leave the client are exactly what the encoding carries
+        encoded = runtime.encoding.encode(poison.probs(released))
+        shared.update({name: Array(values) for name, values in encoded.items()})
     if bool(config.get(keys.SHARE_LABEL_LOGITS, False)):
         label_logits, label_counts = _label_logits(runtime)
         shared[keys.LABEL_LOGITS] = _array(label_logits)

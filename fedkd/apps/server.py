@@ -35,6 +35,7 @@ from fedkd.devices import resolve_device
 from fedkd.distill import build_loss, loss_options
 from fedkd.distill.augment import build_augmentation
 from fedkd.distill.self_train import check_born_again
+from fedkd.encoding import EncodingSpec
 from fedkd.errors import ConfigError
 from fedkd.faults import FaultSpec
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
@@ -86,6 +87,7 @@ def build_setup(cfg: dict[str, Any], privacy: PrivacySpec | None = None) -> Fede
         distill=dict(cfg["distill"]),
         augment=_augment_config(cfg),
         privacy=privacy.to_dict() if privacy is not None and privacy.enabled else None,
+        encoding=EncodingSpec.from_config(cfg.get("encoding")).to_dict(),
     )
 
 
@@ -125,6 +127,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
     faults, attack, round_timeout = _reliability(cfg, cls)  # cheap: before building data
+    encoding = EncodingSpec.from_config(cfg.get("encoding"))
     cfg["distill"] = resolve_distill(dict(cfg["distill"]))
     privacy = PrivacySpec.from_config(cfg.get("privacy"))
     setup = build_setup(cfg, privacy)
@@ -141,6 +144,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     for partition_id in range(setup.num_clients):  # and every client must have one
         architecture_index(setup.model, partition_id)
     attack.check_classes(data.num_classes)
+    encoding.check_classes(data.num_classes)
     student = _build(cfg["student"], "student", data, setup.seed)
     device = resolve_device(setup.device)
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
@@ -176,6 +180,13 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
     strategy.check_distill_loss()
     strategy.check_privacy()
+    if not encoding.lossless and not strategy.shares_proxy_predictions:
+        logger.warning(
+            "encoding.name=%s applies to shared proxy predictions only; strategy %r shares "
+            "none, so its uploads are unchanged",
+            encoding.name,
+            cfg["strategy"]["name"],
+        )
     return RunPlan(config=cfg, assets=assets, strategy=strategy)
 
 
