@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, check_block
 
 LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP, TARGETED = (
     "label_flip",
@@ -75,13 +75,7 @@ class AttackSpec:
         """Parse and check the ``attack`` block (``None``: no attack)."""
         if cfg is None:
             return AttackSpec()
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"attack must be a mapping, got {cfg!r}")
-        allowed = set(AttackSpec.__dataclass_fields__)
-        unknown = sorted(set(cfg) - allowed)
-        if unknown:
-            raise ConfigError(f"attack: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        spec = AttackSpec(**dict(cfg))
+        spec = AttackSpec(**check_block(cfg, "attack", AttackSpec.__dataclass_fields__))
         if spec.kind is not None and spec.kind not in ATTACK_KINDS:
             raise ConfigError(
                 f"attack.kind must be one of {ATTACK_KINDS} or null, got {spec.kind!r}"

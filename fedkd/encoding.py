@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fedkd import keys
-from fedkd.errors import ConfigError, FedKDError
+from fedkd.errors import ConfigError, FedKDError, check_block
 
 FLOAT32, FLOAT16, INT8, TOPK = "float32", "float16", "int8", "topk"
 ENCODINGS = (FLOAT32, FLOAT16, INT8, TOPK)
@@ -88,12 +88,7 @@ class EncodingSpec:
         """
         if cfg is None:
             return EncodingSpec()
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"encoding must be a mapping with 'name' (and 'k'), got {cfg!r}")
-        allowed = set(EncodingSpec.__dataclass_fields__)
-        unknown = sorted(set(cfg) - allowed)
-        if unknown:
-            raise ConfigError(f"encoding: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        cfg = check_block(cfg, "encoding", EncodingSpec.__dataclass_fields__)
         name = cfg.get("name", FLOAT32)
         if name not in ENCODINGS:
             raise ConfigError(f"encoding.name must be one of {ENCODINGS}, got {name!r}")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkd.errors import ConfigError, FedKDError
+from fedkd.errors import ConfigError, FedKDError, check_block
 
 CRASH, STRAGGLE, KILL = "crash", "straggle", "kill"
 KINDS = (CRASH, STRAGGLE, KILL)
@@ -72,13 +72,7 @@ class FaultSpec:
         """Parse and check the ``faults`` block (``None``: no faults)."""
         if cfg is None:
             return FaultSpec()
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"faults must be a mapping, got {cfg!r}")
-        allowed = set(FaultSpec.__dataclass_fields__)
-        unknown = sorted(set(cfg) - allowed)
-        if unknown:
-            raise ConfigError(f"faults: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        spec = FaultSpec(**dict(cfg))
+        spec = FaultSpec(**check_block(cfg, "faults", FaultSpec.__dataclass_fields__))
         for key in ("crash_fraction", "straggler_fraction"):
             value = getattr(spec, key)
             if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
