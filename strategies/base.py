@@ -451,6 +451,13 @@ class FedKDStrategy(Strategy):
         rng = np.random.default_rng([self.assets.setup.seed, server_round, stream])
         return sorted(int(p) for p in rng.choice(available, size=count, replace=False))
 
+    def keeps_client_state(self) -> bool:
+        """Whether clients hold state between rounds that a checkpoint must save: their own
+        model (``keep-model``) or their DP-SGD accountant history (``privacy=dpsgd``)."""
+        return self.keeps_client_models or (
+            self.privacy is not None and self.privacy.spec.name == "dpsgd"
+        )
+
     def export_client_states(
         self, grid: Grid, *, timeout: float | None = None
     ) -> dict[int, dict[str, Any]]:

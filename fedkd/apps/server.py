@@ -364,7 +364,9 @@ def write_checkpoint(
     strategy = plan.strategy
     try:
         clients = (
-            strategy.export_client_states(grid, timeout=timeout) if strategy.has_clients else {}
+            strategy.export_client_states(grid, timeout=timeout)
+            if strategy.has_clients and strategy.keeps_client_state()
+            else {}  # FedAvg, FedDF: nothing to fetch, so no message per client
         )
     except RuntimeError as exc:
         logger.warning("round %s: no checkpoint written: %s", server_round, exc)
