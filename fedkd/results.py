@@ -128,12 +128,30 @@ def summarize(
             "downlink_bytes": sum(int(r.get("downlink_bytes", 0)) for r in rounds),
         },
         "wall_seconds": wall_seconds,
+        "environment": environment(),
         "parameters": student_parameters,
         "size_bytes": student_size_bytes,
     }
     if error is not None:
         summary["error"] = error
     return summary
+
+
+def environment() -> dict[str, Any]:
+    """Where the ServerApp ran and with what: host, process id, Python, torch and Flower."""
+    import platform
+    import socket
+    from importlib.metadata import version
+
+    import torch
+
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "flwr": version("flwr"),
+    }
 
 
 def write_plots(rows: Sequence[Mapping[str, Any]], run_dir: Path) -> list[Path]:

@@ -15,15 +15,18 @@ dominate (20 records, 1 epoch).
 
 Both paths run the same seeded computation, so their final accuracies are equal (reported
 as ``same_result``): the plain loop is the simulation without Flower, Ray and messages. The
-plain loop runs on one torch thread in this process; the simulation runs in a child process
-(``python -m simulations.run``) with Ray actors of one thread each, one per core.
+plain loop runs on one torch thread in this process, before and after the simulation (a
+shared machine's speed drifts; the two loops bracket it); the simulation runs in a child
+process (``python -m simulations.run``) with Ray actors of one thread each, one per core
+(``--set backend.max_actors=1`` for one), or in process with ``--backend inline``.
 
 Reported per N: ``sim_seconds_per_round`` and ``plain_seconds_per_round`` (median over the
-rounds after the first), ``ratio`` (sim / plain: 1/actors is the physical limit),
-``overhead_ms_per_message`` (actor time per training message beyond the plain loop's,
-``(sim - plain / actors) * actors / N``), ``startup_seconds`` (the simulation's wall time not
-spent in rounds: imports, data, Ray start and shutdown), ``peak_rss_bytes`` (the simulation's
-whole process tree), ``uplink_bytes_per_round``.
+rounds after the first; for the plain loop, over both loops' rounds), ``ratio`` (sim /
+plain: 1/actors is the physical limit), ``overhead_ms_per_message`` (actor time per
+training message beyond the plain loop's, ``(sim - plain / actors) * actors / N``),
+``startup_seconds`` (the simulation's wall time not spent in rounds: imports, data, Ray
+start and shutdown), ``peak_rss_bytes`` (the simulation's whole process tree),
+``uplink_bytes_per_round``.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class Point:
     actors: int
     sim_accuracy: float | None
     plain_accuracy: float | None
+    plain_before_seconds_per_round: float
+    plain_after_seconds_per_round: float
     same_result: bool
 
 
@@ -160,6 +165,7 @@ class TreeMemory:
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
+        self.seen: set[int] = set()  # every pid of the tree, to wait for them at the end
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -173,12 +179,20 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
+            self.peak = max(self.peak, tree_rss(self.pid, seen=self.seen))
             self._stop.wait(self.interval)
 
+    def wait_for_exit(self, timeout: float = 30.0) -> None:
+        """Wait until every process seen in the tree is gone (Ray's daemons outlive the
+        driver by a few seconds; they would steal cores from the next measurement)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in self.seen):
+            time.sleep(0.2)
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and its descendants now (0 where /proc is unreadable)."""
+
+def tree_rss(root: int, *, seen: set[int] | None = None) -> int:
+    """Resident bytes of ``root`` and its descendants now (0 where /proc is unreadable);
+    their pids are added to ``seen``."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -193,6 +207,8 @@ def tree_rss(root: int) -> int:
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
+        if seen is not None:
+            seen.add(pid)
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -223,6 +239,7 @@ def simulate(
         with TreeMemory(proc.pid) as memory:
             returncode = proc.wait()
     wall = time.perf_counter() - started
+    memory.wait_for_exit()
     if returncode != 0:
         raise RuntimeError(f"the simulation failed (exit {returncode}); see {run_dir}.log")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -235,17 +252,32 @@ def _steady(values: Sequence[float]) -> float:
     return float(statistics.median(values[1:] if len(values) > 1 else values))
 
 
+def actor_count(extra: Sequence[str], clients: int) -> int:
+    """Actors the simulation runs clients on: one per core (at most one per client), one
+    for ``backend=inline``, or ``backend.max_actors``."""
+    if "backend=inline" in extra:
+        return 1
+    count = min(os.cpu_count() or 1, clients)
+    for override in extra:
+        if override.startswith("backend.max_actors="):
+            count = min(count, int(override.split("=", 1)[1]))
+    return max(1, count)
+
+
 def measure(workload: Workload, work_dir: Path, *, backend: Sequence[str] = ()) -> Point:
-    """One benchmark point: the simulation, then the plain loop, on the same workload."""
+    """One benchmark point on one workload: the plain loop, the simulation, the plain loop
+    again. The plain figure is the median over both loops' steady rounds, so a machine that
+    slows down or speeds up during the point (shared hosts do) moves both sides alike."""
     overrides = workload.overrides()
+    before, plain_accuracy = plain_loop(overrides)
     wall, peak, rows, summary = simulate(
         overrides, work_dir / f"sim-{workload.clients}", extra=backend
     )
+    after, _ = plain_loop(overrides)
+    plain_round = float(statistics.median([*before[1:], *after[1:]]))
     rounds = [r for r in rows if r.get("round", 0) >= 1]
     sim_round = _steady([r["seconds"] for r in rounds])
-    plain_seconds, plain_accuracy = plain_loop(overrides)
-    plain_round = _steady(plain_seconds)
-    actors = 1 if "backend=inline" in backend else max(1, os.cpu_count() or 1)
+    actors = actor_count(backend, workload.clients)
     sim_accuracy = summary["final"].get("student_accuracy")
     return Point(
         clients=workload.clients,
@@ -263,6 +295,8 @@ def measure(workload: Workload, work_dir: Path, *, backend: Sequence[str] = ()) 
         actors=actors,
         sim_accuracy=sim_accuracy,
         plain_accuracy=plain_accuracy,
+        plain_before_seconds_per_round=_steady(before),
+        plain_after_seconds_per_round=_steady(after),
         same_result=sim_accuracy is not None and abs(sim_accuracy - plain_accuracy) < 1e-12,
     )
 
@@ -277,6 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tiny", action="store_true", help="20 records and 1 epoch per client (fixed costs)"
     )
     parser.add_argument("--backend", default="ray_cpu", help="backend config group option")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra override of the simulation (repeatable), e.g. backend.engine=flower",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the run directories")
     args = parser.parse_args(argv)
@@ -297,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epochs": epochs,
         "rounds": args.rounds,
         "backend": args.backend,
+        "overrides": list(args.set),
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
     }
     print("workload:", json.dumps(workload))
@@ -305,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         point = measure(
             Workload(clients, args.rounds, samples, epochs),
             work_dir,
-            backend=[f"backend={args.backend}"],
+            backend=[f"backend={args.backend}", *args.set],
         )
         results.append(asdict(point))
         print(

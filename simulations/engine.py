@@ -23,6 +23,9 @@ from fedkd.interrupt import RunInterrupted, clear_stop, request_stop, stop_reque
 logger = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("ray_cpu", "ray_gpu", "inline")
+#: Who runs the Ray backends: fedkd's actor pool (:mod:`simulations.pool`) or Flower's
+#: simulation engine (``run_simulation``).
+ENGINE_NAMES = ("fedkd", "flower")
 
 
 def backend_config(backend: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,6 +46,20 @@ def backend_config(backend: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"backend.num_gpus must be >= 0, got {num_gpus!r}")
     if name == "inline":
         return {}
+    engine = backend.get("engine", "fedkd")
+    if engine not in ENGINE_NAMES:
+        raise ConfigError(f"backend.engine must be one of {ENGINE_NAMES}, got {engine!r}")
+    address = backend.get("address")
+    if address and engine != "fedkd":
+        raise ConfigError(
+            "backend.address (joining a Ray cluster) needs backend.engine=fedkd; Flower's "
+            "simulation engine always starts its own local Ray"
+        )
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"backend.address must be a string like 'HOST:6379', got {address!r}")
+    max_actors = backend.get("max_actors")
+    if max_actors is not None and (not isinstance(max_actors, int) or max_actors < 1):
+        raise ConfigError(f"backend.max_actors must be a positive integer, got {max_actors!r}")
     if name == "ray_gpu" and num_gpus == 0:
         raise ConfigError("backend ray_gpu needs backend.num_gpus > 0 (a fraction per client)")
     init_args: dict[str, Any] = {
@@ -62,6 +79,14 @@ def backend_config(backend: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def set_ray_environment() -> None:
+    """Environment every Ray run of fedkd needs (unless the user set it): no telemetry,
+    every worker's log lines shown, Ray leaving CUDA_VISIBLE_DEVICES alone on CPU actors."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
 def run_on_ray(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -74,9 +99,7 @@ def run_on_ray(
 
     Exceptions raised by the ServerApp propagate to the caller.
     """
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    set_ray_environment()
     config = backend_config(backend)
     if not verbose:
         # Flower logs every round at INFO and warns that run_simulation is deprecated
@@ -88,7 +111,7 @@ def run_on_ray(
     from flwr.simulation import run_simulation  # deferred: importing it is slow
 
     clear_stop()
-    previous = _install_sigint_handler()
+    previous = install_sigint_handler()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -108,7 +131,7 @@ def run_on_ray(
         raise RunInterrupted("interrupted (Ctrl-C)")
 
 
-def _install_sigint_handler() -> Any:
+def install_sigint_handler() -> Any:
     """Ctrl-C asks the ServerApp to stop (see :mod:`fedkd.interrupt`); a second one raises
     at once. Returns the previous handler (``None`` off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
@@ -215,13 +238,17 @@ class InlineGrid(Grid):
         return replies
 
 
-def run_inline(server_app: ServerApp, client_app: ClientApp, *, num_clients: int) -> None:
-    """Run the apps in this process on an :class:`InlineGrid` (``backend=inline``)."""
+def set_task_identity() -> None:
+    """Flower's runtimes set a process-wide identity before a ServerApp builds Messages
+    (run_simulation does the same); Messages cannot be created without it. INTERNAL API."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    # Flower's runtimes set this process-wide identity before a ServerApp builds Messages
-    # (run_simulation does the same); Messages cannot be created without it. INTERNAL API.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+def run_inline(server_app: ServerApp, client_app: ClientApp, *, num_clients: int) -> None:
+    """Run the apps in this process on an :class:`InlineGrid` (``backend=inline``)."""
+    set_task_identity()
     grid = InlineGrid(client_app, num_clients)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     with warnings.catch_warnings():

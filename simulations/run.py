@@ -24,6 +24,7 @@ from fedkd.config import to_plain
 from fedkd.errors import ConfigError
 from fedkd.results import CONFIG_FILE, RESULT_FILES, SUMMARY_FILE, check_fresh_run_dir
 from simulations.engine import backend_config, run_inline, run_on_ray
+from simulations.pool import run_on_pool
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
     if cfg["backend"]["name"] == "inline":
         run_inline(server_app, client_app, num_clients=cfg["num_clients"])
     else:
-        run_on_ray(
+        engine = run_on_pool if cfg["backend"].get("engine", "fedkd") == "fedkd" else run_on_ray
+        engine(
             server_app,
             client_app,
             num_clients=cfg["num_clients"],

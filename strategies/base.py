@@ -337,7 +337,7 @@ class FedKDStrategy(Strategy):
             sent[r.metadata.src_node_id]
             for r in replies
             if r.has_error()
-            and _first_line(r) in TRANSIENT_ERRORS
+            and _first_line(r).split(":", 1)[0] in TRANSIENT_ERRORS
             and r.metadata.src_node_id in sent
             and keys.FAULT
             not in sent[r.metadata.src_node_id].content.config_records.get(keys.CONFIG, {})

@@ -75,6 +75,7 @@ def simulate(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Rows]:
     runs = {
         "ray": ["backend.total_cpus=2", "backend.num_cpus=1"],  # 2 actors of 1 core each
         "ray-one-actor": ["backend.total_cpus=2", "backend.num_cpus=2"],  # 1 actor, 2 cores
+        "flower": ["backend.total_cpus=2", "backend.engine=flower"],  # Flower's own engine
         # No Ray: the inline engine gives the Ray numbers (tests/simulations/test_run.py) at a
         # fraction of the start-up cost, which is all the different-seed check needs.
         "inline": ["backend=inline"],
@@ -95,12 +96,18 @@ def simulate(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Rows]:
 def test_same_seed_gives_identical_rows_across_runs_and_engines(
     simulate: Callable[[str], Rows],
 ) -> None:
-    """Twice in-process, and on Ray with clients spread over two actors in whatever order
-    Ray schedules them: the same rows."""
+    """Twice in-process, and on Ray (fedkd's actor pool) with clients spread over two actors
+    in whatever order Ray schedules them: the same rows."""
     first = simulate("inline")
     assert first[-1]["student_accuracy"] is not None and "ensemble_accuracy" in first[-1]
     assert first == simulate("inline-again")
     assert first == simulate("ray")
+
+
+@pytest.mark.ray
+def test_flowers_simulation_engine_gives_the_same_rows(simulate: Callable[[str], Rows]) -> None:
+    """``backend.engine=flower`` (Flower's run_simulation) and fedkd's actor pool agree."""
+    assert simulate("flower") == simulate("ray")
 
 
 @pytest.mark.ray

@@ -1,0 +1,1 @@
+"""Hydra launcher that runs each job of a sweep as a task on a Ray cluster (fedkd)."""

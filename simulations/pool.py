@@ -1,0 +1,383 @@
+"""fedkd's own Ray engine (``backend.engine=fedkd``, the default for ``ray_cpu``/``ray_gpu``).
+
+A :class:`RayGrid` is the in-process :class:`~simulations.engine.InlineGrid` with the
+ClientApp calls farmed out to a pool of Ray actors, one per ``backend.num_cpus`` cores:
+
+- the Contexts of all simulated nodes live in the driver and travel with each message
+  (the actor returns the updated ``context.state``), so any actor can serve any node and
+  a restarted actor loses nothing;
+- one object-store copy per distinct message content: a broadcast (the same global
+  weights to every sampled client) is serialized once, not once per client;
+- each actor has up to :data:`PIPELINE_DEPTH` messages queued, so it never waits for the
+  driver between two clients; messages to the same node run in order;
+- no LinkState, no per-node polling thread, no gRPC: the driver blocks in ``ray.wait``.
+
+Flower's simulation engine (``backend.engine=flower``) is kept in
+:func:`simulations.engine.run_on_ray`; docs/BENCHMARKS.md compares the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedkd.errors import ConfigError
+from fedkd.interrupt import RunInterrupted, check_stop, clear_stop, stop_requested
+from simulations.engine import (
+    InlineGrid,
+    install_sigint_handler,
+    set_ray_environment,
+    set_task_identity,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Messages queued on one actor at a time: one running, one waiting, so an actor never
+#: idles while the driver handles the previous reply.
+PIPELINE_DEPTH = 2
+#: Longest single wait in ``ray.wait`` before the driver checks for Ctrl-C again.
+WAIT_SLICE_SECONDS = 0.2
+#: The reason a message gets when the actor running it died (the strategy resends it once,
+#: see ``strategies.base.TRANSIENT_ERRORS``).
+ACTOR_DIED = "ActorUnavailableError"
+
+
+class ClientWorker:
+    """One Ray actor: runs the ClientApp on messages for whichever node they are for."""
+
+    def __init__(self, client_app: ClientApp, torch_threads: int, env: dict[str, str]) -> None:
+        os.environ.update(env)
+        if torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.client_app = client_app
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(
+        self, metadata: Any, content: RecordDict, context: Context
+    ) -> tuple[Message, RecordDict]:
+        """The reply and the node's updated state; an exception becomes an Error reply."""
+        message = Message(metadata=metadata, content=content)  # type: ignore[call-overload]
+        try:
+            reply = self.client_app(message, context)
+        except Exception as exc:  # the engine's job, as Flower's workers do
+            logger.debug("ClientApp raised on node %s", context.node_id, exc_info=True)
+            reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
+        return reply, context.state
+
+
+@dataclass
+class _Task:
+    key: int
+    node_id: int
+    actor: int
+    message: Message
+
+
+class RayGrid(InlineGrid):
+    """A Grid whose ClientApp calls run on a pool of Ray actors (see the module docstring).
+
+    ``send_and_receive`` returns the replies in the order of the messages, as the inline
+    grid does, so both give the same results for the same seed. A reply that misses the
+    deadline is dropped; its client still finishes, and its state update is kept (as on
+    Flower's engine and a real SuperNode).
+    """
+
+    synchronous = True  # strategies call send_and_receive, which checks for Ctrl-C itself
+
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, actors: list[Any], *, seed: int = 0
+    ) -> None:
+        super().__init__(client_app, num_nodes, seed=seed)
+        if not actors:
+            raise ValueError("RayGrid needs at least one actor")
+        self.actors = actors
+        self._load = [0] * len(actors)
+        self._queue: deque[tuple[int, Message]] = deque()
+        self._inflight: dict[Any, _Task] = {}
+        self._busy_nodes: set[int] = set()
+        self._done: dict[int, Message] = {}
+        self._wanted: set[int] = set()
+        self._content_refs: dict[int, tuple[RecordDict, Any]] = {}
+        self._next_key = 0
+        # an actor whose process died gets no work until a probe says Ray restarted it
+        self._probes: dict[Any, int] = {}
+        self._suspended: set[int] = set()
+        self._gone: set[int] = set()
+
+    # ------------------------------------------------------------------ Grid interface
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        keys = self._enqueue(messages)
+        self._progress(wait=0.0)
+        return [str(k) for k in keys]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self._progress(wait=0.0)
+        found = []
+        for message_id in message_ids:
+            reply = self._done.pop(int(message_id), None)
+            if reply is not None:
+                self._wanted.discard(int(message_id))
+                found.append(reply)
+        return found
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        keys = self._enqueue(messages)
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        while not all(k in self._done for k in keys):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            check_stop("while clients were training")
+            self._progress(wait=min(WAIT_SLICE_SECONDS, remaining))
+        replies = [self._done.pop(k) for k in keys if k in self._done]
+        self._abandon(set(keys))
+        if len(replies) < len(keys):
+            logger.info("%s of %s replies missed the deadline", len(keys) - len(replies), len(keys))
+        return replies
+
+    # ------------------------------------------------------------------ scheduling
+    def _enqueue(self, messages: Iterable[Message]) -> list[int]:
+        keys = []
+        for message in messages:
+            if message.metadata.dst_node_id not in self.contexts:
+                raise ValueError(f"no simulated node {message.metadata.dst_node_id}")
+            self._next_key += 1
+            keys.append(self._next_key)
+            self._queue.append((self._next_key, message))
+            self._wanted.add(self._next_key)
+        return keys
+
+    def _abandon(self, keys: set[int]) -> None:
+        """Forget messages nobody waits for any more: queued ones are not sent, running
+        ones finish (their state update is kept) and their replies are dropped."""
+        self._wanted -= keys
+        self._queue = deque(item for item in self._queue if item[0] not in keys)
+        for key in keys:
+            self._done.pop(key, None)
+
+    def _content_ref(self, content: RecordDict) -> Any:
+        """One object-store copy per distinct content object (broadcasts share theirs)."""
+        import ray
+
+        cached = self._content_refs.get(id(content))
+        if cached is None or cached[0] is not content:
+            cached = (content, ray.put(content))
+            self._content_refs[id(content)] = cached
+        return cached[1]
+
+    def _dispatch(self) -> None:
+        waiting: deque[tuple[int, Message]] = deque()
+        while self._queue:
+            key, message = self._queue.popleft()
+            node_id = message.metadata.dst_node_id
+            usable = [i for i in range(len(self.actors)) if i not in self._suspended]
+            actor = min(usable, key=self._load.__getitem__) if usable else -1
+            if actor < 0 or self._load[actor] >= PIPELINE_DEPTH:
+                waiting.append((key, message))
+                break
+            if node_id in self._busy_nodes:
+                waiting.append((key, message))
+                continue
+            ref = self.actors[actor].run.remote(
+                message.metadata, self._content_ref(message.content), self.contexts[node_id]
+            )
+            self._inflight[ref] = _Task(key, node_id, actor, message)
+            self._load[actor] += 1
+            self._busy_nodes.add(node_id)
+        waiting.extend(self._queue)
+        self._queue = waiting
+        if not self._queue and not self._inflight:
+            self._content_refs.clear()
+
+    def _progress(self, *, wait: float) -> None:
+        """Dispatch what can run, then collect what finished within ``wait`` seconds."""
+        import ray
+
+        self._dispatch()
+        if not self._inflight and not self._probes:
+            if wait > 0 and self._queue:  # every actor is down: let Ray restart them
+                time.sleep(wait)
+            return
+        refs = [*self._inflight, *self._probes]
+        ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            if ref in self._probes:
+                self._probed(ref)
+                continue
+            task = self._inflight.pop(ref)
+            self._load[task.actor] -= 1
+            self._busy_nodes.discard(task.node_id)
+            reply = self._result(ref, task)
+            if task.key in self._wanted:
+                self._done[task.key] = reply
+        if ready:
+            self._dispatch()
+
+    def _result(self, ref: Any, task: _Task) -> Message:
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            reply, state = ray.get(ref)
+        except RayActorError as exc:  # the actor's process died (Ray restarts it)
+            logger.warning("the actor running node %s died: %s", task.node_id, type(exc).__name__)
+            self._suspend(task.actor)
+            return Message(
+                Error(code=3, reason=f"{ACTOR_DIED}: the client's process died"),
+                reply_to=task.message,
+            )
+        self.contexts[task.node_id].state = state
+        return reply
+
+    def _suspend(self, actor: int) -> None:
+        if actor not in self._suspended:
+            self._suspended.add(actor)
+            self._probes[self.actors[actor].pid.remote()] = actor
+
+    def _probed(self, ref: Any) -> None:
+        """A probe of a suspended actor answered: back to work, or probe again (still
+        restarting), or stay out (Ray gave up on it after ``max_restarts``)."""
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        actor = self._probes.pop(ref)
+        try:
+            ray.get(ref)
+        except ActorDiedError:
+            logger.error("actor %s is gone for good (out of restarts)", actor)
+            self._gone.add(actor)
+            if len(self._gone) == len(self.actors):
+                raise RuntimeError(
+                    "every Ray actor died more often than backend.max_restarts allows"
+                ) from None
+            return
+        except RayActorError:
+            time.sleep(0.05)
+            self._probes[self.actors[actor].pid.remote()] = actor
+            return
+        self._suspended.discard(actor)
+
+
+def pool_size(
+    backend: Mapping[str, Any],
+    num_clients: int,
+    resources: Mapping[str, float],
+    free: Mapping[str, float] | None = None,
+) -> int:
+    """Actors for this run: what the cluster's CPUs (and GPUs) hold, at most one per client.
+
+    ``free`` (a shared cluster's resources not in use now) sizes the pool when given; when
+    nothing is free, one actor is created and waits for its resources.
+    """
+    num_cpus = float(backend.get("num_cpus", 1))
+    num_gpus = float(backend.get("num_gpus", 0.0))
+
+    def fitting(available: Mapping[str, float]) -> int:
+        count = int(available.get("CPU", 0) // num_cpus)
+        if num_gpus > 0:
+            count = min(count, int(available.get("GPU", 0) // num_gpus))
+        return count
+
+    fits = fitting(resources)
+    if fits >= 1 and free is not None:
+        fits = max(1, fitting(free))
+    if fits < 1:
+        raise ConfigError(
+            f"the Ray cluster has {resources.get('CPU', 0)} CPUs and "
+            f"{resources.get('GPU', 0)} GPUs: not enough for one client with "
+            f"backend.num_cpus={num_cpus}, backend.num_gpus={num_gpus}"
+        )
+    limit = backend.get("max_actors")
+    if limit:
+        fits = min(fits, int(limit))
+    return max(1, min(fits, num_clients))
+
+
+def run_on_pool(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    *,
+    num_clients: int,
+    backend: Mapping[str, Any],
+    verbose: bool = False,
+) -> None:
+    """Run the apps on a :class:`RayGrid`: a local Ray instance, or the cluster at
+    ``backend.address``. Actors are removed afterwards; a local Ray is shut down."""
+    import ray
+
+    from simulations.engine import backend_config
+
+    set_ray_environment()
+    config = backend_config(backend)
+    init_args = dict(config["init_args"])
+    if verbose:
+        init_args["logging_level"] = "INFO"
+    address = backend.get("address")
+    if address:
+        init_args.pop("num_cpus", None)  # a cluster has its own resources
+        init_args["address"] = str(address)
+        if backend.get("runtime_env"):
+            init_args["runtime_env"] = dict(backend["runtime_env"])
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(**init_args)
+    # Inside a Ray task (a sweep job on a cluster, see hydra_plugins.fedkd_ray_launcher) the
+    # worker's signals are Ray's; elsewhere Ctrl-C stops the run cleanly.
+    in_task = ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    actors: list[Any] = []
+    clear_stop()
+    previous = None if in_task else install_sigint_handler()
+    try:
+        # A Ray this run did not start is shared: size the pool by what is free now.
+        free = None if started_here else ray.available_resources()
+        size = pool_size(backend, num_clients, ray.cluster_resources(), free)
+        resources = config["client_resources"]
+        worker = ray.remote(ClientWorker).options(
+            num_cpus=resources["num_cpus"],
+            num_gpus=resources["num_gpus"],
+            max_restarts=resources["max_restarts"],
+            max_task_retries=0,
+        )
+        env = {k: v for k, v in os.environ.items() if k.startswith(("FLWR_", "FEDKD_"))}
+        threads = int(backend.get("torch_threads", 1))
+        actors = [worker.remote(client_app, threads, env) for _ in range(size)]
+        ray.get([actor.pid.remote() for actor in actors])  # all started before round 1
+        logger.info("%s actors on %s", size, ray.cluster_resources())
+        set_task_identity()
+        grid = RayGrid(client_app, num_clients, actors)
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            server_app(grid, context)
+    finally:
+        import signal
+
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        interrupted = stop_requested()
+        clear_stop()
+        for actor in actors:
+            ray.kill(actor)
+        if started_here:
+            ray.shutdown()
+    if interrupted:
+        raise RunInterrupted("interrupted (Ctrl-C)")
