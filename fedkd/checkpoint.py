@@ -35,7 +35,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 VERSION = 1
 #: Top-level config keys a resumed run may change: how long it runs and where and how it
 #: runs, never what it computes.
-RESUMABLE_KEYS = ("num_rounds", "round_timeout", "backend", "progress", "verbose", "checkpoint")
+RESUMABLE_KEYS = (
+    "num_rounds",
+    "round_timeout",
+    "backend",
+    "progress",
+    "verbose",
+    "checkpoint",
+    "report",
+)
 
 
 def rng_states() -> dict[str, Any]:

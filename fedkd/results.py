@@ -1,4 +1,4 @@
-"""The run directory: config.yaml, metrics.jsonl, summary.json and plots."""
+"""The run directory: config.yaml, metrics.jsonl, summary.json, partitions.json, the report."""
 
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ from typing import Any
 import yaml
 
 from fedkd.errors import ConfigError
+from fedkd.report import ACCURACY_PLOT as ACCURACY_PLOT
+from fedkd.report import BYTES_PLOT as BYTES_PLOT
+from fedkd.report import REPORT_HTML as REPORT_HTML
+from fedkd.report import ReportSpec, TensorBoardLog, write_report
+from fedkd.report import write_plots as write_plots
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-ACCURACY_PLOT = "accuracy.png"
-BYTES_PLOT = "bytes.png"
+PARTITIONS_FILE = "partitions.json"
 RESULT_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
 
 
@@ -28,12 +32,22 @@ class RunWriter:
     """Writes one run's results as they arrive, so a crash never loses finished rounds.
 
     ``metrics.jsonl`` gets one line per round, flushed at once; ``summary.json`` is written
-    atomically (temporary file, then rename) at the end, also when the run failed.
+    atomically (temporary file, then rename) at the end, also when the run failed, and only
+    then the report (plots, ``report.html``), which can never lose the numbers.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory.
+    report : ReportSpec | None
+        The ``report`` block (default: plots and ``report.html``, no TensorBoard).
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, report: ReportSpec | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.report = report or ReportSpec()
         self.rows: list[dict[str, Any]] = []
+        self._tensorboard: TensorBoardLog | None = None
 
     def start(self, config: Mapping[str, Any]) -> None:
         """Create the directory, write ``config.yaml`` and start an empty ``metrics.jsonl``.
@@ -48,6 +62,7 @@ class RunWriter:
         self._write_config(config)
         (self.run_dir / METRICS_FILE).write_text("")
         self.rows = []
+        self._open_tensorboard(purge_step=None)
 
     def resume(self, config: Mapping[str, Any], *, last_round: int) -> None:
         """Continue an existing run after ``last_round`` (its checkpoint): rows of later
@@ -59,6 +74,15 @@ class RunWriter:
         os.replace(tmp, self.run_dir / METRICS_FILE)
         (self.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
         self.rows = rows
+        self._open_tensorboard(purge_step=last_round + 1)
+
+    def _open_tensorboard(self, *, purge_step: int | None) -> None:
+        if not self.report.tensorboard:
+            return
+        try:
+            self._tensorboard = TensorBoardLog(self.run_dir, purge_step=purge_step)
+        except Exception:  # the events are a view of the results, never a reason to stop
+            logger.exception("could not start TensorBoard logging in %s", self.run_dir)
 
     def _write_config(self, config: Mapping[str, Any]) -> None:
         with (self.run_dir / CONFIG_FILE).open("w") as handle:
@@ -70,14 +94,55 @@ class RunWriter:
         self.rows.append(clean)
         with (self.run_dir / METRICS_FILE).open("a") as handle:
             handle.write(json.dumps(clean) + "\n")
+        if self._tensorboard is not None:
+            try:
+                self._tensorboard.log(clean)
+            except Exception:
+                logger.exception("TensorBoard logging failed; it is off for the rest of the run")
+                self._close_tensorboard()
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
-        """Write ``summary.json`` (atomically) and the plots."""
-        _atomic_write_json(self.run_dir / SUMMARY_FILE, _jsonable(dict(summary)))
+    def _close_tensorboard(self) -> None:
+        board, self._tensorboard = self._tensorboard, None
+        if board is not None:
+            try:
+                board.close()
+            except Exception:
+                logger.exception("could not close the TensorBoard log")
+
+    def finish(
+        self,
+        summary: Mapping[str, Any],
+        *,
+        label_histograms: Mapping[int, Sequence[int]] | None = None,
+    ) -> dict[str, Any]:
+        """Write ``summary.json`` (atomically), ``partitions.json`` and then the report.
+
+        ``label_histograms`` are the label counts of each client's training split by
+        partition id (``partitions.json``; nothing is written without them). What the report
+        could not draw is logged and recorded as ``report_error`` in ``summary.json``,
+        which is then rewritten. Returns the summary as written.
+        """
+        written = _jsonable(dict(summary))
+        _atomic_write_json(self.run_dir / SUMMARY_FILE, written)
+        self._close_tensorboard()
+        histograms = {int(p): [int(c) for c in h] for p, h in (label_histograms or {}).items()}
+        if histograms:
+            _atomic_write_text(self.run_dir / PARTITIONS_FILE, _partitions_json(histograms))
         try:
-            write_plots(self.rows, self.run_dir)
-        except Exception:  # a plotting failure must not lose the numbers above
-            logger.exception("could not write plots into %s", self.run_dir)
+            errors = write_report(
+                self.run_dir,
+                self.rows,
+                written,
+                label_histograms=histograms,
+                spec=self.report,
+            ).errors
+        except Exception as exc:  # a report failure must not lose the numbers above
+            logger.exception("could not write the report into %s", self.run_dir)
+            errors = [f"{type(exc).__name__}: {exc}"]
+        if errors:
+            written["report_error"] = "; ".join(errors)
+            _atomic_write_json(self.run_dir / SUMMARY_FILE, written)
+        return written
 
 
 def check_fresh_run_dir(run_dir: Path) -> None:
@@ -154,52 +219,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_plots(rows: Sequence[Mapping[str, Any]], run_dir: Path) -> list[Path]:
-    """Accuracy per round (student, ensemble, clients) and bytes per round, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written: list[Path] = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (
-        ("student_accuracy", "student"),
-        ("ensemble_accuracy", "teacher ensemble"),
-        ("client_accuracy", "clients (local test)"),
-    ):
-        points = [(r["round"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(run_dir / ACCURACY_PLOT, dpi=100)
-    plt.close(fig)
-    written.append(run_dir / ACCURACY_PLOT)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rounds = [r for r in rows if r.get("round", 0) >= 1]
-    for key, label in (("uplink_bytes", "uplink"), ("downlink_bytes", "downlink")):
-        points = [(r["round"], r.get(key, 0) / 1e6) for r in rounds]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("MB per round")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / BYTES_PLOT, dpi=100)
-    plt.close(fig)
-    written.append(run_dir / BYTES_PLOT)
-    return written
-
-
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Read ``metrics.jsonl`` back."""
     with (Path(run_dir) / METRICS_FILE).open() as handle:
@@ -207,12 +226,22 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _atomic_write_json(path: Path, value: Any) -> None:
+    _atomic_write_text(path, json.dumps(value, indent=2))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w") as handle:
-        json.dump(value, handle, indent=2)
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def _partitions_json(histograms: Mapping[int, Sequence[int]]) -> str:
+    """``partitions.json`` with one line per partition (readable for 100 clients too)."""
+    lines = [f'    "{p}": {json.dumps(list(histograms[p]))}' for p in sorted(histograms)]
+    return '{\n  "label_histograms": {\n' + ",\n".join(lines) + "\n  }\n}\n"
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,3 +259,12 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy / torch scalars
         return _jsonable(value.item())
     return str(value)
+
+
+def read_partitions(run_dir: Path) -> dict[int, list[int]]:
+    """The label histograms of ``partitions.json`` by partition id (empty when absent)."""
+    path = Path(run_dir) / PARTITIONS_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {int(p): list(h) for p, h in data.get("label_histograms", {}).items()}

@@ -1,5 +1,8 @@
 """``python -m simulations.report RUN_DIRS...``: a comparison table (Markdown) and plot from runs.
 
+With ``--html FILE``, also one page with the table, the plot and a link to each run's own
+``report.html``.
+
 Every directory given (or found below it, e.g. a Hydra ``multirun/`` folder) that holds a
 ``summary.json`` is one run. Runs are grouped by setting (dataset, partition and its
 parameter, number of clients, client model) and method; seeds are aggregated as
@@ -9,8 +12,10 @@ mean ± standard deviation.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import math
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -20,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from fedkd.results import CONFIG_FILE, SUMMARY_FILE
+from fedkd.report import html_table
+from fedkd.results import CONFIG_FILE, REPORT_HTML, SUMMARY_FILE
 
 METRICS = (
     ("student_accuracy", "student"),
@@ -116,15 +122,15 @@ def _method_key(method: str) -> tuple[int, str]:
     return order, method
 
 
-def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
-    """One Markdown table per setting: final accuracies (mean ± std over seeds, in %) and
-    total uplink per client and round."""
-    lines: list[str] = []
+def comparison_tables(
+    runs: Sequence[dict[str, Any]],
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per setting: its name, the column headers and one row per method (final accuracies
+    as mean ± std over seeds in %, total uplink per client and round)."""
+    tables = []
+    header = ["method", "seeds", *(label for _, label in METRICS), "uplink / client / round"]
     for setting, methods in sorted(comparison(runs).items()):
-        lines += [f"**{setting}**", ""]
-        header = ["method", "seeds", *(label for _, label in METRICS), "uplink / client / round"]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
+        rows = []
         for method in sorted(methods, key=_method_key):
             group = methods[method]
             cells = [method, str(len(group))]
@@ -132,7 +138,19 @@ def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
                 values = [v for run in group if (v := _final(run, key)) is not None]
                 cells.append(_mean_std(values))
             cells.append(_uplink_per_client_round(group))
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        tables.append((setting, header, rows))
+    return tables
+
+
+def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
+    """One Markdown table per setting (see :func:`comparison_tables`)."""
+    lines: list[str] = []
+    for setting, header, rows in comparison_tables(runs):
+        lines += [f"**{setting}**", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -184,12 +202,94 @@ def plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def html_page(runs: Sequence[dict[str, Any]], path: Path, *, plot_path: Path | None) -> str:
+    """One self-contained page (inline CSS, no scripts, no network): the comparison tables,
+    the bar chart ``plot_path``, and a link to every run's own ``report.html``. Links are
+    relative to ``path``'s folder, so the page and the runs can be moved together."""
+    esc = html.escape
+    base = path.resolve().parent
+
+    def href(target: Path) -> str:
+        return esc(Path(os.path.relpath(target.resolve(), base)).as_posix(), quote=True)
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        "<title>fedkd: comparison of runs</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<h1>fedkd: comparison of runs</h1>",
+        f"<p>{len(runs)} run(s); final test accuracy in %, mean ± standard deviation over "
+        "seeds (completed runs only).</p>",
+    ]
+    for setting, header, rows in comparison_tables(runs):
+        parts += html_table(setting, header, rows)
+    if plot_path is not None:
+        parts.append(
+            f'<figure><img src="{href(plot_path)}" alt="final test accuracy per setting and '
+            "method\"><figcaption>Final test accuracy (student; clients' mean for local_only)"
+            "</figcaption></figure>"
+        )
+    parts += ["<h2>Runs</h2>", "<table>", _run_header()]
+    for run in sorted(runs, key=_run_order):
+        run_dir = Path(run["run_dir"])
+        report = run_dir / REPORT_HTML
+        link = (
+            f'<a href="{href(report)}">{esc(str(run_dir))}</a>'
+            if report.is_file()
+            else f"{esc(str(run_dir))} (no {REPORT_HTML})"
+        )
+        cells = [setting_of(run), method_of(run), str(run.get("seed")), str(run.get("status"))]
+        parts.append(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + f"<td>{link}</td></tr>"
+        )
+    parts += ["</table>", "</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def _run_order(run: dict[str, Any]) -> tuple[str, tuple[int, str], int, str]:
+    seed = run.get("seed")
+    return (
+        setting_of(run),
+        _method_key(method_of(run)),
+        seed if isinstance(seed, int) else -1,
+        str(run["run_dir"]),
+    )
+
+
+def _run_header() -> str:
+    return "<tr><th>setting</th><th>method</th><th>seed</th><th>status</th><th>report</th></tr>"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1100px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+caption { text-align: left; font-weight: 600; padding-bottom: 0.4em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; }
+th { background: #f4f4f4; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; }
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories or folders of runs")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (default: stdout)")
     parser.add_argument("--plot", type=Path, help="write a PNG bar chart here")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        help="write one HTML page here: the table, the bar chart (--plot, or FILE's name with "
+        ".png) and links to every run's report.html",
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
@@ -202,8 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(table)
     else:
         sys.stdout.write(table + "\n")
-    if args.plot:
-        plot(runs, args.plot)
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+    plot_path = args.plot or (args.html.with_suffix(".png") if args.html else None)
+    if plot_path is not None:
+        plot(runs, plot_path)
+    if args.html:
+        args.html.write_text(html_page(runs, args.html, plot_path=plot_path), encoding="utf-8")
     failed = [r["run_dir"] for r in runs if r.get("status") != "completed"]
     if failed:
         print(f"left out {len(failed)} run(s) that did not complete: {failed}", file=sys.stderr)

@@ -929,8 +929,9 @@ class FedKDStrategy(Strategy):
         )
 
     def record_diagnostics(self, server_round: int, replies: list[Message]) -> None:
-        """Per-client accuracy on the server test set (mean/min/max), the clients' accuracy
-        on their own local test splits, and the teacher ensemble's test accuracy."""
+        """Per-client accuracy on the server test set (mean/min/max, and each client's by
+        partition id), the clients' accuracy on their own local test splits, and the teacher
+        ensemble's test accuracy."""
         metrics = self.round_metrics.setdefault(server_round, {})
         local = [
             _metric(r, keys.LOCAL_ACCURACY)
@@ -947,6 +948,12 @@ class FedKDStrategy(Strategy):
         metrics["client_accuracy_mean"] = float(per_client.mean())
         metrics["client_accuracy_min"] = float(per_client.min())
         metrics["client_accuracy_max"] = float(per_client.max())
+        # Sorted by partition id, so the row does not depend on the order replies arrived in.
+        metrics["client_accuracies"] = dict(
+            sorted(
+                (self.partition_of(r), float(a)) for r, a in zip(replies, per_client, strict=True)
+            )
+        )
         if self.forms_ensemble:
             ensemble = self.teacher_targets(test_probs, replies)
             metrics["ensemble_accuracy"] = float((ensemble.argmax(axis=1) == labels).mean())

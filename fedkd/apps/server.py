@@ -41,6 +41,7 @@ from fedkd.faults import FaultSpec
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
 from fedkd.privacy import PrivacyBudgetExhausted, PrivacySpec
 from fedkd.progress import RoundProgress, summary_table
+from fedkd.report import ReportSpec
 from fedkd.results import RunWriter, summarize
 from fedkd.setup import FederationSetup, LocalTraining, architecture_index
 from fedkd.train import evaluate
@@ -127,6 +128,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
     faults, attack, round_timeout = _reliability(cfg, cls)  # cheap: before building data
+    ReportSpec.from_config(cfg.get("report"))  # and tensorboard installed when asked for
     encoding = EncodingSpec.from_config(cfg.get("encoding"))
     cfg["distill"] = resolve_distill(dict(cfg["distill"]))
     privacy = PrivacySpec.from_config(cfg.get("privacy"))
@@ -232,7 +234,7 @@ def run_federation(
     ``state-import`` query) and the rounds after the checkpoint are run.
     """
     cfg, assets, strategy = plan.config, plan.assets, plan.strategy
-    writer = RunWriter(run_dir)
+    writer = RunWriter(run_dir, report=ReportSpec.from_config(cfg.get("report")))
     first_round, initial_arrays, resumed_from = 1, student_arrays(assets.student), None
     timeout = float(cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS))
     if resume:
@@ -303,6 +305,7 @@ def run_federation(
     if resumed_from:
         progress.advance_to(resumed_from)
     privacy: dict[str, Any] | None = None
+    final_student: dict[str, Any] = {}
     stopped_reason: str | None = None
     try:
         with progress:
@@ -321,6 +324,7 @@ def run_federation(
                 status, stopped_reason = "stopped", str(exc)
                 logger.warning("%s", exc)
         privacy = privacy_summary(plan, grid, run_dir)
+        final_student = student_outputs(plan, run_dir)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -340,11 +344,79 @@ def run_federation(
             summary["resumed_from_round"] = resumed_from
         if privacy is not None:
             summary["privacy"] = privacy
-        writer.finish(summary)
+        summary.update(final_student)
+        # Partition ids -> label counts, as the clients reported them at discovery.
+        summary = writer.finish(summary, label_histograms=strategy.label_histograms)
         if show_progress:
             progress.console.print(summary_table(summary))
             progress.console.print(f"results in {run_dir}")
     return summary
+
+
+def student_outputs(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
+    """What the ``report`` block asks for on the final student: its export (``export``) and
+    the compression comparison (``compression``). Keys for ``summary.json``; a failure is
+    logged and recorded as ``<key>_error`` instead of losing the run's results."""
+    spec = ReportSpec.from_config(plan.config.get("report"))
+    if not plan.strategy.has_student:
+        return {}
+    import copy
+
+    import torch
+
+    student = copy.deepcopy(plan.assets.student).cpu().eval()
+    test_x, test_y = plan.assets.data.test_x, plan.assets.data.test_y
+    outputs: dict[str, Any] = {}
+    if spec.export:
+        from fedkd.export import export_student
+
+        try:
+            example = torch.as_tensor(np.asarray(test_x[:4], dtype=np.float32))
+            outputs["export"] = export_student(student, example, run_dir)
+        except Exception as exc:
+            logger.exception("could not export the student")
+            outputs["export_error"] = f"{type(exc).__name__}: {exc}"
+    if spec.compression:
+        from fedkd.compression import compare
+
+        try:
+            teacher = train_teacher(plan, epochs=spec.teacher_epochs)
+            outputs["compression"] = compare(
+                student,
+                teacher,
+                test_x,
+                test_y,
+                sparsities=spec.sparsities,
+                ranks=spec.ranks,
+                repeats=spec.latency_repeats,
+            )
+        except Exception as exc:
+            logger.exception("could not run the compression comparison")
+            outputs["compression_error"] = f"{type(exc).__name__}: {exc}"
+    return outputs
+
+
+def train_teacher(plan: RunPlan, *, epochs: int) -> FedKDModel:
+    """The teacher of the compression comparison: the client architecture (partition 0's)
+    trained on every client's training data pooled, with the clients' optimizer settings
+    (what the federation's clients could reach together), on the CPU."""
+    from fedkd.train import train_local
+
+    setup, data = plan.assets.setup, plan.assets.data
+    clients = [data.client_data(p) for p in range(data.num_clients)]
+    x = np.concatenate([c.train_x for c in clients])
+    y = np.concatenate([c.train_y for c in clients])
+    teacher = model_from_config(
+        setup.model_for(0), input_shape=data.input_shape, num_classes=data.num_classes,
+        seed=setup.seed,
+    )  # fmt: skip
+    local = setup.local
+    train_local(
+        teacher, x, y, epochs=epochs, batch_size=local.batch_size, lr=local.lr,
+        optimizer=local.optimizer, momentum=local.momentum, weight_decay=local.weight_decay,
+        seed=setup.seed, device=resolve_device("cpu"),
+    )  # fmt: skip
+    return teacher.eval()
 
 
 def write_checkpoint(

@@ -84,3 +84,39 @@ def test_method_label_names_the_privacy_mechanism() -> None:
     assert method_of({"strategy": "feddf", "config": config}) == "feddf [dpsgd]"
     assert method_of({"strategy": "feddf", "config": {"privacy": {"name": "none"}}}) == "feddf"
     assert _method_key("feddf [dpsgd]")[0] == _method_key("feddf")[0]
+
+
+def test_html_page_links_every_runs_report(tmp_path, in_process_run) -> None:
+    from html.parser import HTMLParser
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attrs: list[tuple[str, str]] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.attrs += [(f"{tag}.{k}", str(v)) for k, v in attrs if k in ("src", "href")]
+
+    runs = tmp_path / "runs"
+    for method in ("fedavg", "local_only"):
+        in_process_run([*SMALL, f"strategy={method}"], runs / f"{method} <run>")
+    page_path = tmp_path / "pages" / "index.html"
+    page_path.parent.mkdir()
+    assert main([str(runs), "--html", str(page_path), "--out", str(tmp_path / "t.md")]) == 0
+    page = page_path.read_text()
+    tags = Tags()
+    tags.feed(page)
+    links = [v for k, v in tags.attrs if k == "a.href"]
+    images = [v for k, v in tags.attrs if k == "img.src"]
+    # Relative links, resolved from the page's folder, to each run's own report.
+    assert sorted((page_path.parent / link).resolve() for link in links) == sorted(
+        (runs / f"{m} <run>" / "report.html").resolve() for m in ("fedavg", "local_only")
+    )
+    assert images == ["index.png"] and (page_path.parent / "index.png").stat().st_size > 0
+    assert "fedavg &lt;run&gt;" in page and "<run>" not in page  # run names are escaped
+    assert "<script" not in page and "https://" not in page
+    table = (tmp_path / "t.md").read_text()
+    fedavg_row = next(line for line in table.splitlines() if line.startswith("| fedavg |"))
+    assert '<td>fedavg</td><td class="num">1</td>' in page
+    cells = [c.strip() for c in fedavg_row.strip("|").split("|")]
+    assert "".join(f'<td class="num">{c}</td>' for c in cells[1:]) in page
