@@ -65,7 +65,7 @@ class ReportSpec:
         clients' optimizer settings.
     sparsities, ranks : tuples
         Pruning sparsities and low-rank ranks compared.
-    latency_repeats : int, default 20
+    latency_repeats : int, default 100
         Timed runs per latency (the median is reported).
     """
 
@@ -76,7 +76,7 @@ class ReportSpec:
     teacher_epochs: int = 10
     sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)
     ranks: tuple[int, ...] = (4, 8, 16)
-    latency_repeats: int = 20
+    latency_repeats: int = 100
 
     @classmethod
     def from_config(cls, cfg: Any) -> ReportSpec:

@@ -389,6 +389,7 @@ def student_outputs(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
                 sparsities=spec.sparsities,
                 ranks=spec.ranks,
                 repeats=spec.latency_repeats,
+                warmup=10,
             )
         except Exception as exc:
             logger.exception("could not run the compression comparison")
