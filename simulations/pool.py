@@ -43,9 +43,14 @@ from simulations.engine import (
 
 logger = logging.getLogger(__name__)
 
-#: Messages queued on one actor at a time: one running, one waiting, so an actor never
+#: Calls queued on one actor at a time: one running, one waiting, so an actor never
 #: idles while the driver handles the previous reply.
 PIPELINE_DEPTH = 2
+#: Work one actor call should carry: short messages (a tiny client round) are batched
+#: until a call takes about this long, so Ray's fixed cost per call is paid once per batch;
+#: long ones go one per call, so the end of a round stays balanced across actors.
+BATCH_SECONDS = 0.05
+MAX_BATCH = 32
 #: Longest single wait in ``ray.wait`` before the driver checks for Ctrl-C again.
 WAIT_SLICE_SECONDS = 0.2
 #: The reason a message gets when the actor running it died (the strategy resends it once,
@@ -79,13 +84,33 @@ class ClientWorker:
             reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
         return reply, context.state
 
+    def run_batch(
+        self, metadatas: list[Any], contexts: list[Context], *contents: RecordDict
+    ) -> tuple[list[tuple[Message, RecordDict]], float]:
+        """:meth:`run` for several nodes' messages in one Ray call (their contents are
+        top-level arguments, so Ray resolves them), and the seconds they took."""
+        started = time.perf_counter()
+        results = [
+            self.run(metadata, content, context)
+            for metadata, content, context in zip(metadatas, contents, contexts, strict=True)
+        ]
+        return results, time.perf_counter() - started
+
 
 @dataclass
 class _Task:
     key: int
     node_id: int
-    actor: int
     message: Message
+
+
+@dataclass
+class _Call:
+    """One actor call: the messages it carries, all of one message type."""
+
+    actor: int
+    kind: str
+    tasks: list[_Task]
 
 
 class RayGrid(InlineGrid):
@@ -108,7 +133,9 @@ class RayGrid(InlineGrid):
         self.actors = actors
         self._load = [0] * len(actors)
         self._queue: deque[tuple[int, Message]] = deque()
-        self._inflight: dict[Any, _Task] = {}
+        self._inflight: dict[Any, _Call] = {}
+        # seconds per message, per message type, as the actors report them (batch sizing)
+        self._seconds: dict[str, float] = {}
         self._busy_nodes: set[int] = set()
         self._done: dict[int, Message] = {}
         self._wanted: set[int] = set()
@@ -182,25 +209,45 @@ class RayGrid(InlineGrid):
             self._content_refs[id(content)] = cached
         return cached[1]
 
+    def _batch_size(self, kind: str) -> int:
+        """Messages per call for this message type: enough for :data:`BATCH_SECONDS` of
+        work once their cost is known (one until then), at most a fair share of the queue."""
+        seconds = self._seconds.get(kind)
+        size = 1 if seconds is None else int(BATCH_SECONDS / max(seconds, 1e-4))
+        share = -(-len(self._queue) // max(1, 2 * len(self.actors)))  # ceil
+        return max(1, min(size, MAX_BATCH, share))
+
     def _dispatch(self) -> None:
         waiting: deque[tuple[int, Message]] = deque()
         while self._queue:
-            key, message = self._queue.popleft()
-            node_id = message.metadata.dst_node_id
             usable = [i for i in range(len(self.actors)) if i not in self._suspended]
             actor = min(usable, key=self._load.__getitem__) if usable else -1
             if actor < 0 or self._load[actor] >= PIPELINE_DEPTH:
-                waiting.append((key, message))
                 break
-            if node_id in self._busy_nodes:
-                waiting.append((key, message))
+            kind = self._queue[0][1].metadata.message_type
+            size = self._batch_size(kind)
+            batch: list[_Task] = []
+            while self._queue and len(batch) < size:
+                key, message = self._queue[0]
+                node_id = message.metadata.dst_node_id
+                if message.metadata.message_type != kind:
+                    break
+                self._queue.popleft()
+                if node_id in self._busy_nodes:
+                    waiting.append((key, message))
+                    continue
+                batch.append(_Task(key, node_id, message))
+                self._busy_nodes.add(node_id)
+            if not batch:
                 continue
-            ref = self.actors[actor].run.remote(
-                message.metadata, self._content_ref(message.content), self.contexts[node_id]
+            tasks = batch
+            ref = self.actors[actor].run_batch.remote(
+                [t.message.metadata for t in tasks],
+                [self.contexts[t.node_id] for t in tasks],
+                *(self._content_ref(t.message.content) for t in tasks),
             )
-            self._inflight[ref] = _Task(key, node_id, actor, message)
+            self._inflight[ref] = _Call(actor, kind, tasks)
             self._load[actor] += 1
-            self._busy_nodes.add(node_id)
         waiting.extend(self._queue)
         self._queue = waiting
         if not self._queue and not self._inflight:
@@ -223,30 +270,47 @@ class RayGrid(InlineGrid):
             if ref in self._probes:
                 self._probed(ref)
                 continue
-            task = self._inflight.pop(ref)
-            self._load[task.actor] -= 1
-            self._busy_nodes.discard(task.node_id)
-            reply = self._result(ref, task)
-            if task.key in self._wanted:
-                self._done[task.key] = reply
+            call = self._inflight.pop(ref)
+            self._load[call.actor] -= 1
+            for task, reply in zip(call.tasks, self._results(ref, call), strict=True):
+                self._busy_nodes.discard(task.node_id)
+                if task.key in self._wanted:
+                    self._done[task.key] = reply
         if ready:
             self._dispatch()
 
-    def _result(self, ref: Any, task: _Task) -> Message:
+    def _results(self, ref: Any, call: _Call) -> list[Message]:
+        """The replies of one call, the nodes' states updated; every message of a call
+        whose actor died gets an :data:`ACTOR_DIED` error."""
         import ray
         from ray.exceptions import RayActorError
 
         try:
-            reply, state = ray.get(ref)
+            results, seconds = ray.get(ref)
         except RayActorError as exc:  # the actor's process died (Ray restarts it)
-            logger.warning("the actor running node %s died: %s", task.node_id, type(exc).__name__)
-            self._suspend(task.actor)
-            return Message(
-                Error(code=3, reason=f"{ACTOR_DIED}: the client's process died"),
-                reply_to=task.message,
+            logger.warning(
+                "the actor running nodes %s died: %s",
+                [t.node_id for t in call.tasks],
+                type(exc).__name__,
             )
-        self.contexts[task.node_id].state = state
-        return reply
+            self._suspend(call.actor)
+            return [
+                Message(
+                    Error(code=3, reason=f"{ACTOR_DIED}: the client's process died"),
+                    reply_to=task.message,
+                )
+                for task in call.tasks
+            ]
+        per_message = seconds / len(call.tasks)
+        previous = self._seconds.get(call.kind)
+        self._seconds[call.kind] = (
+            per_message if previous is None else 0.7 * previous + 0.3 * per_message
+        )
+        replies = []
+        for task, (reply, state) in zip(call.tasks, results, strict=True):
+            self.contexts[task.node_id].state = state
+            replies.append(reply)
+        return replies
 
     def _suspend(self, actor: int) -> None:
         if actor not in self._suspended:
