@@ -421,6 +421,20 @@ def plot_privacy(
     return True
 
 
+_COMPRESSION_COLORS = {
+    "student": "tab:blue", "teacher": "black", "int8": "tab:orange",
+    "pruned": "tab:green", "low rank": "tab:purple",
+}  # fmt: skip
+
+
+def _compression_family(method: str) -> str:
+    """``teacher_pruned_80`` -> ``pruned`` (the families of fedkd.compression's methods)."""
+    for marker, family in (("pruned", "pruned"), ("low_rank", "low rank"), ("int8", "int8")):
+        if marker in method:
+            return family
+    return method if method in _COMPRESSION_COLORS else "teacher"
+
+
 def plot_compression(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
     """Accuracy against serialized size for the student, the teacher and each compressed
     teacher (``report.compression``). False when the run has no comparison."""
@@ -429,30 +443,23 @@ def plot_compression(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     try:
-        families = {"student": "tab:blue", "teacher": "black", "int8": "tab:orange"}
         for row in rows:
             method = str(row["method"])
-            family = (
-                "pruned" if "pruned" in method else "low rank" if "low_rank" in method
-                else "int8" if "int8" in method else method
-            )  # fmt: skip
-            color = families.get(family, "tab:green" if family == "pruned" else "tab:purple")
-            marker = "*" if method == "student" else "o"
+            family = _compression_family(method)
             ax.scatter(
-                row["size_bytes"] / 1e3, row["accuracy"], color=color, marker=marker,
-                s=120 if method == "student" else 40, zorder=3,
+                row["size_bytes"] / 1e3, row["accuracy"], color=_COMPRESSION_COLORS[family],
+                marker="*" if family == "student" else "o",
+                s=120 if family == "student" else 40, zorder=3,
             )  # fmt: skip
             ax.annotate(
                 method.removeprefix("teacher_"), (row["size_bytes"] / 1e3, row["accuracy"]),
                 textcoords="offset points", xytext=(4, 4), fontsize=7,
             )  # fmt: skip
+        for family, color in _COMPRESSION_COLORS.items():  # legend: one entry per family
+            marker = "*" if family == "student" else "o"
+            ax.scatter([], [], color=color, marker=marker, label=family)
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-        for label, color in (
-            ("student", "tab:blue"), ("teacher", "black"), ("int8", "tab:orange"),
-            ("pruned", "tab:green"), ("low rank", "tab:purple"),
-        ):  # fmt: skip
-            ax.scatter([], [], color=color, marker="*" if label == "student" else "o", label=label)
         _finish_axes(ax, xlabel="serialized size (KB, log scale)", ylabel="test accuracy")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

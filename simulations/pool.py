@@ -36,6 +36,7 @@ from fedkd.errors import ConfigError
 from fedkd.interrupt import RunInterrupted, check_stop, clear_stop, stop_requested
 from simulations.engine import (
     InlineGrid,
+    backend_config,
     install_sigint_handler,
     set_ray_environment,
     set_task_identity,
@@ -240,13 +241,12 @@ class RayGrid(InlineGrid):
                 self._busy_nodes.add(node_id)
             if not batch:
                 continue
-            tasks = batch
             ref = self.actors[actor].run_batch.remote(
-                [t.message.metadata for t in tasks],
-                [self.contexts[t.node_id] for t in tasks],
-                *(self._content_ref(t.message.content) for t in tasks),
+                [t.message.metadata for t in batch],
+                [self.contexts[t.node_id] for t in batch],
+                *(self._content_ref(t.message.content) for t in batch),
             )
-            self._inflight[ref] = _Call(actor, kind, tasks)
+            self._inflight[ref] = _Call(actor, kind, batch)
             self._load[actor] += 1
         waiting.extend(self._queue)
         self._queue = waiting
@@ -387,8 +387,6 @@ def run_on_pool(
     """Run the apps on a :class:`RayGrid`: a local Ray instance, or the cluster at
     ``backend.address``. Actors are removed afterwards; a local Ray is shut down."""
     import ray
-
-    from simulations.engine import backend_config
 
     set_ray_environment()
     config = backend_config(backend)

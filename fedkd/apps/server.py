@@ -324,7 +324,7 @@ def run_federation(
                 status, stopped_reason = "stopped", str(exc)
                 logger.warning("%s", exc)
         privacy = privacy_summary(plan, grid, run_dir)
-        final_student = student_outputs(plan, run_dir)
+        final_student = student_outputs(plan, run_dir, writer.report)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -353,11 +353,10 @@ def run_federation(
     return summary
 
 
-def student_outputs(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
+def student_outputs(plan: RunPlan, run_dir: Path, spec: ReportSpec) -> dict[str, Any]:
     """What the ``report`` block asks for on the final student: its export (``export``) and
     the compression comparison (``compression``). Keys for ``summary.json``; a failure is
     logged and recorded as ``<key>_error`` instead of losing the run's results."""
-    spec = ReportSpec.from_config(plan.config.get("report"))
     if not plan.strategy.has_student:
         return {}
     import copy
