@@ -1,0 +1,76 @@
+"""A real Flower deployment on 127.0.0.1; ``python -m simulations.deploy_local`` runs it."""
+
+from simulations.deploy.errors import DeployError, DeployInterrupted
+from simulations.deploy.options import (
+    DEFAULT_NODES,
+    DEFAULT_TIMEOUT_SECONDS,
+    DEPLOY_PREFIX,
+    DeployOptions,
+    run_config_argument,
+    settle_num_clients,
+    split_arguments,
+    validate_config,
+)
+from simulations.deploy.orchestrate import (
+    REPO_ROOT,
+    DeployResult,
+    deploy,
+    main,
+    node_config,
+    write_node_data,
+)
+from simulations.deploy.pki import (
+    CERT_FILES,
+    Credentials,
+    NodeKey,
+    load_certificates,
+    make_certificates,
+    make_node_key,
+)
+from simulations.deploy.processes import (
+    CHILD_EXIT_SECONDS,
+    CONNECTION,
+    STARTUP_TIMEOUT_SECONDS,
+    STOP_GRACE_SECONDS,
+    LocalFederation,
+    ProcessRecord,
+    check_port_free,
+    free_port,
+    free_ports,
+    write_cli_config,
+)
+
+__all__ = [
+    "CERT_FILES",
+    "CHILD_EXIT_SECONDS",
+    "CONNECTION",
+    "DEFAULT_NODES",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "DEPLOY_PREFIX",
+    "REPO_ROOT",
+    "STARTUP_TIMEOUT_SECONDS",
+    "STOP_GRACE_SECONDS",
+    "Credentials",
+    "DeployError",
+    "DeployInterrupted",
+    "DeployOptions",
+    "DeployResult",
+    "LocalFederation",
+    "NodeKey",
+    "ProcessRecord",
+    "check_port_free",
+    "deploy",
+    "free_port",
+    "free_ports",
+    "load_certificates",
+    "main",
+    "make_certificates",
+    "make_node_key",
+    "node_config",
+    "run_config_argument",
+    "settle_num_clients",
+    "split_arguments",
+    "validate_config",
+    "write_cli_config",
+    "write_node_data",
+]

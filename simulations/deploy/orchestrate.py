@@ -1,0 +1,313 @@
+"""The end-to-end local deployment (:func:`deploy`) and the command line (:func:`main`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedkd.errors import ConfigError
+from fedkd.results import check_fresh_run_dir
+from simulations.deploy.errors import DeployError
+from simulations.deploy.options import (
+    DEFAULT_TIMEOUT_SECONDS,
+    run_config_argument,
+    settle_num_clients,
+    split_arguments,
+    validate_config,
+)
+from simulations.deploy.pki import NodeKey, load_certificates, make_certificates, make_node_key
+from simulations.deploy.processes import (
+    CONNECTION,
+    STARTUP_TIMEOUT_SECONDS,
+    LocalFederation,
+    ProcessRecord,
+    _alive,
+    _signals_raise,
+    check_port_free,
+    free_port,
+    free_ports,
+)
+
+# The original single-module name, so log lines read as before the split.
+logger = logging.getLogger("simulations.deploy_local")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class DeployResult:
+    """What one deployment produced.
+
+    ``status`` is Flower's final run status without the ``finished:`` prefix
+    (``completed``, ``failed``, ``stopped``), or ``timeout``; ``summary`` is the run
+    directory's ``summary.json`` (``None`` when the ServerApp never wrote one).
+    """
+
+    status: str
+    run_id: int | None
+    run_dir: Path
+    summary: dict[str, Any] | None
+    node_ids: list[int]
+    logs_dir: Path
+    workdir: Path
+    status_details: str = ""
+    processes: list[ProcessRecord] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Flower finished the run as completed and the ServerApp's summary agrees."""
+        return (
+            self.status == "completed"
+            and self.summary is not None
+            and self.summary.get("status") == "completed"
+        )
+
+
+# ---------------------------------------------------------------------------- deploy
+
+
+def deploy(
+    overrides: Sequence[str],
+    *,
+    nodes: int | None = None,
+    port: int | None = None,
+    out_dir: Path | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    workdir: Path | None = None,
+    certs_dir: Path | None = None,
+    data_files: bool = False,
+    node_data: dict[int, Path] | None = None,
+    echo: bool = False,
+    on_ready: Callable[[LocalFederation], None] | None = None,
+) -> DeployResult:
+    """Validate the config, deploy SuperLink + ``nodes`` SuperNodes on 127.0.0.1, run once.
+
+    Parameters
+    ----------
+    overrides : sequence of str
+        Hydra overrides, as for ``python -m simulations.run``.
+    nodes : int, optional
+        Number of SuperNodes; must equal ``num_clients`` (see :func:`settle_num_clients`).
+    port : int, optional
+        The SuperLink's port; default a free one.
+    out_dir : Path, optional
+        The run directory; default ``outputs/deploy-<timestamp>``.
+    timeout_seconds : float, default 600
+        For the whole deployment; an unfinished run ends with status ``timeout``.
+    workdir : Path, optional
+        Kept afterwards. Default: a temporary directory, removed when the run completed.
+    certs_dir : Path, optional
+        ``ca.crt``, ``server.crt``, ``server.key`` to use instead of a throwaway CA.
+    data_files : bool, default False
+        Write each node's partition to its own data file and pass it as ``data-file``.
+    node_data : dict, optional
+        ``{node index: path}``: a data file for that node (overrides ``data_files``).
+    echo : bool, default False
+        Print ``flwr run --stream``'s output as it arrives.
+    on_ready : callable, optional
+        Called with the federation once every SuperNode is connected, before the submit.
+
+    Raises
+    ------
+    ConfigError
+        Bad overrides or options, before any process starts.
+    DeployError
+        A step failed (message names it); every started process has been stopped.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_seconds
+    overrides, nodes = settle_num_clients(overrides, nodes)
+    cfg = validate_config(overrides)
+    if port is not None:
+        check_port_free(port)
+    run_dir = (out_dir or Path("outputs") / f"deploy-{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    check_fresh_run_dir(run_dir)  # an existing run's results are never overwritten
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        raise DeployError(f"no pyproject.toml in {REPO_ROOT}: the Flower app must be a checkout")
+    temporary = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="fedkd-deploy-")) if workdir is None else workdir
+    work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()
+    completed = False
+    try:
+        run_config = run_config_argument(overrides, run_dir, spill_dir=work)
+        credentials = (
+            load_certificates(certs_dir)
+            if certs_dir is not None
+            else make_certificates(work / "certs")
+        )
+        keys = [make_node_key(work / "keys", f"node-{i}") for i in range(nodes)]
+        files = write_node_data(cfg, work / "data") if data_files else {}
+        files.update(node_data or {})
+        node_configs = [node_config(i, nodes, files.get(i)) for i in range(nodes)]
+        federation = LocalFederation(
+            work, port=free_port() if port is None else port, credentials=credentials, echo=echo
+        )
+        with _signals_raise(), federation:
+            result = _run_federation(
+                federation,
+                keys,
+                node_configs,
+                run_config,
+                run_dir,
+                deadline=deadline,
+                on_ready=on_ready,
+            )
+        result.processes = list(federation.records.values())
+        still_alive = [r.pid for r in result.processes if _alive(r.pid)]
+        if still_alive:
+            raise DeployError(f"processes still alive after shutdown: {still_alive}")
+        result.wall_seconds = time.monotonic() - started
+        completed = result.ok
+        return result
+    finally:
+        if temporary and completed:
+            shutil.rmtree(work, ignore_errors=True)
+        elif temporary:
+            print(f"fedkd deploy: kept the work directory {work} (logs in {work / 'logs'})",
+                  file=sys.stderr)  # fmt: skip
+
+
+def node_config(index: int, nodes: int, data_file: Path | None) -> str:
+    """A SuperNode's ``--node-config``: its partition id, and its data file when it has one."""
+    config = f"partition-id={index} num-partitions={nodes}"
+    if data_file is not None:
+        config += f' data-file="{Path(data_file).resolve()}"'
+    return config
+
+
+def write_node_data(cfg: dict[str, Any], directory: Path) -> dict[int, Path]:
+    """Each client's partition of the run's dataset as ``node-<i>.npz`` (what a real client
+    would hold), so the deployed ClientApps train from their own files."""
+    from fedkd.apps.server import build_setup
+    from fedkd.data import get_federated_data, write_local_data
+
+    setup = build_setup(cfg)
+    data = get_federated_data(**setup.data_kwargs())
+    return {
+        index: write_local_data(
+            directory / f"node-{index}.npz", data.train_x[rows], data.train_y[rows]
+        )
+        for index, rows in enumerate(data.partitions)
+    }
+
+
+def _run_federation(
+    federation: LocalFederation,
+    keys: list[NodeKey],
+    node_configs: list[str],
+    run_config: str,
+    run_dir: Path,
+    *,
+    deadline: float,
+    on_ready: Callable[[LocalFederation], None] | None,
+) -> DeployResult:
+    def left() -> float:
+        return max(1.0, deadline - time.monotonic())
+
+    nodes, started = len(keys), time.monotonic()
+    federation.start_superlink(timeout=min(STARTUP_TIMEOUT_SECONDS, left()))
+    logger.info("SuperLink listening on 127.0.0.1:%s after %.1f s", federation.port,
+                time.monotonic() - started)  # fmt: skip
+    node_ids = [federation.register(key) for key in keys]
+    ports = free_ports(nodes, exclude=[federation.port])
+    for i, (key, config, port) in enumerate(zip(keys, node_configs, ports, strict=True)):
+        federation.start_supernode(f"node-{i}", key, node_config=config, port=port)
+    for i, registered in enumerate(node_ids):
+        connected = federation.wait_connected(
+            f"node-{i}", timeout=min(STARTUP_TIMEOUT_SECONDS, left())
+        )
+        if connected != registered:
+            logger.warning("node-%s connected as %s, registered as %s", i, connected, registered)
+    logger.info("%s SuperNodes registered and connected after %.1f s", nodes,
+                time.monotonic() - started)  # fmt: skip
+    if on_ready is not None:
+        on_ready(federation)
+    run_id, _ = federation.submit(REPO_ROOT, run_config, timeout=left())
+    logger.info("run %s stream ended after %.1f s", run_id, time.monotonic() - started)
+    if time.monotonic() >= deadline:
+        status: dict[str, Any] = {"status": "timeout", "status-details": "deploy.timeout reached"}
+        if run_id is not None:
+            federation.flwr("stop", str(run_id), CONNECTION)
+    else:
+        status = federation.wait_finished(run_id, timeout=min(30.0, left()))
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    flower_status = str(status.get("status", "unknown"))
+    return DeployResult(
+        status=flower_status.removeprefix("finished:"),
+        run_id=run_id if run_id is not None else _int_or_none(status.get("run-id")),
+        run_dir=run_dir,
+        summary=summary,
+        node_ids=node_ids,
+        logs_dir=federation.logs_dir,
+        workdir=federation.workdir,
+        status_details=str(status.get("status-details", "")),
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def _print_summary(result: DeployResult) -> None:
+    summary = result.summary or {}
+    final = summary.get("final", {}) if isinstance(summary.get("final"), dict) else {}
+    accuracy = final.get("student_accuracy")
+    lines = [
+        f"fedkd deploy: run {result.run_id} {result.status}"
+        + (f" ({result.status_details})" if result.status_details and not result.ok else ""),
+        f"  nodes          {len(result.node_ids)} SuperNodes (ids {result.node_ids})",
+        f"  run directory  {result.run_dir}",
+        f"  summary        {summary.get('status', 'missing')}, "
+        f"{summary.get('rounds_completed', '?')} rounds",
+        "  student acc.   " + (f"{accuracy:.1%}" if isinstance(accuracy, int | float) else "n/a"),
+        f"  wall time      {result.wall_seconds:.1f} s",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (0 only for a completed run)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides, options = split_arguments(sys.argv[1:] if argv is None else argv)
+        result = deploy(
+            overrides,
+            nodes=options.nodes,
+            port=options.port,
+            out_dir=options.out_dir,
+            timeout_seconds=options.timeout_seconds,
+            workdir=options.workdir,
+            certs_dir=options.certs_dir,
+            data_files=options.data_files,
+            echo=True,
+        )
+    except ConfigError as exc:
+        print(f"fedkd deploy: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except DeployError as exc:
+        print(f"fedkd deploy: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:  # DeployInterrupted, or Ctrl-C before it was armed
+        print(f"fedkd deploy: interrupted ({exc}); every started process was stopped",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    _print_summary(result)
+    return 0 if result.ok else 1
