@@ -3,7 +3,10 @@
 from fedkd.distill.loop import DistillReport, agreement, distill
 from fedkd.distill.losses import LOSS_NAMES, LOSSES, KDLoss, build_loss, loss_options
 from fedkd.distill.targets import (
+    TARGET_RULE_REGISTRY,
     TARGET_RULES,
+    RuleOption,
+    TargetRule,
     confidence_targets,
     ensemble_accuracy,
     entropy_targets,
@@ -11,11 +14,14 @@ from fedkd.distill.targets import (
     label_aware_targets,
     mean_targets,
     median_targets,
+    register_target_rule,
     robust_mean_targets,
     size_weighted_targets,
+    target_rule_names,
     target_rule_options,
     teacher_targets,
     trimmed_mean_targets,
+    unregister_target_rule,
     validate_target_rule,
 )
 
@@ -23,8 +29,11 @@ __all__ = [
     "LOSSES",
     "LOSS_NAMES",
     "TARGET_RULES",
+    "TARGET_RULE_REGISTRY",
     "DistillReport",
     "KDLoss",
+    "RuleOption",
+    "TargetRule",
     "agreement",
     "build_loss",
     "confidence_targets",
@@ -36,10 +45,13 @@ __all__ = [
     "loss_options",
     "mean_targets",
     "median_targets",
+    "register_target_rule",
     "robust_mean_targets",
     "size_weighted_targets",
+    "target_rule_names",
     "target_rule_options",
     "teacher_targets",
     "trimmed_mean_targets",
+    "unregister_target_rule",
     "validate_target_rule",
 ]

@@ -4,9 +4,15 @@ The *teacher-target rules* below turn the clients' probability outputs on a shar
 set, a ``(K, N, C)`` array ``p`` with ``p[k, n]`` client ``k``'s probability vector for
 example ``n``, into one ``(N, C)`` target matrix for the student. Every rule is a (possibly
 per-example or per-class) convex combination of the clients, or a sharpened average, and
-every returned row sums to 1. :func:`teacher_targets` dispatches on the config name
-(``aggregation.name``, one of :data:`TARGET_RULES`); :func:`validate_target_rule` checks
-a rule name and its options without data, for config validation.
+every returned row sums to 1.
+
+Each rule is one :class:`~fedkd.distill.target_registry.TargetRule` entry in
+:data:`BUILTIN_TARGET_RULES`: name, function, options with defaults and ranges, and whether
+it needs the clients' ``num_examples`` or ``label_histograms``. From the registry derive
+:data:`TARGET_RULES`, :func:`target_rule_options`, :func:`validate_target_rule` (checks a
+rule name and its options without data, for config validation) and the dispatch of
+:func:`teacher_targets` on the config name ``aggregation.name``. To add a rule, write its
+function ``_name(probs, **options)`` and append one entry.
 
 Three rules are *robust* to a minority of clients sending poisoned predictions:
 ``median`` (coordinate-wise median over clients), ``trimmed_mean`` (coordinate-wise mean
@@ -19,80 +25,47 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from fedkd.errors import ConfigError
-
-logger = logging.getLogger(__name__)
-
-_ROW_SUM_TOL = 1e-3
-
-TARGET_RULES: tuple[str, ...] = (
-    "mean",
-    "size_weighted",
-    "confidence",
-    "entropy",
-    "label_aware",
-    "era",
-    "median",
-    "trimmed_mean",
-    "robust_mean",
+from fedkd.distill.target_registry import (
+    TARGET_RULE_REGISTRY,
+    RuleOption,
+    TargetRule,
+    register_target_rule,
+    target_rule_names,
+    target_rule_options,
+    teacher_targets,
+    unregister_target_rule,
+    validate_target_rule,
 )
 
-# Per rule: option name -> (default, lower bound, lower bound inclusive?[, upper bound,
-# exclusive]).
-_OPTION_SPECS: dict[str, dict[str, tuple[float, ...]]] = {
-    "mean": {},
-    "size_weighted": {},
-    "confidence": {"power": (1.0, 0.0, True)},
-    "entropy": {"floor": (1e-6, 0.0, False)},
-    "label_aware": {"smoothing": (1.0, 0.0, True)},
-    "era": {"temperature": (0.1, 0.0, False)},
-    "median": {},
-    "trimmed_mean": {"trim": (0.2, 0.0, True, 0.5)},
-    "robust_mean": {"threshold": (0.2, 0.0, False)},
-}
+__all__ = [
+    "BUILTIN_TARGET_RULES",
+    "TARGET_RULES",
+    "TARGET_RULE_REGISTRY",
+    "RuleOption",
+    "TargetRule",
+    "confidence_targets",
+    "ensemble_accuracy",
+    "entropy_targets",
+    "era_targets",
+    "label_aware_targets",
+    "mean_targets",
+    "median_targets",
+    "register_target_rule",
+    "robust_mean_targets",
+    "size_weighted_targets",
+    "target_rule_names",
+    "target_rule_options",
+    "teacher_targets",
+    "trimmed_mean_targets",
+    "unregister_target_rule",
+    "validate_target_rule",
+]
 
-
-def _stack(client_probs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    if not isinstance(client_probs, np.ndarray):
-        arrays = [np.asarray(p) for p in client_probs]
-        if not arrays:
-            raise ValueError("client_probs is empty: need at least one client")
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise ValueError(
-                "all clients' probability arrays must have equal shapes, got "
-                f"{[a.shape for a in arrays]}"
-            )
-        client_probs = np.stack(arrays)
-    if client_probs.ndim != 3:
-        raise ValueError(
-            "client_probs must be 3-D (K clients, N examples, C classes), got shape "
-            f"{client_probs.shape}"
-        )
-    k, n, c = client_probs.shape
-    if k == 0 or n == 0 or c == 0:
-        raise ValueError(f"client_probs must have K, N, C >= 1, got shape {client_probs.shape}")
-    return client_probs
-
-
-def _probs(client_probs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """Stack, check and return ``client_probs`` as a float64 ``(K, N, C)`` array."""
-    probs = _stack(client_probs).astype(np.float64, copy=False)
-    if not np.all(np.isfinite(probs)) or np.any(probs < 0):
-        raise ValueError("client_probs must be finite and non-negative (probabilities, not logits)")
-    sums = probs.sum(axis=2)
-    if np.any(np.abs(sums - 1.0) > _ROW_SUM_TOL):
-        worst = float(np.max(np.abs(sums - 1.0)))
-        raise ValueError(
-            f"client_probs rows must sum to 1 (probabilities); max deviation {worst:.3g}"
-        )
-    return probs
+logger = logging.getLogger(__name__)
 
 
 def _finish(targets: np.ndarray) -> np.ndarray:
@@ -105,77 +78,6 @@ def _weighted(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``sum_k w_kn p_kn / sum_k w_kn`` for ``(K, N)`` weights with positive column sums."""
     weights = weights / weights.sum(axis=0, keepdims=True)
     return _finish(np.einsum("kn,knc->nc", weights, probs))
-
-
-def _is_real(value: Any) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _check_option(rule: str, key: str, value: Any) -> float:
-    """Check one option of ``rule`` against its range; return it as a float."""
-    spec = _OPTION_SPECS[rule][key]
-    low, inclusive = spec[1], bool(spec[2])
-    high = spec[3] if len(spec) > 3 else math.inf
-    ok = (
-        _is_real(value)
-        and (float(value) >= low if inclusive else float(value) > low)
-        and float(value) < high
-    )
-    if not ok:
-        relation = ">=" if inclusive else ">"
-        bound = f" and < {high:g}" if math.isfinite(high) else ""
-        raise ConfigError(
-            f"aggregation.{key} must be a finite number {relation} {low:g}{bound} for "
-            f"aggregation.name={rule!r}, got {value!r}"
-        )
-    return float(value)
-
-
-def target_rule_options(rule: str) -> dict[str, float]:
-    """Return the options accepted by target rule ``rule`` with their defaults.
-
-    Raises
-    ------
-    ConfigError
-        If ``rule`` is not in :data:`TARGET_RULES` (key ``aggregation.name``).
-    """
-    if not isinstance(rule, str) or rule not in _OPTION_SPECS:
-        raise ConfigError(f"aggregation.name must be one of {list(TARGET_RULES)}, got {rule!r}")
-    return {key: spec[0] for key, spec in _OPTION_SPECS[rule].items()}
-
-
-def validate_target_rule(rule: str, **options: Any) -> None:
-    """Check a rule name, its option names and option ranges, without any data.
-
-    YAML: ``aggregation: {name: era, temperature: 0.1}`` ->
-    ``validate_target_rule("era", temperature=0.1)``. Data-dependent requirements
-    (``num_examples`` for ``size_weighted``, ``label_histograms`` for ``label_aware``) are
-    checked by :func:`teacher_targets`.
-
-    Raises
-    ------
-    ConfigError
-        Unknown ``aggregation.name`` (message lists :data:`TARGET_RULES`), unknown option
-        ``aggregation.<option>`` (message lists the allowed ones) or an option value out of
-        range (``aggregation.<option>``).
-    """
-    _resolve_options(rule, options)
-
-
-def _resolve_options(rule: str, options: Mapping[str, Any]) -> dict[str, float]:
-    defaults = target_rule_options(rule)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"aggregation.{unknown[0]}: unknown option(s) {unknown} for "
-            f"aggregation.name={rule!r}; allowed options: {list(defaults)}"
-        )
-    resolved = {**defaults, **options}
-    return {key: _check_option(rule, key, value) for key, value in resolved.items()}
 
 
 def mean_targets(client_probs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -205,24 +107,11 @@ def mean_targets(client_probs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         If the input is not 3-D / shapes differ, contains non-finite or negative values,
         or has rows that do not sum to 1 (within 1e-3), e.g. logits passed by mistake.
     """
-    return _finish(_probs(client_probs).mean(axis=0))
+    return teacher_targets(client_probs, rule="mean")
 
 
-def _num_examples(num_examples: np.ndarray | Sequence[float] | None, k: int) -> np.ndarray:
-    if num_examples is None:
-        raise ValueError(
-            "rule 'size_weighted' needs num_examples, the (K,) clients' training-set sizes"
-        )
-    sizes = np.asarray(num_examples, dtype=np.float64)
-    if sizes.shape != (k,):
-        raise ValueError(
-            f"num_examples must have shape ({k},) (one size per client), got {sizes.shape}"
-        )
-    if not np.all(np.isfinite(sizes)) or np.any(sizes < 0):
-        raise ValueError(f"num_examples must be finite and non-negative, got {sizes.tolist()}")
-    if sizes.sum() <= 0:
-        raise ValueError("num_examples are all zero: no client has any training examples")
-    return sizes
+def _mean(probs: np.ndarray) -> np.ndarray:
+    return _finish(probs.mean(axis=0))
 
 
 def size_weighted_targets(
@@ -258,13 +147,11 @@ def size_weighted_targets(
         As :func:`mean_targets`, or if ``num_examples`` is missing, not ``(K,)``,
         non-finite, negative or all zero.
     """
-    probs = _probs(client_probs)
-    sizes = _num_examples(num_examples, probs.shape[0])
-    return _size_weighted(probs, sizes)
+    return teacher_targets(client_probs, rule="size_weighted", num_examples=num_examples)
 
 
-def _size_weighted(probs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    weights = np.broadcast_to(sizes[:, None], probs.shape[:2])
+def _size_weighted(probs: np.ndarray, num_examples: np.ndarray) -> np.ndarray:
+    weights = np.broadcast_to(num_examples[:, None], probs.shape[:2])
     return _weighted(probs, weights)
 
 
@@ -306,8 +193,7 @@ def confidence_targets(
     ValueError
         As :func:`mean_targets`.
     """
-    gamma = _check_option("confidence", "power", power)
-    return _confidence(_probs(client_probs), gamma)
+    return teacher_targets(client_probs, rule="confidence", power=power)
 
 
 def _confidence(probs: np.ndarray, power: float) -> np.ndarray:
@@ -354,8 +240,7 @@ def entropy_targets(
     ValueError
         As :func:`mean_targets`.
     """
-    eps = _check_option("entropy", "floor", floor)
-    return _entropy(_probs(client_probs), eps)
+    return teacher_targets(client_probs, rule="entropy", floor=floor)
 
 
 def _entropy(probs: np.ndarray, floor: float) -> np.ndarray:
@@ -363,21 +248,6 @@ def _entropy(probs: np.ndarray, floor: float) -> np.ndarray:
     entropy = -(probs * np.log(safe)).sum(axis=2)
     weights = np.maximum(math.log(probs.shape[2]) - entropy, floor)
     return _weighted(probs, weights)
-
-
-def _label_histograms(label_histograms: np.ndarray | None, k: int, c: int) -> np.ndarray:
-    if label_histograms is None:
-        raise ValueError(
-            "rule 'label_aware' needs label_histograms, the (K, C) clients' label counts"
-        )
-    hist = np.asarray(label_histograms, dtype=np.float64)
-    if hist.shape != (k, c):
-        raise ValueError(
-            f"label_histograms must have shape ({k}, {c}) (K clients, C classes), got {hist.shape}"
-        )
-    if not np.all(np.isfinite(hist)) or np.any(hist < 0):
-        raise ValueError("label_histograms must be finite and non-negative counts")
-    return hist
 
 
 def label_aware_targets(
@@ -425,14 +295,13 @@ def label_aware_targets(
         As :func:`mean_targets`, or if ``label_histograms`` is missing, not ``(K, C)``,
         non-finite or negative.
     """
-    s = _check_option("label_aware", "smoothing", smoothing)
-    probs = _probs(client_probs)
-    hist = _label_histograms(label_histograms, probs.shape[0], probs.shape[2])
-    return _label_aware(probs, hist, s)
+    return teacher_targets(
+        client_probs, rule="label_aware", label_histograms=label_histograms, smoothing=smoothing
+    )
 
 
-def _label_aware(probs: np.ndarray, hist: np.ndarray, smoothing: float) -> np.ndarray:
-    weights = hist + smoothing
+def _label_aware(probs: np.ndarray, label_histograms: np.ndarray, smoothing: float) -> np.ndarray:
+    weights = label_histograms + smoothing
     unseen = weights.sum(axis=0) <= 0
     if np.any(unseen):
         logger.debug("label_aware: classes %s have no weight; using equal weights", unseen)
@@ -486,8 +355,7 @@ def era_targets(
     ValueError
         As :func:`mean_targets`.
     """
-    t = _check_option("era", "temperature", temperature)
-    return _era(_probs(client_probs), t)
+    return teacher_targets(client_probs, rule="era", temperature=temperature)
 
 
 def _era(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -510,7 +378,10 @@ def median_targets(client_probs: np.ndarray | Sequence[np.ndarray]) -> np.ndarra
     Any minority of clients, whatever they send, moves each coordinate at most to the
     range of the honest values. YAML: ``aggregation: {name: median}``.
     """
-    probs = _probs(client_probs)
+    return teacher_targets(client_probs, rule="median")
+
+
+def _median(probs: np.ndarray) -> np.ndarray:
     return _finish_or_mean(np.median(probs, axis=0), probs)
 
 
@@ -522,7 +393,7 @@ def trimmed_mean_targets(
 
     YAML: ``aggregation: {name: trimmed_mean, trim: 0.2}`` with ``0 <= trim < 0.5``.
     """
-    return _trimmed_mean(_probs(client_probs), _check_option("trimmed_mean", "trim", trim))
+    return teacher_targets(client_probs, rule="trimmed_mean", trim=trim)
 
 
 def _trimmed_mean(probs: np.ndarray, trim: float) -> np.ndarray:
@@ -548,7 +419,7 @@ def robust_mean_targets(
     half the accuracy with no attacker); lower it when honest clients agree more.
     YAML: ``aggregation: {name: robust_mean, threshold: 0.2}``.
     """
-    return _robust_mean(_probs(client_probs), _check_option("robust_mean", "threshold", threshold))
+    return teacher_targets(client_probs, rule="robust_mean", threshold=threshold)
 
 
 def _robust_mean(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -569,78 +440,6 @@ def _robust_mean(probs: np.ndarray, threshold: float) -> np.ndarray:
     return _finish(targets)
 
 
-_RuleFn = Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, float]], np.ndarray]
-
-# Registry: name -> rule on validated float64 (K, N, C) probabilities, with num_examples,
-# label_histograms and the resolved options. Adding a rule = a public function, an entry
-# here, one in _OPTION_SPECS and TARGET_RULES, and a configs/aggregation/<name>.yaml.
-_RULES: dict[str, _RuleFn] = {
-    "mean": lambda p, sizes, hist, opts: _finish(p.mean(axis=0)),
-    "size_weighted": lambda p, sizes, hist, opts: _size_weighted(
-        p, _num_examples(sizes, p.shape[0])
-    ),
-    "confidence": lambda p, sizes, hist, opts: _confidence(p, opts["power"]),
-    "entropy": lambda p, sizes, hist, opts: _entropy(p, opts["floor"]),
-    "label_aware": lambda p, sizes, hist, opts: _label_aware(
-        p, _label_histograms(hist, p.shape[0], p.shape[2]), opts["smoothing"]
-    ),
-    "era": lambda p, sizes, hist, opts: _era(p, opts["temperature"]),
-    "median": lambda p, sizes, hist, opts: _finish_or_mean(np.median(p, axis=0), p),
-    "trimmed_mean": lambda p, sizes, hist, opts: _trimmed_mean(p, opts["trim"]),
-    "robust_mean": lambda p, sizes, hist, opts: _robust_mean(p, opts["threshold"]),
-}
-assert tuple(_RULES) == TARGET_RULES == tuple(_OPTION_SPECS)
-
-
-def teacher_targets(
-    client_probs: np.ndarray | Sequence[np.ndarray],
-    *,
-    rule: str = "mean",
-    num_examples: np.ndarray | None = None,
-    label_histograms: np.ndarray | None = None,
-    **options: float,
-) -> np.ndarray:
-    """Aggregate client probabilities into ``(N, C)`` targets with a named rule.
-
-    YAML: ``aggregation: {name: era, temperature: 0.1}`` ->
-    ``teacher_targets(probs, rule="era", temperature=0.1)``. See :func:`mean_targets`,
-    :func:`size_weighted_targets`, :func:`confidence_targets`, :func:`entropy_targets`,
-    :func:`label_aware_targets` and :func:`era_targets` for the formulas and sources.
-
-    Parameters
-    ----------
-    client_probs : np.ndarray or sequence of np.ndarray
-        ``(K, N, C)`` array (K clients, N examples, C classes), rows probability vectors.
-    rule : str, optional
-        One of :data:`TARGET_RULES` (default ``"mean"``). Config key ``aggregation.name``.
-    num_examples : np.ndarray, optional
-        ``(K,)`` clients' training-set sizes; required by ``size_weighted``, ignored by the
-        other rules.
-    label_histograms : np.ndarray, optional
-        ``(K, C)`` clients' label counts; required by ``label_aware``, ignored by the
-        other rules.
-    **options : float
-        The rule's options (see :func:`target_rule_options`); missing ones take their
-        defaults.
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, C)`` float32 targets; every row sums to 1.
-
-    Raises
-    ------
-    ConfigError
-        As :func:`validate_target_rule`.
-    ValueError
-        Bad ``client_probs`` (see :func:`mean_targets`), or ``num_examples`` /
-        ``label_histograms`` missing or malformed for the rule that needs them.
-    """
-    resolved = _resolve_options(rule, options)
-    probs = _probs(client_probs)
-    return _RULES[rule](probs, num_examples, label_histograms, resolved)
-
-
 def ensemble_accuracy(client_probs: np.ndarray | Sequence[np.ndarray], labels: np.ndarray) -> float:
     """Accuracy of the argmax of :func:`mean_targets` against integer ``labels`` ``(N,)``.
 
@@ -654,3 +453,66 @@ def ensemble_accuracy(client_probs: np.ndarray | Sequence[np.ndarray], labels: n
     if y.shape != (mean.shape[0],):
         raise ValueError(f"labels must have shape ({mean.shape[0]},), got {y.shape}")
     return float(np.mean(mean.argmax(axis=1) == y))
+
+
+# --------------------------------------------------------------------------- registry
+
+#: The built-in teacher-target rules, one :class:`TargetRule` each, registered in this order.
+#: Adding a rule = its function above plus one entry here (and, to select it from Hydra, a
+#: ``configs/aggregation/<name>.yaml``); a public ``<name>_targets`` wrapper is optional.
+BUILTIN_TARGET_RULES: tuple[TargetRule, ...] = (
+    TargetRule(name="mean", fn=_mean, summary="plain average over clients (Hinton et al. 2015)"),
+    TargetRule(
+        name="size_weighted",
+        fn=_size_weighted,
+        needs_num_examples=True,
+        summary="average weighted by the clients' training-set sizes (FedAvg-style)",
+    ),
+    TargetRule(
+        name="confidence",
+        fn=_confidence,
+        options={"power": RuleOption(1.0, low=0.0)},
+        summary="per-example weights (max_c p)^power (FedET)",
+    ),
+    TargetRule(
+        name="entropy",
+        fn=_entropy,
+        options={"floor": RuleOption(1e-6, low=0.0, low_inclusive=False)},
+        summary="per-example weights max(log C - entropy, floor)",
+    ),
+    TargetRule(
+        name="label_aware",
+        fn=_label_aware,
+        options={"smoothing": RuleOption(1.0, low=0.0)},
+        needs_label_histograms=True,
+        summary="per-class weights label count + smoothing (cf. FedHKD)",
+    ),
+    TargetRule(
+        name="era",
+        fn=_era,
+        options={"temperature": RuleOption(0.1, low=0.0, low_inclusive=False)},
+        summary="softmax(mean probabilities / temperature) (DS-FL ERA)",
+    ),
+    TargetRule(
+        name="median",
+        fn=_median,
+        summary="coordinate-wise median over clients, robust (Yin et al. 2018)",
+    ),
+    TargetRule(
+        name="trimmed_mean",
+        fn=_trimmed_mean,
+        options={"trim": RuleOption(0.2, low=0.0, high=0.5)},
+        summary="coordinate-wise trimmed mean, robust (Yin et al. 2018)",
+    ),
+    TargetRule(
+        name="robust_mean",
+        fn=_robust_mean,
+        options={"threshold": RuleOption(0.2, low=0.0, low_inclusive=False)},
+        summary="spectral-filtering robust mean (Cronus)",
+    ),
+)
+for _rule in BUILTIN_TARGET_RULES:
+    register_target_rule(_rule)
+
+#: Names of the built-in rules (snapshot at import; :func:`target_rule_names` is live).
+TARGET_RULES: tuple[str, ...] = tuple(rule.name for rule in BUILTIN_TARGET_RULES)
