@@ -11,7 +11,14 @@ from flwr.serverapp import Grid
 
 from fedkd.errors import ConfigError
 from fedkd.train import train_local
-from strategies.base import FedKDStrategy, RunAssets, round_seed, student_arrays
+from strategies.base import (
+    ClientReply,
+    FedKDStrategy,
+    RoundState,
+    RunAssets,
+    round_seed,
+    student_arrays,
+)
 
 
 class Centralized(FedKDStrategy):
@@ -91,7 +98,7 @@ class Centralized(FedKDStrategy):
         )
         return student_arrays(self.assets.student), MetricRecord({"train-loss": report.loss})
 
-    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+    def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Unused: :meth:`aggregate_train` trains directly."""
         return student_arrays(self.assets.student)
 

@@ -6,11 +6,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord
 
-from fedkd import keys
 from fedkd.errors import ConfigError
-from strategies.base import FedKDStrategy, RunAssets
+from fedkd.wire import keys
+from fedkd.wire.payloads import LabelLogits
+from strategies.base import ClientReply, FedKDStrategy, RoundState, RunAssets
 
 
 class FD(FedKDStrategy):
@@ -47,10 +48,9 @@ class FD(FedKDStrategy):
     (``label-logits``, ``label-counts``), ``fd-beta``, ``fd-temperature``.
     """
 
+    payloads = (LabelLogits.name,)
     sends_weights = False
-    regularizes_local_training = True
     keeps_client_models = True
-    shares_label_logits = True
     forms_ensemble = True
 
     def __init__(
@@ -77,11 +77,10 @@ class FD(FedKDStrategy):
             keys.FD_TEMPERATURE: self.temperature,
         }
 
-    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+    def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Count-weighted global per-label logits; the student learns from them."""
-        shared = [r.content.array_records[keys.PREDICTIONS] for r in replies]
-        logits = np.stack([s[keys.LABEL_LOGITS].numpy() for s in shared]).astype(np.float64)
-        counts = np.stack([s[keys.LABEL_COUNTS].numpy() for s in shared]).astype(np.float64)
+        logits = np.stack([r.values[LabelLogits.name][0] for r in replies])
+        counts = np.stack([r.values[LabelLogits.name][1] for r in replies])
         global_logits, total_counts = global_label_logits(logits, counts)
         self.round_targets = ArrayRecord(
             {
@@ -89,15 +88,15 @@ class FD(FedKDStrategy):
                 keys.LABEL_COUNTS: Array(total_counts.astype(np.float32)),
             }
         )
-        self.targets_round = server_round
+        self.targets_round = state.server_round
 
         data = self.assets.data
-        proxy_y = data.proxy_y[self.proxy_indices]  # type: ignore[index]
+        proxy_y = data.proxy_y[state.proxy_indices]  # type: ignore[index]
         soft = torch.softmax(torch.from_numpy(global_logits) / self.temperature, dim=1).numpy()
         onehot = np.eye(data.num_classes)
         per_label = np.where((total_counts > 0)[:, None], soft, onehot).astype(np.float32)
         self.distill_student(
-            server_round, data.proxy_x[self.proxy_indices], per_label[proxy_y], labels=proxy_y
+            state, data.proxy_x[state.proxy_indices], per_label[proxy_y], labels=proxy_y
         )
         return ArrayRecord()
 

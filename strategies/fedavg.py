@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord
 
-from strategies.base import FedKDStrategy, num_examples, reply_state_dict, weighted_average
+from fedkd.wire.payloads import ModelWeights
+from strategies.base import ClientReply, FedKDStrategy, RoundState, weighted_average
 
 
 class FedAvg(FedKDStrategy):
@@ -32,20 +33,24 @@ class FedAvg(FedKDStrategy):
     ``num-examples`` (the averaging weight).
     """
 
-    shares_weights = True
+    payloads = (ModelWeights.name,)
     #: The averaged weights are loaded into the student: one architecture for all.
     requires_student_architecture: ClassVar[bool] = True
 
-    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+    def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Example-weighted average of the returned weights, loaded into the student."""
         record = average_replies(replies)
         self.assets.student.load_state_dict(record.to_torch_state_dict(), strict=True)
         return record
 
 
-def average_replies(replies: list[Message]) -> ArrayRecord:
+def average_replies(replies: list[ClientReply]) -> ArrayRecord:
     """The example-weighted average of the weights in ``replies`` as an ArrayRecord."""
     averaged = weighted_average(
-        [reply_state_dict(r) for r in replies], [float(num_examples(r)) for r in replies]
+        [
+            {name: array.numpy() for name, array in r.values[ModelWeights.name].items()}
+            for r in replies
+        ],
+        [float(r.num_examples) for r in replies],
     )
     return ArrayRecord({name: Array(values) for name, values in averaged.items()})

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord
 
 from fedkd.errors import ConfigError
-from strategies.base import RunAssets, student_arrays
+from fedkd.wire.payloads import ProxyPredictions
+from strategies.base import ClientReply, RoundState, RunAssets, student_arrays
 from strategies.fedavg import FedAvg, average_replies
 
 TEACHER_SOURCES = ("weights", "predictions")
@@ -58,7 +59,6 @@ class FedDF(FedAvg):
                 f"strategy.teacher_from must be one of {TEACHER_SOURCES}, got {teacher_from!r}"
             )
         self.teacher_from = teacher_from
-        self.shares_proxy_predictions = teacher_from == "predictions"  # type: ignore[misc]
         self.provides_teacher_models = teacher_from == "weights"
         self.prototypes: dict[int, ArrayRecord] = {}  # per architecture, carried over rounds
         self._initial: dict[int, ArrayRecord] = {}
@@ -70,6 +70,12 @@ class FedDF(FedAvg):
             ),
             None,
         )
+
+    def requested_payloads(self) -> tuple[str, ...]:
+        """Weights, plus proxy predictions with ``teacher_from="predictions"``."""
+        if self.teacher_from == "predictions":
+            return (*self.payloads, ProxyPredictions.name)
+        return self.payloads
 
     def distilled_architectures(self) -> list[int]:
         """Every client architecture's prototype is distilled, except the student's own."""
@@ -88,21 +94,21 @@ class FedDF(FedAvg):
             self._initial[architecture] = student_arrays(self.architecture_model(architecture))
         return self._initial[architecture]
 
-    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+    def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """FedAvg per architecture, then distill every prototype and the student."""
-        groups: dict[int, list[Message]] = defaultdict(list)
+        groups: dict[int, list[ClientReply]] = defaultdict(list)
         for reply in replies:
-            groups[self.architecture_of_reply(reply)].append(reply)
+            groups[reply.architecture].append(reply)
         averaged = {arch: average_replies(group) for arch, group in groups.items()}
 
         data = self.assets.data
-        proxy_x = data.proxy_x[self.proxy_indices]
+        proxy_x = data.proxy_x[state.proxy_indices]
         if self.teacher_from == "weights":
             client_probs = self.predict_with_weights(replies, proxy_x)
         else:
             client_probs = self.proxy_probs(replies)
         teacher = self.teacher_targets(client_probs, replies)
-        proxy_y = None if data.proxy_y is None else data.proxy_y[self.proxy_indices]
+        proxy_y = None if data.proxy_y is None else data.proxy_y[state.proxy_indices]
         loss = self.assets.distill_loss
         teachers = (
             self.teacher_models(replies) if getattr(loss, "needs_teacher_features", False) else []
@@ -114,7 +120,7 @@ class FedDF(FedAvg):
             model = self.architecture_model(arch)
             model.load_state_dict(record.to_torch_state_dict(), strict=True)
             self.distill_student(
-                server_round, proxy_x, teacher, labels=proxy_y, model=model, teachers=teachers
+                state, proxy_x, teacher, labels=proxy_y, model=model, teachers=teachers
             )
             self.prototypes[arch] = student_arrays(model)
         student = self.assets.student
@@ -122,7 +128,7 @@ class FedDF(FedAvg):
             student.load_state_dict(
                 averaged[self.student_architecture].to_torch_state_dict(), strict=True
             )
-        self.distill_student(server_round, proxy_x, teacher, labels=proxy_y, teachers=teachers)
+        self.distill_student(state, proxy_x, teacher, labels=proxy_y, teachers=teachers)
         if self.student_architecture is not None:
             self.prototypes[self.student_architecture] = student_arrays(student)
         return student_arrays(student)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord
 
-from fedkd import keys
 from fedkd.distill.losses import SOFT_LOSSES
 from fedkd.errors import ConfigError
-from strategies.base import FedKDStrategy, RunAssets
+from fedkd.wire import keys
+from fedkd.wire.payloads import ProxyPredictions
+from strategies.base import ClientReply, FedKDStrategy, RoundState, RunAssets
 
 
 class FedMD(FedKDStrategy):
@@ -59,8 +60,8 @@ class FedMD(FedKDStrategy):
     ``share-proxy-probs``.
     """
 
+    payloads = (ProxyPredictions.name,)
     sends_weights = False
-    shares_proxy_predictions = True
     keeps_client_models = True
     forms_ensemble = True
 
@@ -117,7 +118,7 @@ class FedMD(FedKDStrategy):
             config[keys.DIGEST_SOFT_LOSS] = self.digest_soft_loss
         return config
 
-    def consensus(self, client_probs: np.ndarray, replies: list[Message]) -> np.ndarray:
+    def consensus(self, client_probs: np.ndarray, replies: list[ClientReply]) -> np.ndarray:
         """The round's teacher targets on the proxy subset (the configured rule)."""
         return self.sharpen(self.teacher_targets(client_probs, replies))
 
@@ -129,11 +130,12 @@ class FedMD(FedKDStrategy):
         """What clients fit next round: the consensus itself in FedMD."""
         return consensus
 
-    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+    def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Consensus from the clients' scores, the student distilled toward it, and the
         targets clients digest next round. Nothing else travels between rounds."""
         data = self.assets.data
-        rows = np.arange(len(self.proxy_indices))
+        server_round = state.server_round
+        rows = np.arange(len(state.proxy_indices))
         client_probs = self.proxy_probs(replies)
         if self.privacy is not None and self.privacy.spec.name in ("logit_dp", "pate"):
             # the mechanism's release replaces the rule; sharpening is post-processing
@@ -147,13 +149,13 @@ class FedMD(FedKDStrategy):
         else:
             consensus = self.consensus(client_probs, replies)
         self.targets_round = server_round
-        indices = self.proxy_indices[rows]
+        indices = state.proxy_indices[rows]
         proxy_x = data.proxy_x[indices]
         proxy_y = None if data.proxy_y is None else data.proxy_y[indices]
-        self.distill_student(server_round, proxy_x, consensus, labels=proxy_y)
+        self.distill_student(state, proxy_x, consensus, labels=proxy_y)
         targets = self.digest_targets(consensus, proxy_x)
         record = {keys.PROXY_PROBS: Array(np.ascontiguousarray(targets, dtype=np.float32))}
-        if len(rows) < len(self.proxy_indices):
+        if len(rows) < len(state.proxy_indices):
             record[keys.TARGETS_ROWS] = Array(np.ascontiguousarray(rows, dtype=np.int64))
         self.round_targets = ArrayRecord(record)
         return ArrayRecord()

@@ -8,12 +8,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord
 
-from fedkd import keys
 from fedkd.errors import ConfigError
 from fedkd.prototypes import aggregate_prototypes
-from strategies.base import MAX_ABS_VALUE, FedKDStrategy, RunAssets, num_examples
+from fedkd.wire import keys
+from fedkd.wire.payloads import Prototypes
+from strategies.base import ClientReply, FedKDStrategy, RoundState, RunAssets
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,8 @@ class FedProto(FedKDStrategy):
     ``proto-temperature``.
     """
 
+    payloads: ClassVar[tuple[str, ...]] = (Prototypes.name,)
     sends_weights: ClassVar[bool] = False
-    shares_weights: ClassVar[bool] = False
-    shares_proxy_predictions: ClassVar[bool] = False
-    shares_label_logits: ClassVar[bool] = False
-    regularizes_local_training: ClassVar[bool] = True
     keeps_client_models: ClassVar[bool] = True
     forms_ensemble: ClassVar[bool] = False
     requires_student_architecture: ClassVar[bool] = False
@@ -128,55 +126,22 @@ class FedProto(FedKDStrategy):
         """Base keys plus FedProto's sharing flag and regularizer settings."""
         return {
             **super().train_config(server_round),
-            keys.SHARE_PROTOTYPES: True,
             keys.PROTO_WEIGHT: self.proto_weight,
             keys.PROTO_SOFT_WEIGHT: self.soft_weight,
             keys.PROTO_TEMPERATURE: self.temperature,
         }
 
-    def check_reply(self, reply: Message) -> str | None:
-        """The base checks, then the three prototype arrays: present, shaped ``(C, D)``,
-        ``(C, C)``, ``(C,)``, finite, embeddings within ``MAX_ABS_VALUE``, counts >= 0 and at
-        most the reply's num-examples, and soft rows that are distributions for the classes
-        the client holds."""
-        reason = super().check_reply(reply)
-        if reason is not None:
-            return reason
-        shared = reply.content.array_records.get(keys.PREDICTIONS)
-        names = (keys.PROTOTYPES, keys.PROTOTYPE_SOFT, keys.PROTOTYPE_COUNTS)
-        if shared is None or any(name not in shared for name in names):
-            return "missing prototypes"
-        prototypes, soft, counts = (shared[name].numpy() for name in names)
-        num_classes = self.assets.data.num_classes
-        expected = (
-            (num_classes, self.embedding_width),
-            (num_classes, num_classes),
-            (num_classes,),
-        )
-        if (prototypes.shape, soft.shape, counts.shape) != expected:
-            return "prototypes: wrong shape"
-        arrays = (prototypes, soft, counts)
-        if any(a.dtype.kind != "f" or not np.isfinite(a).all() for a in arrays):
-            return "prototypes: not finite floats"
-        if np.abs(prototypes).max(initial=0.0) > MAX_ABS_VALUE:
-            return "prototypes: absurd magnitude"
-        if (counts < 0).any():
-            return "prototypes: negative counts"
-        if counts.sum() > num_examples(reply):
-            return "prototypes: counts exceed num-examples"
-        held = counts > 0
-        row_sums = soft.sum(axis=1)
-        if (soft < -1e-6).any() or not np.allclose(row_sums[held], 1.0, atol=1e-3):
-            return "prototypes: soft rows are not probability vectors"
-        return None
+    def payload_options(self) -> dict[str, Any]:
+        """The prototypes' width ``D`` every reply must have."""
+        return {"embedding_width": self.embedding_width}
 
-    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+    def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Count-weighted global prototypes and soft predictions, sent back next round."""
-        shared = [r.content.array_records[keys.PREDICTIONS] for r in replies]
+        shared = [r.values[Prototypes.name] for r in replies]
         global_prototypes, global_soft, global_counts = aggregate_prototypes(
-            np.stack([s[keys.PROTOTYPES].numpy() for s in shared]),
-            np.stack([s[keys.PROTOTYPE_SOFT].numpy() for s in shared]),
-            np.stack([s[keys.PROTOTYPE_COUNTS].numpy() for s in shared]),
+            np.stack([prototypes for prototypes, _, _ in shared]),
+            np.stack([soft for _, soft, _ in shared]),
+            np.stack([counts for _, _, counts in shared]),
         )
         self.round_targets = ArrayRecord(
             {
@@ -185,10 +150,8 @@ class FedProto(FedKDStrategy):
                 keys.PROTOTYPE_COUNTS: Array(global_counts.astype(np.float32)),
             }
         )
-        self.targets_round = server_round
-        self.round_metrics.setdefault(server_round, {})["prototype_classes"] = int(
-            (global_counts > 0).sum()
-        )
+        self.targets_round = state.server_round
+        state.metrics["prototype_classes"] = int((global_counts > 0).sum())
         return ArrayRecord()
 
     def summary(self) -> None:

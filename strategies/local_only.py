@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord
 
-from strategies.base import FedKDStrategy
+from strategies.base import ClientReply, FedKDStrategy, RoundState
 
 
 class LocalOnly(FedKDStrategy):
@@ -31,6 +31,6 @@ class LocalOnly(FedKDStrategy):
     keeps_client_models = True
     has_student: ClassVar[bool] = False
 
-    def aggregate(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+    def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Nothing to aggregate: the diagnostics were recorded from the replies."""
         return ArrayRecord()

@@ -15,6 +15,18 @@ from simulations.engine import InlineGrid
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every ``ray`` test is also ``slow``: ``pytest -m "not slow"`` never starts Ray.
+
+    Two tiers: ``pytest`` runs everything; ``pytest -m "not slow"`` (about 2 minutes on 2
+    cores) leaves out what is marked ``slow`` in the test files (``flwr run``, real Flower
+    processes, subprocess runs, sweeps, tests over ~2 s) and, here, every ``ray`` test.
+    """
+    for item in items:
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def task_identity() -> Iterator[None]:
     """Let tests build server-side Messages outside a Flower runtime.

@@ -25,13 +25,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
-from fedkd import keys
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy.audit import AttackResult, audit_model, balanced_non_members, plot_roc
 from fedkd.train import train_local
+from fedkd.wire import keys
 
 if TYPE_CHECKING:
-    from fedkd.apps.server import RunPlan
+    from fedkd.apps.plan import RunPlan
 
 logger = logging.getLogger(__name__)
 

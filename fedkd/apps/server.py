@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedkd.attacks import AttackSpec
+from fedkd.apps.plan import (  # noqa: F401  (re-exported: the ServerApp's public names)
+    DEFAULT_ROUND_TIMEOUT_SECONDS,
+    RunPlan,
+    build_setup,
+    checkpoint_every,
+    prepare_run,
+    resolve_distill,
+)
 from fedkd.checkpoint import (
     check_resumable,
     load_checkpoint,
@@ -29,194 +35,19 @@ from fedkd.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from fedkd.config import check_top_level, compose_config, options, strategy_class
-from fedkd.data import FederatedData, get_federated_data
+from fedkd.config import compose_config
+from fedkd.data import FederatedData
 from fedkd.devices import resolve_device
-from fedkd.distill import build_loss, loss_options
-from fedkd.distill.augment import build_augmentation
-from fedkd.distill.self_train import check_born_again
-from fedkd.encoding import EncodingSpec
 from fedkd.errors import ConfigError
-from fedkd.faults import FaultSpec
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
-from fedkd.privacy import PrivacyBudgetExhausted, PrivacySpec
+from fedkd.privacy import PrivacyBudgetExhausted
 from fedkd.progress import RoundProgress, summary_table
 from fedkd.report import ReportSpec
 from fedkd.results import RunWriter, summarize
-from fedkd.setup import FederationSetup, LocalTraining, architecture_index
 from fedkd.train import evaluate
-from strategies.base import FedKDStrategy, RoundAborted, RunAssets, student_arrays
+from strategies.base import RoundAborted, student_arrays
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_ROUND_TIMEOUT_SECONDS = 3600.0
-
-
-@dataclass
-class RunPlan:
-    """A validated run: the plain config and everything built from it on the server."""
-
-    config: dict[str, Any]
-    assets: RunAssets
-    strategy: FedKDStrategy
-
-
-def build_setup(cfg: dict[str, Any], privacy: PrivacySpec | None = None) -> FederationSetup:
-    """The client-facing part of the config."""
-    data_cfg = cfg.get("data", {})
-    backend = cfg["backend"]
-    try:
-        local = LocalTraining(**cfg.get("client", {}))
-    except TypeError as exc:
-        raise ConfigError(f"client: {exc}") from exc
-    return FederationSetup(
-        dataset=dict(cfg["dataset"]),
-        partition=dict(cfg["partition"]),
-        num_clients=cfg["num_clients"],
-        seed=cfg["seed"],
-        model=dict(cfg["model"]),
-        local=local,
-        proxy_fraction=data_cfg.get("proxy_fraction", 0.2),
-        proxy_labeled=data_cfg.get("proxy_labeled", False),
-        test_fraction=data_cfg.get("test_fraction", 0.2),
-        local_test_fraction=data_cfg.get("local_test_fraction", 0.2),
-        proxy_size=data_cfg.get("proxy_size"),
-        proxy_classes=data_cfg.get("proxy_classes"),
-        proxy_dataset=data_cfg.get("proxy_dataset"),
-        device=str(backend.get("device", "cpu")),
-        torch_threads=int(backend.get("torch_threads", 1)),
-        distill=dict(cfg["distill"]),
-        augment=_augment_config(cfg),
-        privacy=privacy.to_dict() if privacy is not None and privacy.enabled else None,
-        encoding=EncodingSpec.from_config(cfg.get("encoding")).to_dict(),
-    )
-
-
-def _augment_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
-    spec = cfg.get("augment")
-    if spec is None:
-        return None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"augment must be a mapping with 'transforms', got {spec!r}")
-    return dict(spec) if spec.get("transforms") else None
-
-
-def resolve_distill(distill_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The ``distill`` group without ``null`` options, so the loss class's defaults apply."""
-    loss_options(str(distill_cfg.get("name")))  # unknown names fail here, naming the key
-    return {k: v for k, v in distill_cfg.items() if v is not None and not str(k).startswith("_")}
-
-
-def _build(spec: dict[str, Any], key: str, data: Any, seed: int) -> FedKDModel:
-    try:
-        return model_from_config(
-            spec, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"{key}: {exc}") from exc
-
-
-def prepare_run(cfg: dict[str, Any]) -> RunPlan:
-    """Validate the config and build data, student, loss and strategy.
-
-    Everything that can be wrong in a config fails here, with a :class:`ConfigError`
-    naming the key, before any Ray worker starts. The data is cached per process, so the
-    ServerApp (which runs in this process under the simulation engine) reuses it.
-    """
-    check_top_level(cfg)
-    cls = strategy_class(cfg["strategy"])
-    if not issubclass(cls, FedKDStrategy):
-        raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
-    faults, attack, round_timeout = _reliability(cfg, cls)  # cheap: before building data
-    ReportSpec.from_config(cfg.get("report"))  # and tensorboard installed when asked for
-    encoding = EncodingSpec.from_config(cfg.get("encoding"))
-    cfg["distill"] = resolve_distill(dict(cfg["distill"]))
-    privacy = PrivacySpec.from_config(cfg.get("privacy"))
-    setup = build_setup(cfg, privacy)
-    if cls.requires_student_architecture and cfg["model"] != cfg["student"]:
-        kind = "mixed architectures" if cfg["model"]["name"] == "hetero" else "another architecture"
-        raise ConfigError(
-            f"strategy {cfg['strategy']['name']!r} averages client weights into the student, so "
-            f"model and student must be the same single architecture; got {kind} "
-            f"(model={cfg['model']}, student={cfg['student']})"
-        )
-    data = get_federated_data(**setup.data_kwargs())
-    for spec in setup.architectures:  # every client architecture must build too
-        _build(spec, "model", data, setup.seed)
-    for partition_id in range(setup.num_clients):  # and every client must have one
-        architecture_index(setup.model, partition_id)
-    attack.check_classes(data.num_classes)
-    encoding.check_classes(data.num_classes)
-    student = _build(cfg["student"], "student", data, setup.seed)
-    device = resolve_device(setup.device)
-    distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
-    augmentation = build_augmentation(setup.augment, data.input_shape)
-    check_born_again(setup.local.born_again)
-    if cls.regularizes_local_training and (
-        setup.local.self_distill is not None or setup.local.born_again is not None
-    ):
-        logger.warning(
-            "client.self_distill / client.born_again have no effect with strategy %r: its "
-            "clients train with the method's own regularized loss",
-            cfg["strategy"]["name"],
-        )
-    aggregation = dict(cfg.get("aggregation") or {"name": "mean"})
-    assets = RunAssets(
-        setup=setup,
-        data=data,
-        student=student.to(device),
-        distill_loss=distill_loss,
-        device=device,
-        aggregation=aggregation,
-        student_config=dict(cfg["student"]),
-        distill_config=dict(cfg["distill"]),
-        augmentation=augmentation,
-        privacy=privacy,
-        faults=faults,
-        attack=attack,
-        round_timeout=round_timeout,
-    )
-    try:
-        strategy = cls(assets, **options(cfg["strategy"]))
-    except TypeError as exc:
-        raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
-    strategy.check_distill_loss()
-    strategy.check_privacy()
-    if not encoding.lossless and not strategy.shares_proxy_predictions:
-        logger.warning(
-            "encoding.name=%s applies to shared proxy predictions only; strategy %r shares "
-            "none, so its uploads are unchanged",
-            encoding.name,
-            cfg["strategy"]["name"],
-        )
-    return RunPlan(config=cfg, assets=assets, strategy=strategy)
-
-
-def _reliability(cfg: dict[str, Any], cls: type) -> tuple[FaultSpec, AttackSpec, float]:
-    """The ``faults``, ``attack``, ``round_timeout`` and ``checkpoint`` settings, checked."""
-    faults = FaultSpec.from_config(cfg.get("faults"))
-    faults.check_backend(str(cfg["backend"]["name"]))
-    attack = AttackSpec.from_config(cfg.get("attack"))
-    if (faults.enabled or attack.enabled) and not getattr(cls, "has_clients", True):
-        raise ConfigError(
-            f"faults/attack act on clients, but strategy {cfg['strategy']['name']!r} has none"
-        )
-    round_timeout = cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)
-    if not isinstance(round_timeout, int | float) or round_timeout <= 0:
-        raise ConfigError(f"round_timeout must be > 0 seconds, got {round_timeout!r}")
-    checkpoint_every(cfg)
-    return faults, attack, float(round_timeout)
-
-
-def checkpoint_every(cfg: dict[str, Any]) -> int:
-    """``checkpoint.every``: write a checkpoint every this many rounds (0: never)."""
-    spec = cfg.get("checkpoint") or {}
-    if not isinstance(spec, dict) or set(spec) - {"every"}:
-        raise ConfigError(f"checkpoint must be a mapping with the key 'every', got {spec!r}")
-    every = spec.get("every", 0)
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise ConfigError(f"checkpoint.every must be an integer >= 0 (0: off), got {every!r}")
-    return every
 
 
 def run_federation(

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from fedkd import keys
 from fedkd.errors import ConfigError, FedKDError, check_block
+from fedkd.wire import keys
 
 FLOAT32, FLOAT16, INT8, TOPK = "float32", "float16", "int8", "topk"
 ENCODINGS = (FLOAT32, FLOAT16, INT8, TOPK)
@@ -125,7 +125,7 @@ class EncodingSpec:
         Returns
         -------
         dict of str to np.ndarray
-            Contiguous arrays keyed by their :mod:`fedkd.keys` names.
+            Contiguous arrays keyed by their :mod:`fedkd.wire.keys` names.
         """
         values = np.ascontiguousarray(values, dtype=np.float32)
         if values.ndim != 2:

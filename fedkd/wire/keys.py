@@ -10,13 +10,11 @@ EVALUATION = "evaluation"  # ArrayRecord: evaluation-only outputs (not part of t
 # ConfigRecord keys
 SERVER_ROUND = "server-round"
 SETUP = "fedkd-setup"  # JSON: dataset, partition, model, training settings (see fedkd.setup)
-SHARE_WEIGHTS = "share-weights"
-SHARE_PROXY_PROBS = "share-proxy-probs"
-SHARE_TEST_PROBS = "share-test-probs"
+PAYLOADS = "payloads"  # round config: the payload names a client computes (fedkd.wire.payloads)
 TRAIN_SEED = "train-seed"
 
 # ArrayRecord keys
-PROXY_PROBS = "proxy-probs"  # (rows, classes): uplink float32/float16 (fedkd.encoding), targets
+PROXY_PROBS = "proxy-probs"  # (rows, classes): uplink (fedkd.wire.encoding), targets
 PROXY_PROBS_Q = "proxy-probs-q"  # int8 encoding: (rows, classes) quantized values
 PROXY_PROBS_SCALE = "proxy-probs-scale"  # int8 encoding: (rows,) float32 step per row
 PROXY_PROBS_IDX = "proxy-probs-idx"  # topk encoding: (rows, k) class indices
@@ -49,7 +47,6 @@ DIGEST_SOFT_LOSS = "digest-soft-loss"
 WARMUP_PUBLIC_EPOCHS = "warmup-public-epochs"  # FedMD transfer learning on the labeled proxy
 LOCAL_EPOCHS = "local-epochs"  # overrides client.epochs for this round when present
 # FD (Jeong et al. 2018): per-label logit sharing
-SHARE_LABEL_LOGITS = "share-label-logits"
 FD_BETA = "fd-beta"
 FD_TEMPERATURE = "fd-temperature"
 LABEL_LOGITS = "label-logits"  # (C, C) mean logits per true label
@@ -58,7 +55,6 @@ LABEL_COUNTS = "label-counts"  # (C,) examples per label
 LOCAL_ACCURACY = "local-accuracy"  # the client's model on its own local test split
 ARCHITECTURE = "architecture"  # index into the run's client architectures
 # FedProto (Tan et al. 2022) / FedHKD (Chen et al. 2023): per-class prototypes of private data
-SHARE_PROTOTYPES = "share-prototypes"
 PROTOTYPES = "prototypes"  # (C, D) mean embedding per class
 PROTOTYPE_SOFT = "prototype-soft"  # (C, C) mean softmax output per class
 PROTOTYPE_COUNTS = "prototype-counts"  # (C,) examples per class

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedkd import keys
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
-from fedkd.encoding import EncodingSpec, MalformedEncoding, index_dtype
 from fedkd.errors import ConfigError
 from fedkd.results import read_metrics
 from fedkd.setup import FederationSetup
+from fedkd.wire import keys
+from fedkd.wire.encoding import EncodingSpec, MalformedEncoding, index_dtype
 from simulations.run import run
 
 ROWS = np.array(
@@ -302,11 +302,11 @@ def test_decoded_rows_are_renormalized_unless_exact(task_identity) -> None:
         probs[:, 0] += 5e-4  # within the sum tolerance; float32 keeps it
         replies = [_reply(requests[0], strategy.encoding.encode(probs))]
         assert strategy.check_reply(replies[0]) is None
-        sums = strategy.proxy_probs(replies)[0].sum(axis=1)
+        sums = strategy.proxy_probs(strategy.decode(replies))[0].sum(axis=1)
         if renormalized:
             np.testing.assert_allclose(sums, 1.0, atol=1e-6)
         else:
-            np.testing.assert_array_equal(strategy.proxy_probs(replies)[0], probs)
+            np.testing.assert_array_equal(strategy.proxy_probs(strategy.decode(replies))[0], probs)
 
 
 def test_clipped_logit_dp_rows_pass_with_the_encodings_rounding(task_identity) -> None:
@@ -320,7 +320,7 @@ def test_clipped_logit_dp_rows_pass_with_the_encodings_rounding(task_identity) -
     at_clip = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
     reply = _reply(requests[0], strategy.encoding.encode(at_clip))
     assert strategy.check_reply(reply) is None
-    decoded = strategy.proxy_probs([reply])[0]
+    decoded = strategy.proxy_probs(strategy.decode([reply]))[0]
     np.testing.assert_allclose(decoded, at_clip, atol=1 / 254 + 1e-6)  # not renormalized
     too_long = _reply(requests[1], strategy.encoding.encode(2 * at_clip))
     assert strategy.check_reply(too_long) == (
@@ -357,6 +357,7 @@ ARRAYS_PER_ROW = {
 }
 
 
+@pytest.mark.slow
 def test_each_encoding_runs_end_to_end_with_its_exact_uplink(tmp_path) -> None:
     """Every reply is valid, and uplink_bytes is exactly what the encoded records hold: per
     array a 128-byte .npy header, its key name and the payload; so the payloads compare as

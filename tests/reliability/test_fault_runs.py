@@ -39,6 +39,7 @@ def _rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(run_dir)]
 
 
+@pytest.mark.slow
 def test_crashing_clients_are_counted_and_the_run_completes(tmp_path) -> None:
     summary = _run(tmp_path, "crash", "strategy=fedmd", "faults.crash_fraction=0.25")
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
@@ -49,6 +50,7 @@ def test_crashing_clients_are_counted_and_the_run_completes(tmp_path) -> None:
         assert row["student_accuracy"] is not None
 
 
+@pytest.mark.slow
 def test_without_faults_or_attack_a_run_is_bit_identical_to_a_clean_one(tmp_path) -> None:
     """Fault and attack settings that select nobody, and checkpointing every round, change
     no number."""
@@ -67,6 +69,7 @@ def test_without_faults_or_attack_a_run_is_bit_identical_to_a_clean_one(tmp_path
     assert not (tmp_path / "clean" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_stragglers_miss_the_deadline_and_are_counted(tmp_path) -> None:
     _run(
         tmp_path,
@@ -132,6 +135,7 @@ def test_valid_looking_poison_changes_the_result(tmp_path) -> None:
     ],
     ids=["fedmd", "feddf-dpsgd"],
 )
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tmp_path, method) -> None:
     whole = _run(tmp_path, "whole", *method, "num_rounds=4", "checkpoint.every=0")
     _run(tmp_path, "parts", *method, "num_rounds=2", "checkpoint.every=2")
@@ -146,6 +150,7 @@ def test_a_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tmp_path, m
         assert resumed["privacy"]["epsilon"] == whole["privacy"]["epsilon"]
 
 
+@pytest.mark.slow
 def test_resume_after_the_process_was_killed(tmp_path) -> None:
     """SIGKILL after the first checkpoint; resuming from the CLI ends where an uninterrupted
     run ends (rows written after the checkpoint are dropped and rerun)."""

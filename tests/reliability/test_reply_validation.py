@@ -17,13 +17,13 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedkd import keys
 from fedkd.apps.client import app as client_app
 from fedkd.apps.client import safe_reason
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.faults import InjectedFault
+from fedkd.wire import keys
 from strategies.base import RoundAborted
 
 SMALL = [

@@ -20,6 +20,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_a_tiny_point_is_measured_and_both_paths_compute_the_same(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     code = main(

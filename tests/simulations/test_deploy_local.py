@@ -1,4 +1,4 @@
-"""``simulations.deploy_local``: real SuperLink + SuperNodes over TLS with SuperNode auth."""
+"""``simulations.deploy`` via ``simulations.deploy_local``: SuperLink + SuperNodes, TLS + auth."""
 
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ from flwr.common.config import parse_config_args
 
 from fedkd.errors import ConfigError
 from fedkd.results import read_metrics
-from simulations import deploy_local
-from simulations.deploy_local import (
+from simulations.deploy import (
     DeployError,
     LocalFederation,
     deploy,
+    main,
     make_certificates,
     run_config_argument,
     settle_num_clients,
     split_arguments,
+    write_cli_config,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,7 +133,7 @@ def test_certificates_name_localhost_and_chain_to_the_ca(tmp_path):
 
 
 def test_cli_config_names_the_connection_with_an_absolute_ca(tmp_path):
-    path = deploy_local.write_cli_config(tmp_path, port=12345, ca_cert=Path("ca.crt"))
+    path = write_cli_config(tmp_path, port=12345, ca_cert=Path("ca.crt"))
     config = tomli.loads(path.read_text())
     connection = config["superlink"]["fedkd-local"]
     assert config["superlink"]["default"] == "fedkd-local"
@@ -145,13 +146,13 @@ def test_cli_config_names_the_connection_with_an_absolute_ca(tmp_path):
 
 def test_bad_config_exits_2_before_any_process_starts(tmp_path, capsys):
     work = tmp_path / "work"
-    code = deploy_local.main([*TINY, "num_rounds=0", f"deploy.workdir={work}"])
+    code = main([*TINY, "num_rounds=0", f"deploy.workdir={work}"])
     assert code == 2
     assert "num_rounds" in capsys.readouterr().err
     assert not work.exists()  # no certificates, no keys, no logs: nothing was started
-    assert deploy_local.main(["strategy=nope", f"deploy.workdir={work}"]) == 2
+    assert main(["strategy=nope", f"deploy.workdir={work}"]) == 2
     assert "strategy/nope" in capsys.readouterr().err
-    assert deploy_local.main(["num_clients=4", "deploy.nodes=2"]) == 2
+    assert main(["num_clients=4", "deploy.nodes=2"]) == 2
     assert not work.exists()
 
 
@@ -163,7 +164,7 @@ def test_port_in_use_is_named_and_nothing_is_started(tmp_path, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code = deploy_local.main([*TINY, f"deploy.port={port}", f"deploy.workdir={work}"])
+        code = main([*TINY, f"deploy.port={port}", f"deploy.workdir={work}"])
         assert code == 1
         assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
         # The SuperLink's own check, for callers that drive LocalFederation directly.
@@ -221,7 +222,7 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
         ]
 
     from fedkd.config import compose_config
-    from simulations.deploy_local import settle_num_clients, write_node_data
+    from simulations.deploy import write_node_data
 
     overrides, _ = settle_num_clients(TINY, 4)
     files = write_node_data(compose_config(overrides), base / "data")
@@ -245,6 +246,7 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_three_supernodes_run_feddf_over_tls_with_auth(deployment):
     result = deployment["result"]
     assert result.status == "completed", (result.status_details, result.logs_dir)
@@ -262,6 +264,7 @@ def test_three_supernodes_run_feddf_over_tls_with_auth(deployment):
     print(f"3-node deployment, 2 rounds: {deployment['seconds']:.1f} s wall")
 
 
+@pytest.mark.slow
 def test_no_started_process_outlives_the_deployment(deployment):
     result = deployment["result"]
     names = {record.name for record in result.processes}
@@ -273,6 +276,7 @@ def test_no_started_process_outlives_the_deployment(deployment):
     assert _processes_mentioning(str(deployment["work"])) == []
 
 
+@pytest.mark.slow
 def test_unregistered_supernode_is_refused_and_the_federation_carries_on(deployment):
     intruder = deployment["intruder"]
     assert intruder["exit_code"] == 1  # it gave up by itself (auth failures are not retried)
@@ -286,6 +290,7 @@ def test_unregistered_supernode_is_refused_and_the_federation_carries_on(deploym
 
 @needs_tools
 @needs_flower
+@pytest.mark.slow
 def test_ctrl_c_stops_every_started_process(tmp_path):
     work = tmp_path / "work"
     proc = subprocess.Popen(
@@ -314,6 +319,7 @@ def test_ctrl_c_stops_every_started_process(tmp_path):
     assert _processes_mentioning(str(work)) == []
 
 
+@pytest.mark.slow
 def test_a_node_with_a_malformed_data_file_fails_clearly_on_that_node(deployment):
     """Its ClientApp raises a DataFileError naming the file and the column; the server
     leaves the node out at discovery and both rounds complete with the other three."""

@@ -15,6 +15,8 @@ from fedkd.config import compose_config
 from fedkd.results import read_metrics
 from simulations.run import run
 
+pytestmark = pytest.mark.slow
+
 # FedMD: clients keep their models in the node state between rounds and digest the consensus,
 # so round 2 depends on what each client's model became in round 1 (whichever actor ran it).
 SMALL = [

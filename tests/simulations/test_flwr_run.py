@@ -15,6 +15,8 @@ import pytest
 
 from fedkd.results import read_metrics
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

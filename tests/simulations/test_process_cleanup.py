@@ -41,9 +41,10 @@ SMALL = [
     "progress=false",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/environ").is_file(), reason="scans /proc (Linux)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="scans /proc (Linux)"),
+]
 
 
 @dataclass

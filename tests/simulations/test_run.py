@@ -58,6 +58,7 @@ def test_cli_runs_a_ray_simulation_matching_the_in_process_engine(tmp_path, in_p
     ]
 
 
+@pytest.mark.slow
 def test_unknown_group_option_is_rejected_with_the_choices(tmp_path):
     run_dir = tmp_path / "never"
     proc = _cli("dataset=nope", f"hydra.run.dir={run_dir}", timeout=120)
@@ -93,6 +94,7 @@ def test_bad_input_fails_before_ray_and_leaves_no_run_dir(overrides, key, tmp_pa
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path):
     run_dir = tmp_path / "never"
     proc = _cli("partition.alpha=0", f"hydra.run.dir={run_dir}", timeout=120)
@@ -102,6 +104,7 @@ def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_inline_backend_cli_gives_the_same_numbers_without_ray(tmp_path, in_process_run):
     run_dir = tmp_path / "inline"
     proc = _cli(*SMALL, "backend=inline", f"hydra.run.dir={run_dir}", timeout=240)

@@ -136,6 +136,7 @@ def test_validation_objective_reads_validation_metrics_never_the_test_set() -> N
 
 
 @needs_optuna
+@pytest.mark.slow
 def test_a_tiny_study_writes_the_best_validation_trial(tmp_path: Path) -> None:
     proc = _sweep(tmp_path, "hydra.sweeper.n_trials=3", "strategy.distill_epochs=choice(1,2)")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,6 +168,7 @@ def test_a_tiny_study_writes_the_best_validation_trial(tmp_path: Path) -> None:
 
 
 @needs_optuna
+@pytest.mark.slow
 def test_a_failed_trial_is_marked_failed_and_the_study_goes_on(tmp_path: Path) -> None:
     # "nope" is not a soft loss: those trials raise a ConfigError before any training.
     proc = _sweep(

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedkd import keys
 from fedkd.apps.client import app as client_app
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.results import read_metrics
+from fedkd.wire import keys
 from strategies.fd import global_label_logits
 
 SMALL = [
@@ -65,7 +65,8 @@ def test_fedmd_consensus_is_the_mean_and_is_sent_back_next_round(task_identity) 
     strategy = _strategy("strategy=fedmd")
     requests = _requests(strategy)
     config = requests[0].content.config_records[keys.CONFIG]
-    assert config[keys.KEEP_MODEL] is True and config[keys.SHARE_PROXY_PROBS] is True
+    assert config[keys.KEEP_MODEL] is True
+    assert config[keys.PAYLOADS] == "client-metrics,proxy-predictions,test-predictions"
     assert keys.ARRAYS not in requests[0].content.array_records  # no weights travel
     replies = [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 30)]
     arrays, _ = strategy.aggregate_train(1, replies)
@@ -130,7 +131,9 @@ def test_fedet_weights_confident_clients_and_feeds_the_student_back(task_identit
     # client 1 is more confident (0.7 vs 0.6): weights 0.6/1.3 and 0.7/1.3
     consensus = strategy.teacher_targets(
         np.stack([P0, P1]),
-        [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 10)],
+        strategy.decode(
+            [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 10)]
+        ),
     )
     np.testing.assert_allclose(consensus[0], (0.6 * P0[0] + 0.7 * P1[0]) / 1.3, atol=1e-6)
 

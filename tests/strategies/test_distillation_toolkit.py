@@ -39,7 +39,11 @@ def test_hint_distils_an_mlp_student_from_cnn_clients(in_process_run: Any, tmp_p
     ("loss", "models"),
     [
         ("feature", ["model=cnn", "student=mlp"]),
-        ("feature", ["model=cnn", "student=mlp", "distill.mode=rkd_angle"]),
+        pytest.param(
+            "feature",
+            ["model=cnn", "student=mlp", "distill.mode=rkd_angle"],
+            marks=pytest.mark.slow,
+        ),
         ("attention", ["model=cnn", "student=cnn", "student.channels=[8]"]),
         ("combo", ["model=hetero", "student=mlp"]),
     ],

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedkd import keys
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.results import read_metrics
+from fedkd.wire import keys
 
 # 3 classes, 6 features, embedding width D = 4
 SMALL = [
@@ -78,8 +78,8 @@ N1 = [6.0, 0.0, 3.0]
 def test_configure_train_asks_for_prototypes_and_sends_no_weights(task_identity) -> None:
     strategy = _strategy("strategy.proto_weight=0.5", "strategy.soft_weight=0.2")
     config = _requests(strategy)[0].content.config_records[keys.CONFIG]
-    assert config[keys.SHARE_PROTOTYPES] is True and config[keys.KEEP_MODEL] is True
-    assert config[keys.SHARE_WEIGHTS] is False and config[keys.SHARE_PROXY_PROBS] is False
+    assert config[keys.KEEP_MODEL] is True
+    assert config[keys.PAYLOADS] == "client-metrics,prototypes,test-predictions"
     assert (config[keys.PROTO_WEIGHT], config[keys.PROTO_SOFT_WEIGHT]) == (0.5, 0.2)
     assert config[keys.PROTO_TEMPERATURE] == 1.0
     assert strategy.embedding_width == 4 and not strategy.has_student

@@ -16,11 +16,11 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedkd import keys
 from fedkd.apps.client import app as client_app
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
+from fedkd.wire import keys
 from strategies.base import FedKDStrategy, weighted_average
 from strategies.fedavg import FedAvg
 

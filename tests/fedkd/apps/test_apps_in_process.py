@@ -26,6 +26,7 @@ PARTITIONS = {
 @pytest.mark.parametrize("strategy", ["fedavg", "feddf"])
 @pytest.mark.parametrize("partition", list(PARTITIONS))
 @pytest.mark.parametrize("dataset", list(DATASETS))
+@pytest.mark.slow
 def test_every_dataset_partition_and_strategy_runs(
     dataset, partition, strategy, tmp_path, in_process_run
 ) -> None:

@@ -87,7 +87,7 @@ def test_null_distill_options_take_the_loss_defaults() -> None:
 
 
 def test_fedmd_digests_with_the_papers_l1_and_dsfl_follows_the_loss() -> None:
-    from fedkd import keys
+    from fedkd.wire import keys
 
     fedmd = _prepare("strategy=fedmd").strategy
     assert fedmd.train_config(1)[keys.DIGEST_SOFT_LOSS] == "mae"
@@ -100,8 +100,8 @@ def test_fedmd_digests_with_the_papers_l1_and_dsfl_follows_the_loss() -> None:
 def test_client_digest_loss_follows_the_run_and_the_strategy_overrides() -> None:
     from flwr.app import ConfigRecord
 
-    from fedkd import keys
-    from fedkd.apps.client import _digest_loss
+    from fedkd.wire import keys
+    from fedkd.wire.payloads.proxy import digest_loss as _digest_loss
 
     setup = _prepare("distill.temperature=2.5", "distill.soft_loss=mse").assets.setup
     plain = _digest_loss(setup, ConfigRecord({}))
@@ -120,10 +120,10 @@ def test_client_digest_loss_follows_the_run_and_the_strategy_overrides() -> None
 def test_self_distillation_with_a_regularizing_method_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("WARNING", logger="fedkd.apps.server"):
+    with caplog.at_level("WARNING", logger="fedkd.apps.plan"):
         _prepare("strategy=fd", "data.proxy_labeled=true", "client.self_distill={}")
     assert "no effect with strategy 'fd'" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="fedkd.apps.server"):
+    with caplog.at_level("WARNING", logger="fedkd.apps.plan"):
         _prepare("strategy=fedmd", "client.self_distill={}")
     assert "no effect" not in caplog.text

@@ -1,0 +1,1 @@
+"""The wire: message keys, encodings and payloads (what crosses between client and server)."""

@@ -1,0 +1,320 @@
+"""What every payload is: the contract between what a client sends and what a strategy reads.
+
+A payload is one kind of data that crosses the wire from a client to the server (model
+weights, proxy predictions, per-label logits, ...). Its module owns, end to end:
+
+* the message keys it writes (:attr:`Payload.keys`, in the reply record :attr:`Payload.record`);
+* how a client computes it (:meth:`Payload.compute`), with privacy, poisoning (``attack``)
+  and the run's encoding applied there and nowhere else;
+* how the server validates it (:meth:`Payload.validate`: shape, dtype, range, caps tied to
+  the client's declared example count) and decodes it (:meth:`Payload.decode`);
+* what it costs in bytes (:meth:`Payload.uplink_bytes`);
+* optionally, what a client does with the server's aggregate of it before or during local
+  training (:meth:`Payload.digest`, :meth:`Payload.train`), so the ClientApp never branches
+  on the method.
+
+A strategy names the payloads it asks for; the ClientApp computes each one asked for and
+the strategy core validates and decodes each one, handing the method decoded values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedkd.attacks import LABEL_FLIP, poison_probs, poison_weights
+from fedkd.wire import keys
+
+if TYPE_CHECKING:
+    from fedkd.data import ClientData, FederatedData
+    from fedkd.distill.augment import Augmentation
+    from fedkd.models import FedKDModel
+    from fedkd.privacy import PrivacySpec
+    from fedkd.setup import FederationSetup
+    from fedkd.wire.encoding import EncodingSpec
+
+#: Largest absolute value accepted in shared weights or statistics: trained models of this
+#: framework's sizes stay far below it, while overflowing or scaled-up uploads do not.
+MAX_ABS_VALUE = 1e4
+#: How far a shared probability row's sum may be from 1 (on top of an encoding's rounding).
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+@dataclass
+class Poisoner:
+    """What a malicious client (``attack-kind``) does to what it shares; honest: nothing.
+
+    One generator serves every payload of a reply, in the order the payloads are computed,
+    so a poisoned reply is reproducible from ``(seed, attack stream)``.
+    """
+
+    kind: str
+    scale: float
+    target: int
+    seed: int
+    start_state: dict[str, np.ndarray] | None
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng([self.seed, 0xA77AC])
+        self.active = bool(self.kind) and self.kind != LABEL_FLIP
+
+    def weights(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A weight update poisoned relative to the round's starting weights."""
+        if not self.active:
+            return state
+        return poison_weights(state, self.start_state, self.kind, scale=self.scale, rng=self.rng)
+
+    def probs(self, values: np.ndarray) -> np.ndarray:
+        """Shared probability rows (or a mechanism's output) poisoned."""
+        if not self.active:
+            return values
+        return poison_probs(values, self.kind, scale=self.scale, rng=self.rng, target=self.target)
+
+    def statistic(self, name: str, values: np.ndarray) -> np.ndarray:
+        """A shared statistic (per-label logits, prototypes, features) poisoned like a weight
+        tensor from zero."""
+        if not self.active:
+            return values
+        return poison_weights({name: values}, None, self.kind, scale=self.scale, rng=self.rng)[name]
+
+
+@dataclass
+class ClientRound:
+    """What a payload's client side may read in one ``train`` message (after training).
+
+    Attributes
+    ----------
+    setup, data, client_data, model, device, partition_id, architecture
+        The client runtime: settings, the federated dataset, this client's private records,
+        its trained model, where it runs, its partition and architecture index.
+    config : ConfigRecord
+        The round config the server sent.
+    targets : ArrayRecord, optional
+        The server's aggregate sent back (``targets``), if any.
+    server_round, seed
+        The round and this client's training seed for it.
+    privacy, encoding
+        The run's privacy mechanism and upload encoding.
+    poison : Poisoner
+        The attack applied to what is shared (inactive for honest clients).
+    augmentation
+        Transfer-data augmentation of proxy batches (digest steps), if configured.
+    """
+
+    setup: FederationSetup
+    data: FederatedData
+    client_data: ClientData
+    model: FedKDModel
+    device: torch.device
+    partition_id: int
+    architecture: int
+    config: ConfigRecord
+    targets: ArrayRecord | None
+    server_round: int
+    seed: int
+    privacy: PrivacySpec
+    encoding: EncodingSpec
+    poison: Poisoner
+    augmentation: Augmentation | None = None
+    #: Set by the ClientApp after local training (``ClientMetrics`` reports them).
+    train_loss: float = float("nan")
+    dp_epsilon: float | None = None
+
+    @property
+    def local_epochs(self) -> int:
+        """Local epochs this round (``local-epochs`` when the server sets it)."""
+        return self.int_option(keys.LOCAL_EPOCHS, self.setup.local.epochs)
+
+    def int_option(self, key: str, default: int = 0) -> int:
+        """An integer round-config value (``default`` when absent or not a number)."""
+        value = self.config.get(key, default)
+        return int(value) if isinstance(value, int | float) else default
+
+    def float_option(self, key: str, default: float) -> float:
+        """A float round-config value (``default`` when absent or not a number)."""
+        value = self.config.get(key, default)
+        return float(value) if isinstance(value, int | float) else default
+
+
+@dataclass
+class Expectation:
+    """What the server knows about one reply before reading it: the checks' reference.
+
+    Attributes
+    ----------
+    num_classes : int
+        Classes of the dataset.
+    proxy_rows : int
+        Rows of this round's proxy subset.
+    test_rows : int
+        Rows of the server test set (evaluation-only predictions).
+    num_examples : int
+        The example count the reply reports (validated by :class:`ClientMetrics` first).
+    declared_examples : int
+        The example count the client declared at discovery (0: unknown).
+    reference : torch.nn.Module, optional
+        A server-side model of the client's architecture (weights checks).
+    encoding : EncodingSpec, optional
+        How proxy predictions are encoded.
+    noisy_clip : float or None
+        ``logit_dp``: the clipping bound rows must respect (central mode), else None.
+    noisy : bool
+        Rows are a mechanism's output (``logit_dp``), not probability rows.
+    server_round : int
+        The round whose replies are read.
+    options : dict
+        Method-specific references (``embedding_width`` of FedProto's prototypes, FedGKT's
+        feature shape), from the strategy's ``payload_options``.
+    """
+
+    num_classes: int
+    proxy_rows: int = 0
+    test_rows: int = 0
+    num_examples: int = 0
+    declared_examples: int = 0
+    reference: torch.nn.Module | None = None
+    encoding: EncodingSpec | None = None
+    noisy_clip: float | None = None
+    noisy: bool = False
+    server_round: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Payload:
+    """One kind of data a client sends; subclasses are stateless singletons.
+
+    Class attributes
+    ----------------
+    name : str
+        The payload's name: what strategies list and clients receive in ``payloads``.
+    record : str
+        The reply's record the keys go in (``arrays``, ``predictions``, ``evaluation``).
+    keys : tuple of str
+        The array keys this payload owns in that record.
+    order : int
+        Where it comes in a reply: payloads are computed and validated in this order.
+    counted : bool
+        Whether its bytes count as the method's uplink (evaluation-only outputs do not).
+    required : bool
+        A reply without a valid value is rejected (False: the value is ``None`` then).
+    trains_locally : bool
+        Clients train with the payload's own loss (:meth:`train`) once its aggregate
+        arrived, replacing ``client.self_distill`` and ``client.born_again``.
+    """
+
+    name: ClassVar[str]
+    record: ClassVar[str] = keys.PREDICTIONS
+    keys: ClassVar[tuple[str, ...]] = ()
+    order: ClassVar[int] = 50
+    counted: ClassVar[bool] = True
+    required: ClassVar[bool] = True
+    trains_locally: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ client side
+    def digest(self, client: ClientRound) -> None:
+        """Before local training: learn from the server's aggregate (default: nothing)."""
+
+    def train(self, client: ClientRound) -> float | None:
+        """Local training with the method's own loss when the server's aggregate of this
+        payload arrived; returns the training loss, or None to leave training to the
+        default (supervised) route."""
+        return None
+
+    def compute(self, client: ClientRound) -> dict[str, Any]:
+        """What to send, keyed by this payload's keys (protected, poisoned, encoded): Flower
+        arrays, or metric values for a payload whose record is ``metrics``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ server side
+    def arrays(self, content: RecordDict) -> dict[str, np.ndarray] | None:
+        """This payload's arrays in a reply (None when its record is missing)."""
+        record = content.array_records.get(self.record)
+        if record is None:
+            return None
+        return {name: record[name].numpy() for name in self.keys if name in record}
+
+    def validate(self, content: RecordDict, expect: Expectation) -> str | None:
+        """Why this payload in ``content`` is unusable, or None."""
+        raise NotImplementedError
+
+    def decode(self, content: RecordDict, expect: Expectation) -> Any:
+        """The validated payload as the value strategies read."""
+        raise NotImplementedError
+
+    def uplink_bytes(self, content: RecordDict) -> int:
+        """Bytes of this payload's arrays as Flower serializes them."""
+        record = content.array_records.get(self.record)
+        if record is None or not self.counted:
+            return 0
+        return sum(record_bytes(record, name) for name in self.keys if name in record)
+
+
+def record_bytes(record: ArrayRecord, name: str) -> int:
+    """Bytes of one entry of an ArrayRecord as ``ArrayRecord.count_bytes`` counts them (the
+    serialized array plus its key), so payloads' bytes add up to the record's."""
+    return len(record[name].data) + len(name)
+
+
+def as_array(values: np.ndarray) -> Array:
+    """A float32, C-contiguous Flower array (what clients send statistics as)."""
+    return Array(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> dict[str, Array]:
+    """Numpy arrays as Flower arrays, dtype kept."""
+    return {name: Array(np.ascontiguousarray(values)) for name, values in arrays.items()}
+
+
+def shared_floats(
+    arrays: Mapping[str, np.ndarray] | None, key: str, expected_shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, str | None]:
+    """The float array ``key`` of shape ``expected_shape``, or why it is unusable."""
+    if arrays is None or key not in arrays:
+        return None, f"{key}: missing"
+    values = arrays[key]
+    if values.shape != expected_shape:
+        return None, f"{key}: shape {values.shape}, expected {expected_shape}"
+    if values.dtype.kind != "f":
+        return None, f"{key}: wrong dtype {values.dtype}"
+    if not np.isfinite(values).all():
+        return None, f"{key}: not finite floats"
+    return values, None
+
+
+def check_probability_rows(
+    values: np.ndarray, key: str, *, slack: np.ndarray | None = None, min_mass: float = 1.0
+) -> str | None:
+    """Why finite ``(rows, classes)`` values are not probability rows, or None.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        The (decoded) rows.
+    key : str
+        The name used in the reason.
+    slack : np.ndarray, optional
+        Per-row bound on the encoding's rounding error (L1), added to the tolerance of
+        :data:`PROBABILITY_SUM_TOLERANCE`; ``None``: rows as computed (float32).
+    min_mass : float
+        The least row sum the encoding can leave (``k / C`` for ``topk``, else 1).
+    """
+    if slack is None:
+        if (values < -1e-6).any() or not np.allclose(
+            values.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE
+        ):
+            return f"{key}: rows are not probability vectors"
+        return None
+    sums = values.sum(axis=1, dtype=np.float64)
+    tolerance = PROBABILITY_SUM_TOLERANCE + slack
+    if (
+        (values < -1e-6 - slack[:, None]).any()
+        or (sums > 1.0 + tolerance).any()
+        or (sums < min_mass - tolerance).any()
+    ):
+        return f"{key}: rows are not probability vectors"
+    return None

@@ -1,0 +1,73 @@
+"""Discovery: what a client tells the server once, before the first round."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+
+from fedkd.wire import keys
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """A client's answer to the ``query`` message: partition id, training example count,
+    label histogram and architecture index.
+
+    The server maps partition ids to node ids with it (sampling is keyed on partition ids),
+    caps the example count every later reply may report, and keeps the histograms for
+    label-aware teacher rules and ``partitions.json``. The histogram is exact: no privacy
+    mechanism covers it (see docs/PRIVACY.md).
+    """
+
+    partition_id: int
+    num_examples: int
+    label_histogram: tuple[int, ...]
+    architecture: int = 0
+
+    @staticmethod
+    def compute(
+        *, partition_id: int, train_y: np.ndarray, num_classes: int, architecture: int
+    ) -> MetricRecord:
+        """The client's reply record (``metrics``)."""
+        histogram = np.bincount(train_y, minlength=num_classes)
+        return MetricRecord(
+            {
+                keys.PARTITION_ID: partition_id,
+                keys.NUM_EXAMPLES: len(train_y),
+                keys.LABEL_HISTOGRAM: [int(c) for c in histogram],
+                keys.ARCHITECTURE: architecture,
+            }
+        )
+
+    @staticmethod
+    def decode(content: RecordDict, *, num_classes: int | None = None) -> Discovery:
+        """The server's view of a discovery reply.
+
+        Raises
+        ------
+        ValueError
+            The reply is not a usable discovery answer; the message says why.
+        """
+        if keys.METRICS not in content.metric_records:
+            raise ValueError("missing metrics")
+        metrics: dict[str, Any] = dict(content.metric_records[keys.METRICS])
+        partition_id = metrics.get(keys.PARTITION_ID)
+        if not isinstance(partition_id, int):
+            raise ValueError("missing partition-id")
+        histogram = metrics.get(keys.LABEL_HISTOGRAM)
+        if not isinstance(histogram, list):
+            raise ValueError("missing label-histogram")
+        counts = tuple(int(c) for c in histogram)
+        if num_classes is not None and len(counts) != num_classes:
+            raise ValueError(f"label-histogram has {len(counts)} classes, not {num_classes}")
+        if any(c < 0 for c in counts):
+            raise ValueError("label-histogram has negative counts")
+        return Discovery(
+            partition_id=partition_id,
+            num_examples=sum(counts),
+            label_histogram=counts,
+            architecture=int(metrics.get(keys.ARCHITECTURE, 0)),
+        )

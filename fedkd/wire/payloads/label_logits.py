@@ -1,0 +1,114 @@
+"""Per-label logits: FD's upload, the mean logit vector per true label and the label counts."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from flwr.app import Array, RecordDict
+
+from fedkd.distill import KDLoss, distill
+from fedkd.train import predict_logits
+from fedkd.wire import keys
+from fedkd.wire.payloads.base import (
+    MAX_ABS_VALUE,
+    ClientRound,
+    Expectation,
+    Payload,
+    as_array,
+)
+from fedkd.wire.payloads.registry import register
+
+
+@register
+class LabelLogits(Payload):
+    """``label-logits`` ``(C, C)``: the client model's mean logits over its private
+    examples of each true label; ``label-counts`` ``(C,)``: examples per label.
+
+    Downlink: the server's count-weighted global per-label logits (``targets``); the client
+    then trains with FD's regularizer, ``(1 - beta) CE + beta T^2 KL`` toward
+    ``softmax(G[y] / T)`` (labels nobody reported: the hard label). The server checks
+    shapes, float dtypes, finiteness, non-negative counts and magnitudes within
+    :data:`MAX_ABS_VALUE`. Counts are exact: no privacy mechanism covers this payload
+    (``privacy=dpsgd`` is refused for FD).
+    """
+
+    name: ClassVar[str] = "label-logits"
+    order: ClassVar[int] = 30
+    trains_locally: ClassVar[bool] = True
+    keys: ClassVar[tuple[str, ...]] = (keys.LABEL_LOGITS, keys.LABEL_COUNTS)
+
+    def train(self, client: ClientRound) -> float | None:
+        """FD's regularized local training, once global per-label logits arrived."""
+        targets = client.targets
+        if targets is None or keys.LABEL_LOGITS not in targets:
+            return None
+        local = client.setup.local
+        x, y = client.client_data.train_x, client.client_data.train_y
+        temperature = client.float_option(keys.FD_TEMPERATURE, 1.0)
+        global_logits = targets[keys.LABEL_LOGITS].numpy()
+        counts = targets[keys.LABEL_COUNTS].numpy()
+        soft = torch.softmax(torch.from_numpy(global_logits) / temperature, dim=1).numpy()
+        # Labels nobody reported have no global logits: their target is the hard label.
+        onehot = np.eye(client.data.num_classes, dtype=np.float32)
+        per_label = np.where((counts > 0)[:, None], soft, onehot).astype(np.float32)
+        report = distill(
+            client.model,
+            x,
+            per_label[y],
+            loss=KDLoss(temperature=temperature, alpha=client.float_option(keys.FD_BETA, 0.5)),
+            epochs=client.local_epochs,
+            batch_size=local.batch_size,
+            lr=local.lr,
+            optimizer=local.optimizer,
+            proxy_y=y,
+            seed=client.seed,
+            device=client.device,
+            weight_decay=local.weight_decay,
+        )
+        return report.epoch_losses[-1]
+
+    def compute(self, client: ClientRound) -> dict[str, Array]:
+        logits, counts = label_logits(client)
+        return {
+            keys.LABEL_LOGITS: as_array(client.poison.statistic(keys.LABEL_LOGITS, logits)),
+            keys.LABEL_COUNTS: as_array(counts),
+        }
+
+    def validate(self, content: RecordDict, expect: Expectation) -> str | None:
+        arrays = self.arrays(content)
+        if arrays is None or len(arrays) < len(self.keys):
+            return "missing label logits"
+        logits, counts = arrays[keys.LABEL_LOGITS], arrays[keys.LABEL_COUNTS]
+        num_classes = expect.num_classes
+        if logits.shape != (num_classes, num_classes) or counts.shape != (num_classes,):
+            return "label logits: wrong shape"
+        if logits.dtype.kind != "f" or counts.dtype.kind != "f":
+            return "label logits: wrong dtype"
+        if not (np.isfinite(logits).all() and np.isfinite(counts).all()) or (counts < 0).any():
+            return "label logits: not finite or negative counts"
+        if np.abs(logits).max(initial=0.0) > MAX_ABS_VALUE:
+            return "label logits: absurd magnitude"
+        return None
+
+    def decode(self, content: RecordDict, expect: Expectation) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits (C, C), counts (C,))`` as float64."""
+        arrays = self.arrays(content)
+        assert arrays is not None
+        return (
+            arrays[keys.LABEL_LOGITS].astype(np.float64),
+            arrays[keys.LABEL_COUNTS].astype(np.float64),
+        )
+
+
+def label_logits(client: ClientRound) -> tuple[np.ndarray, np.ndarray]:
+    """Mean logits per true label on private data ``(C, C)`` and the label counts ``(C,)``."""
+    num_classes = client.data.num_classes
+    logits = predict_logits(client.model, client.client_data.train_x, device=client.device)
+    labels = client.client_data.train_y
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
+    sums = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(sums, labels, logits)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    return means.astype(np.float32), counts

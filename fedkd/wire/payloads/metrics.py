@@ -1,0 +1,90 @@
+"""Client metrics: the example count, training loss and identity every train reply carries."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from flwr.app import RecordDict
+
+from fedkd.train import evaluate
+from fedkd.wire import keys
+from fedkd.wire.payloads.base import ClientRound, Expectation, Payload
+from fedkd.wire.payloads.registry import register
+
+
+@register
+class ClientMetrics(Payload):
+    """The reply's ``metrics`` record: ``num-examples`` (the weight of the client in every
+    example-weighted average), ``train-loss``, ``partition-id``, ``architecture``, the
+    echoed ``server-round``, ``dp-epsilon`` (DP-SGD: the client's own Opacus accountant)
+    and ``local-accuracy`` (its model on its own local test split).
+
+    Every strategy receives it; it is validated first, since the other payloads' checks
+    use the example count it reports. A count above what the client declared at discovery
+    is a lie that would buy it weight, and is rejected.
+    """
+
+    name: ClassVar[str] = "client-metrics"
+    order: ClassVar[int] = 0
+    record: ClassVar[str] = keys.METRICS
+    keys: ClassVar[tuple[str, ...]] = (
+        keys.NUM_EXAMPLES,
+        keys.TRAIN_LOSS,
+        keys.PARTITION_ID,
+        keys.ARCHITECTURE,
+        keys.SERVER_ROUND,
+        keys.DP_EPSILON,
+        keys.LOCAL_ACCURACY,
+    )
+    counted: ClassVar[bool] = False  # MetricRecords are not counted as uplink bytes
+
+    def compute(self, client: ClientRound) -> dict[str, Any]:
+        """The metric values (after local training)."""
+        metrics: dict[str, Any] = {
+            keys.NUM_EXAMPLES: len(client.client_data.train_y),
+            keys.TRAIN_LOSS: float(client.train_loss),
+            keys.PARTITION_ID: client.partition_id,
+            keys.ARCHITECTURE: client.architecture,
+            keys.SERVER_ROUND: client.server_round,  # the server rejects other rounds' replies
+        }
+        if client.dp_epsilon is not None:
+            metrics[keys.DP_EPSILON] = float(client.dp_epsilon)
+        test = client.client_data
+        if len(test.test_y):
+            _, metrics[keys.LOCAL_ACCURACY] = evaluate(
+                client.model, test.test_x, test.test_y, device=client.device
+            )
+        return metrics
+
+    def validate(self, content: RecordDict, expect: Expectation) -> str | None:
+        """Present, for this round, with a plausible example count."""
+        if keys.METRICS not in content.metric_records:
+            return "missing metrics"
+        metrics = content.metric_records[keys.METRICS]
+        echoed = metrics.get(keys.SERVER_ROUND)
+        if not isinstance(echoed, int):
+            return "missing server-round"
+        if echoed != expect.server_round:
+            return "reply for another round"
+        num_examples = metrics.get(keys.NUM_EXAMPLES)
+        if not isinstance(num_examples, int) or num_examples < 1:
+            return "implausible num-examples"
+        if expect.declared_examples and num_examples > expect.declared_examples:
+            return "implausible num-examples"
+        return None
+
+    def decode(self, content: RecordDict, expect: Expectation) -> dict[str, Any]:
+        """The metric values, keyed by message key."""
+        return dict(content.metric_records[keys.METRICS])
+
+    def uplink_bytes(self, content: RecordDict) -> int:
+        """Metrics are not counted (only ArrayRecords are, as Flower serializes them)."""
+        return 0
+
+
+def metric(values: dict[str, Any], key: str) -> float:
+    """A numeric metric of a decoded :class:`ClientMetrics` value."""
+    value = values[key]
+    if not isinstance(value, int | float):
+        raise TypeError(f"metric {key!r} is not a number")
+    return float(value)

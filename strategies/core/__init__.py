@@ -1,0 +1,1 @@
+"""The strategy core: transport, reply validation, bookkeeping and server distillation."""

@@ -1,0 +1,100 @@
+"""A round's numbers: failures, bytes, losses and the diagnostics every method reports.
+
+Plain functions of values (the round state, the validated replies, the test labels); they
+write into the round's metrics row and call nothing back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fedkd.wire import keys
+from fedkd.wire.payloads import TestPredictions
+from strategies.core.validation import ClientReply, RoundState
+
+logger = logging.getLogger(__name__)
+
+
+def record_replies(
+    state: RoundState, valid: Sequence[ClientReply], failures: Counter[str], *, received: int
+) -> None:
+    """Counts of valid and failed replies (missing ones as timeouts), uplink bytes and the
+    example-weighted training loss."""
+    metrics = state.metrics
+    missing = metrics.get("clients_sampled", received) - received
+    if missing > 0:
+        failures["no reply (timeout)"] += missing
+    metrics["clients_ok"] = len(valid)
+    metrics["clients_failed"] = sum(failures.values())
+    if failures:
+        metrics["failure_reasons"] = dict(failures)
+        logger.warning(
+            "round %s: %s client failures: %s",
+            state.server_round,
+            sum(failures.values()),
+            dict(failures),
+        )
+    metrics["uplink_bytes"] = sum(reply.uplink_bytes for reply in valid)
+    if valid:
+        total = sum(r.num_examples for r in valid)
+        metrics["train_loss"] = (
+            sum(r.metric(keys.TRAIN_LOSS) * r.num_examples for r in valid) / total
+        )
+
+
+def test_predictions(replies: Sequence[ClientReply]) -> np.ndarray | None:
+    """Clients' evaluation-only test predictions ``(clients, N, C)``, when every valid reply
+    has usable ones."""
+    probs = [r.values.get(TestPredictions.name) for r in replies]
+    present = [p for p in probs if p is not None]
+    if not probs or len(present) < len(probs):
+        return None
+    return np.stack(present)
+
+
+def record_diagnostics(
+    state: RoundState,
+    replies: Sequence[ClientReply],
+    *,
+    test_labels: np.ndarray,
+    ensemble: Callable[[np.ndarray, Sequence[ClientReply]], np.ndarray] | None,
+) -> None:
+    """Per-client accuracy on the server test set (mean/min/max, and each client's by
+    partition id), the clients' accuracy on their own local test splits, and the teacher
+    ensemble's test accuracy (``ensemble``: the method's teacher rule, when it forms one)."""
+    metrics = state.metrics
+    local = [r.metric(keys.LOCAL_ACCURACY) for r in replies if keys.LOCAL_ACCURACY in r.metrics]
+    if local:
+        metrics["personalized_accuracy_mean"] = float(np.mean(local))
+    probs = test_predictions(replies)
+    if probs is None:
+        return
+    per_client = (probs.argmax(axis=2) == test_labels[None, :]).mean(axis=1)
+    metrics["client_accuracy_mean"] = float(per_client.mean())
+    metrics["client_accuracy_min"] = float(per_client.min())
+    metrics["client_accuracy_max"] = float(per_client.max())
+    # Sorted by partition id, so the row does not depend on the order replies arrived in.
+    metrics["client_accuracies"] = dict(
+        sorted((r.partition_id, float(a)) for r, a in zip(replies, per_client, strict=True))
+    )
+    if ensemble is not None:
+        targets = ensemble(probs, replies)
+        metrics["ensemble_accuracy"] = float((targets.argmax(axis=1) == test_labels).mean())
+
+
+def downlink_bytes(contents: Sequence[Any]) -> int:
+    """Bytes of the ArrayRecords sent (a record sent to many clients counted per client,
+    serialized once)."""
+    total = 0
+    sizes: dict[int, int] = {}
+    for content in contents:
+        for record in content.array_records.values():
+            if id(record) not in sizes:
+                sizes[id(record)] = record.count_bytes()
+            total += sizes[id(record)]
+    return total

@@ -1,0 +1,189 @@
+"""Reply validation driven by the payloads: what a method receives is checked and decoded.
+
+:func:`validate_replies` turns one round's raw replies into :class:`ClientReply` values
+(every requested payload validated and decoded) and counted failure reasons. It knows no
+method: the payloads say what to check, the :class:`RoundState` says what was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+
+from fedkd.wire import keys
+from fedkd.wire.payloads import ClientMetrics, Expectation, Payload, metric
+from strategies.core.transport import first_line
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundState:
+    """One round as values: what was sent to whom, on which proxy rows, and its metrics.
+
+    Attributes
+    ----------
+    server_round : int
+        The round.
+    partitions : list[int]
+        The partition ids sampled for training, sorted.
+    sent_to : dict[int, int]
+        Node id -> partition id of every train message sent this round.
+    proxy_indices : np.ndarray
+        This round's proxy rows (indices into the proxy).
+    metrics : dict
+        The round's row of ``metrics.jsonl`` as it is built (shared with the strategy's
+        ``round_metrics[server_round]``).
+    """
+
+    server_round: int
+    partitions: list[int] = field(default_factory=list)
+    sent_to: dict[int, int] = field(default_factory=dict)
+    proxy_indices: np.ndarray = field(default_factory=lambda: np.arange(0))
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClientReply:
+    """A validated train reply: who sent it and its decoded payloads.
+
+    Attributes
+    ----------
+    partition_id, node_id, architecture : int
+        The client.
+    num_examples : int
+        Its example count (the weight in example-weighted averages).
+    metrics : dict
+        Its decoded :class:`~fedkd.wire.payloads.ClientMetrics` (message keys).
+    values : dict
+        Payload name -> decoded value (``None`` for an optional payload that was unusable).
+    uplink_bytes : int
+        Bytes of the ArrayRecords it carried that count as the method's uplink.
+    message : Message
+        The raw reply (kept for byte counts and the audit; methods read :attr:`values`).
+    """
+
+    partition_id: int
+    node_id: int
+    architecture: int
+    num_examples: int
+    metrics: dict[str, Any]
+    values: dict[str, Any]
+    uplink_bytes: int
+    message: Message
+
+    def metric(self, key: str) -> float:
+        """A numeric client metric by message key."""
+        return metric(self.metrics, key)
+
+
+def uplink_bytes(message: Message) -> int:
+    """ArrayRecord bytes a reply carries, excluding evaluation-only outputs."""
+    return sum(
+        record.count_bytes()
+        for name, record in message.content.array_records.items()
+        if name != keys.EVALUATION
+    )
+
+
+def check_reply(
+    reply: Message,
+    state: RoundState,
+    payloads: Sequence[Payload],
+    expectation: Callable[[int, int], Expectation],
+) -> str | None:
+    """Why a training reply is unusable, or None when it is fine.
+
+    ``expectation(partition_id, num_examples)`` gives the checks' reference for the client.
+    Client errors are reduced to their first line: full tracebacks stay on the client.
+    """
+    if reply.has_error():
+        return f"client error: {first_line(reply)}"
+    if reply.metadata.src_node_id not in state.sent_to:
+        return "reply from a node that was not sampled this round"
+    partition_id = state.sent_to[reply.metadata.src_node_id]
+    expect = expectation(partition_id, 0)
+    reason = ClientMetrics().validate(reply.content, expect)
+    if reason is not None:
+        return reason
+    num_examples = int(reply.content.metric_records[keys.METRICS][keys.NUM_EXAMPLES])  # type: ignore[arg-type]
+    expect = expectation(partition_id, num_examples)
+    for payload in payloads:
+        if payload.required and not isinstance(payload, ClientMetrics):
+            reason = payload.validate(reply.content, expect)
+            if reason is not None:
+                return reason
+    return None
+
+
+def decode_reply(
+    reply: Message,
+    state: RoundState,
+    payloads: Sequence[Payload],
+    expectation: Callable[[int, int], Expectation],
+    *,
+    architecture: int,
+) -> ClientReply:
+    """A reply that passed :func:`check_reply`, decoded."""
+    partition_id = state.sent_to[reply.metadata.src_node_id]
+    metrics = ClientMetrics().decode(reply.content, expectation(partition_id, 0))
+    num_examples = int(metric(metrics, keys.NUM_EXAMPLES))
+    expect = expectation(partition_id, num_examples)
+    values: dict[str, Any] = {}
+    for payload in payloads:
+        if isinstance(payload, ClientMetrics):
+            continue
+        if not payload.required and payload.validate(reply.content, expect) is not None:
+            values[payload.name] = None
+            continue
+        values[payload.name] = payload.decode(reply.content, expect)
+    return ClientReply(
+        partition_id=partition_id,
+        node_id=reply.metadata.src_node_id,
+        architecture=architecture,
+        num_examples=num_examples,
+        metrics=metrics,
+        values=values,
+        uplink_bytes=uplink_bytes(reply),
+        message=reply,
+    )
+
+
+def validate_replies(
+    replies: Sequence[Message],
+    state: RoundState,
+    payloads: Sequence[Payload],
+    expectation: Callable[[int, int], Expectation],
+    architecture_of: Callable[[int], int],
+) -> tuple[list[ClientReply], Counter[str]]:
+    """Split replies into decoded valid ones (in partition order) and counted failure
+    reasons."""
+    valid: list[ClientReply] = []
+    failures: Counter[str] = Counter()
+    for reply in replies:
+        reason = check_reply(reply, state, payloads, expectation)
+        if reason is None:
+            partition_id = state.sent_to[reply.metadata.src_node_id]
+            valid.append(
+                decode_reply(
+                    reply, state, payloads, expectation, architecture=architecture_of(partition_id)
+                )
+            )
+        else:
+            failures[reason] += 1
+            logger.debug(
+                "round %s: rejected reply from node %s: %s",
+                state.server_round,
+                reply.metadata.src_node_id,
+                reason,
+            )
+    # Replies arrive in completion order; aggregate in partition order so that float
+    # sums (and so every metric) do not depend on which actor finished first.
+    valid.sort(key=lambda reply: reply.partition_id)
+    return valid, failures
