@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedkd.errors import ConfigError
-from fedkd.interrupt import RunInterrupted, clear_stop, request_stop, stop_requested
+from fedkd.run.interrupt import RunInterrupted, clear_stop, request_stop, stop_requested
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def run_on_ray(
 
 
 def install_sigint_handler() -> Any:
-    """Ctrl-C asks the ServerApp to stop (see :mod:`fedkd.interrupt`); a second one raises
+    """Ctrl-C asks the ServerApp to stop (see :mod:`fedkd.run.interrupt`); a second one raises
     at once. Returns the previous handler (``None`` off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None

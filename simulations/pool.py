@@ -33,7 +33,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedkd.errors import ConfigError
-from fedkd.interrupt import RunInterrupted, check_stop, clear_stop, stop_requested
+from fedkd.run.interrupt import RunInterrupted, check_stop, clear_stop, stop_requested
 from simulations.engine import (
     InlineGrid,
     backend_config,

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from fedkd.report import html_table
-from fedkd.results import CONFIG_FILE, REPORT_HTML, SUMMARY_FILE
+from fedkd.run.report import html_table
+from fedkd.run.results import CONFIG_FILE, REPORT_HTML, SUMMARY_FILE
 
 METRICS = (
     ("student_accuracy", "student"),

@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 
 from fedkd.apps.client import app as client_app
 from fedkd.apps.server import make_server_app, prepare_run
-from fedkd.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
 from fedkd.config import to_plain
 from fedkd.errors import ConfigError
-from fedkd.results import CONFIG_FILE, RESULT_FILES, SUMMARY_FILE, check_fresh_run_dir
+from fedkd.run.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
+from fedkd.run.results import CONFIG_FILE, RESULT_FILES, SUMMARY_FILE, check_fresh_run_dir
 from simulations.engine import backend_config, run_inline, run_on_ray
 from simulations.pool import run_on_pool
 

@@ -32,9 +32,9 @@ from torch import nn
 from fedkd.distill import teacher_targets, validate_target_rule
 from fedkd.distill.losses import DistillLoss
 from fedkd.errors import ConfigError, FedKDError
-from fedkd.interrupt import check_stop
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacyController
+from fedkd.run.interrupt import check_stop
 from fedkd.train import predict_probs
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec

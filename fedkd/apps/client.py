@@ -36,11 +36,11 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from fedkd import faults
 from fedkd.apps.local_training import train_dpsgd, train_supervised, warm_up
 from fedkd.apps.runtime import client_runtime
-from fedkd.attacks import LABEL_ATTACKS
 from fedkd.errors import FedKDError
+from fedkd.reliability import faults
+from fedkd.reliability.attacks import LABEL_ATTACKS
 from fedkd.train import evaluate
 from fedkd.wire import keys
 from fedkd.wire.payloads import (
@@ -151,8 +151,8 @@ def train(message: Message, context: Context) -> Message:
     The round config's ``payloads`` names what to send (:mod:`fedkd.wire.payloads`); each
     payload computes, protects, poisons and encodes itself. Simulation harness keys, set by
     the server for chosen clients only: ``fault`` (crash, straggle or kill first, see
-    :mod:`fedkd.faults`) and ``attack-kind`` (poison what is shared, see
-    :mod:`fedkd.attacks`)."""
+    :mod:`fedkd.reliability.faults`) and ``attack-kind`` (poison what is shared, see
+    :mod:`fedkd.reliability.attacks`)."""
     runtime = client_runtime(message, context)
     config = message.content.config_records[keys.CONFIG]
     fault = str(config.get(keys.FAULT, ""))

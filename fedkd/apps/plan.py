@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from fedkd.attacks import AttackSpec
 from fedkd.config import check_top_level, options, strategy_class
 from fedkd.data import get_federated_data
 from fedkd.devices import resolve_device
@@ -19,10 +18,11 @@ from fedkd.distill import build_loss, loss_options
 from fedkd.distill.augment import build_augmentation
 from fedkd.distill.self_train import check_born_again
 from fedkd.errors import ConfigError
-from fedkd.faults import FaultSpec
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacySpec
-from fedkd.report import ReportSpec
+from fedkd.reliability.attacks import AttackSpec
+from fedkd.reliability.faults import FaultSpec
+from fedkd.run.report import ReportSpec
 from fedkd.setup import FederationSetup, LocalTraining, architecture_index
 from fedkd.wire.encoding import EncodingSpec
 from strategies.base import FedKDStrategy, RunAssets

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, Context, Message
 
-from fedkd.attacks import poison_labels
 from fedkd.data import (
     ClientData,
     FederatedData,
@@ -29,6 +28,7 @@ from fedkd.distill.augment import Augmentation, build_augmentation
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacySpec
+from fedkd.reliability.attacks import poison_labels
 from fedkd.setup import FederationSetup, architecture_index
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec

@@ -28,22 +28,22 @@ from fedkd.apps.plan import (  # noqa: F401  (re-exported: the ServerApp's publi
     prepare_run,
     resolve_distill,
 )
-from fedkd.checkpoint import (
-    check_resumable,
-    load_checkpoint,
-    rng_states,
-    save_checkpoint,
-    set_rng_states,
-)
 from fedkd.config import compose_config
 from fedkd.data import FederatedData
 from fedkd.devices import resolve_device
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
 from fedkd.privacy import PrivacyBudgetExhausted
-from fedkd.progress import RoundProgress, summary_table
-from fedkd.report import ReportSpec
-from fedkd.results import RunWriter, summarize
+from fedkd.run.checkpoint import (
+    check_resumable,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+from fedkd.run.progress import RoundProgress, summary_table
+from fedkd.run.report import ReportSpec
+from fedkd.run.results import RunWriter, summarize
 from fedkd.train import evaluate
 from strategies.base import RoundAborted, student_arrays
 
@@ -198,7 +198,7 @@ def student_outputs(plan: RunPlan, run_dir: Path, spec: ReportSpec) -> dict[str,
     test_x, test_y = plan.assets.data.test_x, plan.assets.data.test_y
     outputs: dict[str, Any] = {}
     if spec.export:
-        from fedkd.export import export_student
+        from fedkd.run.export import export_student
 
         try:
             example = torch.as_tensor(np.asarray(test_x[:4], dtype=np.float32))
@@ -207,7 +207,7 @@ def student_outputs(plan: RunPlan, run_dir: Path, spec: ReportSpec) -> dict[str,
             logger.exception("could not export the student")
             outputs["export_error"] = f"{type(exc).__name__}: {exc}"
     if spec.compression:
-        from fedkd.compression import compare
+        from fedkd.run.compression import compare
 
         try:
             teacher = train_teacher(plan, epochs=spec.teacher_epochs)
@@ -259,7 +259,7 @@ def write_checkpoint(
     *,
     timeout: float,
 ) -> bool:
-    """Save everything round ``server_round + 1`` needs (see :mod:`fedkd.checkpoint`).
+    """Save everything round ``server_round + 1`` needs (see :mod:`fedkd.run.checkpoint`).
 
     When a client cannot export its state the checkpoint would be incomplete, so none is
     written and the previous one stays; the run goes on. Returns whether one was written.

@@ -66,7 +66,7 @@ DP_HISTORY = "fedkd-dp-history"  # context.state: the client's Opacus accountant
 DP_EPSILON = "dp-epsilon"  # reply metric: the client's own Opacus epsilon after training
 TARGETS_ROWS = "targets-rows"  # rows of the round's proxy subset the targets cover (PATE)
 AUDIT_MODEL = "audit-model"  # query config: reply with the client's own model (audit only)
-# Reliability (fedkd.faults, fedkd.attacks, checkpoints)
+# Reliability (fedkd.reliability.faults, fedkd.reliability.attacks, checkpoints)
 FAULT = "fault"  # round config: crash | straggle | kill (fault injection, simulation only)
 FAULT_DELAY = "fault-delay"  # round config: seconds a straggler sleeps
 ATTACK_KIND = "attack-kind"  # round config: the poisoning a malicious client applies

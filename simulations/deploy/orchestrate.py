@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkd.errors import ConfigError
-from fedkd.results import check_fresh_run_dir
+from fedkd.run.results import check_fresh_run_dir
 from simulations.deploy.errors import DeployError
 from simulations.deploy.options import (
     DEFAULT_TIMEOUT_SECONDS,

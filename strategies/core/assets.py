@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedkd.attacks import AttackSpec
 from fedkd.data import FederatedData
-from fedkd.faults import FaultSpec
 from fedkd.models import FedKDModel
 from fedkd.privacy import PrivacySpec
+from fedkd.reliability.attacks import AttackSpec
+from fedkd.reliability.faults import FaultSpec
 from fedkd.setup import FederationSetup
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedkd.interrupt import check_stop
+from fedkd.run.interrupt import check_stop
 from fedkd.wire import keys
 from fedkd.wire.payloads import Discovery
 
@@ -131,7 +131,7 @@ def exchange(
 ) -> list[Message]:
     """Push ``messages`` and collect their replies until all are in or ``timeout`` passes
     (Flower's ``send_and_receive``), checking between polls whether the run was asked to
-    stop (:func:`fedkd.interrupt.check_stop`). A grid that runs the ClientApp while
+    stop (:func:`fedkd.run.interrupt.check_stop`). A grid that runs the ClientApp while
     pushing (``synchronous``, the inline engine) is asked directly."""
     if getattr(grid, "synchronous", False):
         return list(grid.send_and_receive(messages, timeout=timeout))

@@ -1,4 +1,4 @@
-"""Tests for fedkd.compression: int8, pruning, low rank and the comparison rows."""
+"""Tests for fedkd.run.compression: int8, pruning, low rank and the comparison rows."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from fedkd.compression import (
+from fedkd.models import build_model
+from fedkd.run.compression import (
     ROW_KEYS,
     compare,
     compress_int8,
@@ -28,7 +29,6 @@ from fedkd.compression import (
     quantized_engine,
     sparse_state_dict,
 )
-from fedkd.models import build_model
 from fedkd.train import train_local
 
 NUM_CLASSES = 4
@@ -274,7 +274,7 @@ def test_low_rank_factorizes_convs_and_shrinks(name: str) -> None:
 def test_low_rank_keeps_model_when_rank_saves_nothing(caplog: pytest.LogCaptureFixture) -> None:
     model = _model("mlp")
     x, _ = _data("mlp", n=8)
-    with caplog.at_level(logging.WARNING, logger="fedkd.compression"):
+    with caplog.at_level(logging.WARNING, logger="fedkd.run.compression"):
         factorized = compress_low_rank(model, 11)
     assert "saves parameters in no layer" in caplog.text
     _assert_same_state(model, factorized)

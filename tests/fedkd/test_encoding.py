@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 from fedkd.setup import FederationSetup
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec, MalformedEncoding, index_dtype

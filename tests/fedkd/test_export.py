@@ -1,4 +1,4 @@
-"""Tests for fedkd.export: TorchScript/ONNX files that reproduce the student."""
+"""Tests for fedkd.run.export: TorchScript/ONNX files that reproduce the student."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedkd.export import ONNX_FILENAME, TORCHSCRIPT_FILENAME, ExportMismatchError, export_student
 from fedkd.models import build_model
+from fedkd.run.export import (
+    ONNX_FILENAME,
+    TORCHSCRIPT_FILENAME,
+    ExportMismatchError,
+    export_student,
+)
 
 ARCHITECTURES: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {
     "mlp": ((12,), {"hidden": [32, 16]}),

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import fedkd.report
-import fedkd.results
+import fedkd.run.report
+import fedkd.run.results
 from fedkd.errors import ConfigError
-from fedkd.report import (
+from fedkd.run.report import (
     ACCURACY_PLOT,
     BYTES_PLOT,
     CLIENT_ACCURACY_PLOT,
@@ -30,7 +30,7 @@ from fedkd.report import (
     summary_rows,
     tensorboard_available,
 )
-from fedkd.results import PARTITIONS_FILE, RunWriter, read_metrics, read_partitions
+from fedkd.run.results import PARTITIONS_FILE, RunWriter, read_metrics, read_partitions
 
 TINY = ["dataset=synthetic", "dataset.num_samples=300", "num_clients=4", "num_rounds=2",
         "client.epochs=1"]  # fmt: skip
@@ -142,7 +142,7 @@ def test_a_failing_plot_keeps_the_results_and_is_recorded(
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("no ink <left>")
 
-    monkeypatch.setattr(fedkd.report, "plot_client_accuracies", broken)
+    monkeypatch.setattr(fedkd.run.report, "plot_client_accuracies", broken)
     summary = in_process_run(TINY, tmp_path)
     rows = read_metrics(tmp_path)
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -159,7 +159,7 @@ def test_a_failing_report_never_loses_the_summary(tmp_path, monkeypatch) -> None
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise MemoryError("out of memory drawing")
 
-    monkeypatch.setattr(fedkd.results, "write_report", broken)
+    monkeypatch.setattr(fedkd.run.results, "write_report", broken)
     writer = RunWriter(tmp_path / "run")
     writer.start({"seed": 0})
     writer.append({"round": 1, "student_accuracy": 0.5})
@@ -262,7 +262,7 @@ def test_bad_report_block_fails_before_the_run() -> None:
 
 
 def test_tensorboard_without_the_package_says_how_to_install(monkeypatch) -> None:
-    monkeypatch.setattr(fedkd.report, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(fedkd.run.report, "tensorboard_available", lambda: False)
     with pytest.raises(ConfigError, match=re.escape("pip install tensorboard")):
         ReportSpec.from_config({"tensorboard": True})
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fedkd.apps.server import prepare_run
-from fedkd.checkpoint import load_checkpoint
-from fedkd.compression import ROW_KEYS
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
-from fedkd.report import ReportSpec
+from fedkd.run.checkpoint import load_checkpoint
+from fedkd.run.compression import ROW_KEYS
+from fedkd.run.report import ReportSpec
 from simulations.run import run
 
 TINY = [

@@ -9,7 +9,7 @@ import dp_accounting
 import pytest
 from dp_accounting import rdp
 
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 
 BASE = ["num_clients=3", "num_rounds=2", "client.epochs=1"]
 DISTILL = "strategy.distill_epochs=2"

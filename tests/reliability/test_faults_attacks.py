@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedkd.attacks import (
+from fedkd.errors import ConfigError
+from fedkd.reliability.attacks import (
     AttackSpec,
     flip_labels,
     malicious_partitions,
@@ -13,8 +14,7 @@ from fedkd.attacks import (
     poison_probs,
     poison_weights,
 )
-from fedkd.errors import ConfigError
-from fedkd.faults import CRASH, KILL, STRAGGLE, FaultSpec, InjectedFault, inject
+from fedkd.reliability.faults import CRASH, KILL, STRAGGLE, FaultSpec, InjectedFault, inject
 
 
 def test_fault_plan_is_seeded_sized_and_disjoint() -> None:

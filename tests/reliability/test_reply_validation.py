@@ -22,7 +22,7 @@ from fedkd.apps.client import safe_reason
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
-from fedkd.faults import InjectedFault
+from fedkd.reliability.faults import InjectedFault
 from fedkd.wire import keys
 from strategies.base import RoundAborted
 

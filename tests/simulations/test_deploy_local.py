@@ -20,7 +20,7 @@ from cryptography import x509
 from flwr.common.config import parse_config_args
 
 from fedkd.errors import ConfigError
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 from simulations.deploy import (
     DeployError,
     LocalFederation,

@@ -12,7 +12,7 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedkd.config import compose_config
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 from simulations.run import run
 
 pytestmark = pytest.mark.slow

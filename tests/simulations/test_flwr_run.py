@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 
 pytestmark = pytest.mark.slow
 

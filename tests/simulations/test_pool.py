@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedkd.errors import ConfigError
-from fedkd.interrupt import RunInterrupted, clear_stop, request_stop
+from fedkd.run.interrupt import RunInterrupted, clear_stop, request_stop
 from simulations.pool import ACTOR_DIED, ClientWorker, RayGrid, pool_size
 
 toy = ClientApp()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER_VAR = "FEDKD_TEST_MARKER"

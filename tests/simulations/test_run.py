@@ -12,7 +12,7 @@ import pytest
 
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 from simulations.run import run
 
 REPO = Path(__file__).resolve().parents[2]

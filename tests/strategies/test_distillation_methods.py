@@ -13,7 +13,7 @@ from fedkd.apps.client import app as client_app
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 from fedkd.wire import keys
 from strategies.fd import global_label_logits
 

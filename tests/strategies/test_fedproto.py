@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 from fedkd.wire import keys
 
 # 3 classes, 6 features, embedding width D = 4

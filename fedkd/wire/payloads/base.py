@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedkd.attacks import LABEL_FLIP, poison_probs, poison_weights
+from fedkd.reliability.attacks import LABEL_FLIP, poison_probs, poison_weights
 from fedkd.wire import keys
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedkd.results import ACCURACY_PLOT, BYTES_PLOT, read_metrics
+from fedkd.run.results import ACCURACY_PLOT, BYTES_PLOT, read_metrics
 
 TINY = ["num_clients=3", "num_rounds=1", "client.epochs=1", "strategy.fraction_evaluate=1.0"]
 DATASETS = {

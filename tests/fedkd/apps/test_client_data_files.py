@@ -10,7 +10,7 @@ import numpy as np
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedkd.data import get_federated_data, write_local_data
-from fedkd.results import read_metrics
+from fedkd.run.results import read_metrics
 
 ARGS = [
     "dataset=synthetic",

@@ -13,11 +13,11 @@ from typing import Any
 import yaml
 
 from fedkd.errors import ConfigError
-from fedkd.report import ACCURACY_PLOT as ACCURACY_PLOT
-from fedkd.report import BYTES_PLOT as BYTES_PLOT
-from fedkd.report import REPORT_HTML as REPORT_HTML
-from fedkd.report import ReportSpec, TensorBoardLog, write_report
-from fedkd.report import write_plots as write_plots
+from fedkd.run.report import ACCURACY_PLOT as ACCURACY_PLOT
+from fedkd.run.report import BYTES_PLOT as BYTES_PLOT
+from fedkd.run.report import REPORT_HTML as REPORT_HTML
+from fedkd.run.report import ReportSpec, TensorBoardLog, write_report
+from fedkd.run.report import write_plots as write_plots
 
 logger = logging.getLogger(__name__)
 

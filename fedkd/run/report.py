@@ -55,10 +55,10 @@ class ReportSpec:
         needs the ``tensorboard`` package.
     export : bool, default True
         Export the final student as TorchScript (and ONNX when the ``onnx`` extra is
-        installed), checked against the student's own outputs (:mod:`fedkd.export`).
+        installed), checked against the student's own outputs (:mod:`fedkd.run.export`).
     compression : bool, default False
         Compare the student with a trained teacher compressed three ways (int8, pruning,
-        low rank; :mod:`fedkd.compression`): ``summary.json``'s ``compression`` rows.
+        low rank; :mod:`fedkd.run.compression`): ``summary.json``'s ``compression`` rows.
     teacher_epochs : int, default 10
         Epochs of the teacher for the comparison: the client architecture (partition 0's
         under ``model=hetero``) trained on every client's training data pooled, with the
@@ -428,7 +428,7 @@ _COMPRESSION_COLORS = {
 
 
 def _compression_family(method: str) -> str:
-    """``teacher_pruned_80`` -> ``pruned`` (the families of fedkd.compression's methods)."""
+    """``teacher_pruned_80`` -> ``pruned`` (the families of fedkd.run.compression's methods)."""
     for marker, family in (("pruned", "pruned"), ("low_rank", "low rank"), ("int8", "int8")):
         if marker in method:
             return family
@@ -547,10 +547,10 @@ footer { margin-top: 2em; font-size: 0.85em; color: #666; }
 def summary_rows(summary: Mapping[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     """Title, column headers and rows of the end-of-run results table.
 
-    The data of :func:`fedkd.progress.summary_table` (the rich table printed at the end of a
+    The data of :func:`fedkd.run.progress.summary_table` (the rich table printed at the end of a
     run), read from it so the page and the console never disagree.
     """
-    from fedkd.progress import summary_table
+    from fedkd.run.progress import summary_table
 
     table = summary_table(summary)
     headers = [str(column.header) for column in table.columns]

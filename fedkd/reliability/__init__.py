@@ -1,0 +1,1 @@
+"""The reliability harness (simulation only): injected client faults and poisoning attacks."""
