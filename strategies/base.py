@@ -494,8 +494,9 @@ class FedKDStrategy(Strategy):
             )
             if self.sends_weights:
                 content[keys.ARRAYS] = self.weights_for(partition_id, arrays)
-            if self.round_targets is not None:
-                content[keys.TARGETS] = self.round_targets
+            targets = self.targets_for(partition_id)
+            if targets is not None:
+                content[keys.TARGETS] = targets
             node_id = self.node_of_partition[partition_id]
             state.sent_to[node_id] = partition_id
             messages.append(
@@ -503,6 +504,11 @@ class FedKDStrategy(Strategy):
             )
         state.metrics["downlink_bytes"] = bookkeeping.downlink_bytes([m.content for m in messages])
         return messages
+
+    def targets_for(self, partition_id: int) -> ArrayRecord | None:
+        """What a client receives to learn from (``targets``): the same consensus for every
+        client by default; a method with per-client targets (FedGKT) overrides this."""
+        return self.round_targets
 
     def harness_config(self, state: RoundState) -> dict[int, dict[str, Any]]:
         """Extra round-config keys for clients told to fail (``faults``) or to poison what

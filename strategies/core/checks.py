@@ -14,7 +14,7 @@ from fedkd.distill import build_loss
 from fedkd.distill.losses import DistillLoss
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel
-from fedkd.wire.payloads import LabelLogits, ModelWeights, Prototypes, ProxyPredictions
+from fedkd.wire.payloads import ModelWeights, ProxyPredictions, resolve
 from strategies.core.assets import RunAssets, rule_options
 
 logger = logging.getLogger(__name__)
@@ -66,12 +66,12 @@ def check_privacy(
         population = assets.setup.num_clients
         unit = f"1/num_clients = 1/{population}"
     else:  # dpsgd
-        statistics = {LabelLogits.name, Prototypes.name}
-        if statistics & set(payloads) or trains_locally:
+        direct = [p.name for p in resolve(payloads) if p.from_private_records]
+        if direct or trains_locally:
             raise ConfigError(
                 f"privacy=dpsgd cannot cover strategy {method}: it shares statistics "
-                "computed directly on private data (per-label logits or class "
-                "prototypes), not only outputs of the DP-SGD model"
+                f"computed directly on private data ({', '.join(direct) or 'local training'}), "
+                "not only outputs of the DP-SGD model"
             )
         local = assets.setup.local
         if local.self_distill is not None or local.born_again is not None:

@@ -62,8 +62,11 @@ def test_delta_must_be_below_one_over_the_number_of_units() -> None:
             "shares weights",
         ),
         (["strategy=fd", "data.proxy_labeled=true", "privacy=logit_dp"], "shares no proxy"),
-        (["strategy=fd", "data.proxy_labeled=true", "privacy=dpsgd"], "per-label logits"),
-        (["strategy=fedproto", "privacy=dpsgd"], "per-label logits or class prototypes"),
+        (
+            ["strategy=fd", "data.proxy_labeled=true", "privacy=dpsgd"],
+            r"private data \(label-logits\)",
+        ),
+        (["strategy=fedproto", "privacy=dpsgd"], r"private data \(prototypes\)"),
         (["strategy=centralized", "privacy=dpsgd"], "trains centrally"),
         (["strategy=dsfl", "privacy=logit_dp", "aggregation=confidence"], "use aggregation=mean"),
         (["strategy=fedavg", "privacy=dpsgd", "client.born_again={}"], "client.born_again"),

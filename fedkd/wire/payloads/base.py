@@ -205,6 +205,10 @@ class Payload:
     trains_locally : bool
         Clients train with the payload's own loss (:meth:`train`) once its aggregate
         arrived, replacing ``client.self_distill`` and ``client.born_again``.
+    from_private_records : bool
+        Computed directly on private records (statistics, per-example features), not only
+        as outputs of the client's model on public data: ``privacy=dpsgd``, which protects
+        the model, does not cover it.
     """
 
     name: ClassVar[str]
@@ -214,6 +218,7 @@ class Payload:
     counted: ClassVar[bool] = True
     required: ClassVar[bool] = True
     trains_locally: ClassVar[bool] = False
+    from_private_records: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ client side
     def digest(self, client: ClientRound) -> None:

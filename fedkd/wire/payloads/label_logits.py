@@ -37,6 +37,7 @@ class LabelLogits(Payload):
     name: ClassVar[str] = "label-logits"
     order: ClassVar[int] = 30
     trains_locally: ClassVar[bool] = True
+    from_private_records: ClassVar[bool] = True
     keys: ClassVar[tuple[str, ...]] = (keys.LABEL_LOGITS, keys.LABEL_COUNTS)
 
     def train(self, client: ClientRound) -> float | None:

@@ -36,6 +36,7 @@ class Prototypes(Payload):
     name: ClassVar[str] = "prototypes"
     order: ClassVar[int] = 40
     trains_locally: ClassVar[bool] = True
+    from_private_records: ClassVar[bool] = True
     keys: ClassVar[tuple[str, ...]] = (
         keys.PROTOTYPES,
         keys.PROTOTYPE_SOFT,
