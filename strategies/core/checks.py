@@ -10,6 +10,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from fedkd.distill import build_loss
 from fedkd.distill.losses import DistillLoss
 from fedkd.errors import ConfigError
@@ -159,3 +161,33 @@ def _check_client_self_distill(
             probe_bind(loss, model, [])
     except ConfigError as exc:
         raise ConfigError(f"client.self_distill: {exc}") from exc
+
+
+def common_embedding_width(
+    assets: RunAssets, architecture_model: Callable[[int], FedKDModel], *, method: str
+) -> int:
+    """The width ``D`` of the ``"embedding"`` feature every client architecture shares.
+
+    Methods that combine embeddings across clients (FedProto's prototypes, FedGKT's
+    features) need one width; heterogeneous architectures with different widths are refused.
+    """
+    widths = {}
+    for index, spec in enumerate(assets.setup.architectures):
+        model = architecture_model(index)
+        probe = torch.zeros((2, *assets.data.input_shape), device=assets.device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                _, features = model.forward_features(probe)
+        finally:
+            model.train(was_training)
+        widths[f"{index}: {spec}"] = int(features["embedding"].flatten(1).shape[1])
+    if len(set(widths.values())) > 1:
+        listed = "; ".join(f"[{name}] -> {width}" for name, width in widths.items())
+        raise ConfigError(
+            f"strategy {method} combines embeddings across clients, so every client "
+            "architecture (model.architectures) must have the same embedding width; "
+            f"got {listed}"
+        )
+    return next(iter(widths.values()))
