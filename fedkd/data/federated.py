@@ -1,20 +1,45 @@
-"""The federated view of a dataset: server test set, public proxy and per-client partitions."""
+"""The federated view of a dataset: server test set, public proxy and per-client partitions.
+
+The types live in :mod:`fedkd.data.federated_types`, the config checks in
+:mod:`fedkd.data.data_config` and the seeded splits in :mod:`fedkd.data.splits`; this module
+builds (and caches) the view and re-exports their public names.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
-import operator
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral
+from typing import Any, ParamSpec
 
 import numpy as np
 
+from fedkd.data.data_config import (
+    _canonical,
+    _check_proxy_classes,
+    _check_proxy_dataset,
+    _check_proxy_size,
+    _split_mapping,
+)
+from fedkd.data.data_config import validate_data_config as validate_data_config
 from fedkd.data.datasets import RawDataset, load_dataset, resolve_dataset_options
-from fedkd.data.partition import partition_indices, resolve_partition_options
+from fedkd.data.federated_types import PROXY_SOURCE_SPLIT as PROXY_SOURCE_SPLIT
+from fedkd.data.federated_types import ClientData as ClientData
+from fedkd.data.federated_types import FederatedData as FederatedData
+from fedkd.data.federated_types import local_split as local_split
+from fedkd.data.partition import partition_indices
+from fedkd.data.splits import (
+    _PROXY_CAP_STREAM,
+    _PROXY_SPLIT_STREAM,
+    _TEST_SPLIT_STREAM,
+    _stratified_split,
+    _stratified_take,
+)
+from fedkd.data.splits import proxy_round_indices as proxy_round_indices
 from fedkd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -22,346 +47,7 @@ logger = logging.getLogger(__name__)
 MIN_CLIENT_SAMPLES = 2
 STD_FLOOR = 1e-8
 
-# Stream ids mixed into the seed so that each random step has its own generator.
-_TEST_SPLIT_STREAM = 1
-_PROXY_SPLIT_STREAM = 2
-_LOCAL_SPLIT_STREAM = 3
-_PROXY_CAP_STREAM = 4
-_PROXY_ROUND_STREAM = 7
-
-#: Value of :attr:`FederatedData.proxy_source` when the proxy is split off the private data.
-PROXY_SOURCE_SPLIT = "split"
-
-
-@dataclass(frozen=True, eq=False)
-class ClientData:
-    """One client's local data: its partition split into local train and test parts.
-
-    Parameters
-    ----------
-    train_x, train_y : np.ndarray
-        Local training inputs (float32) and labels (int64).
-    test_x, test_y : np.ndarray
-        Local test inputs and labels (may be empty when ``local_test_fraction == 0``).
-    """
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class FederatedData:
-    """A dataset split for federated distillation.
-
-    The arrays are shared by every user of a cached instance (see
-    :func:`get_federated_data`): treat them as read-only.
-
-    Parameters
-    ----------
-    name : str
-        Dataset name.
-    num_classes : int
-        Number of classes.
-    input_shape : tuple[int, ...]
-        Shape of one input sample.
-    train_x, train_y : np.ndarray
-        The training pool the clients are partitioned from.
-    partitions : tuple[np.ndarray, ...]
-        Per client, sorted int64 indices into ``train_x``.
-    proxy_x : np.ndarray
-        Public proxy inputs (for distillation).
-    proxy_y : np.ndarray | None
-        Proxy labels, or None when the proxy is unlabeled. Always in the private label
-        space ``0..num_classes-1`` when present.
-    test_x, test_y : np.ndarray
-        Held-out server test set.
-    local_test_fraction : float
-        Fraction of each client's partition used as its local test set.
-    seed : int
-        Seed all splits were derived from.
-    proxy_source : str
-        Where the proxy comes from: ``"split"`` (split off the private data) or the
-        registry name of the other dataset it was drawn from (``proxy_dataset``).
-    proxy_labels_for_diagnostics : np.ndarray | None
-        The true proxy labels (int64, aligned with ``proxy_x``) whenever the source has
-        them, even when the proxy is unlabeled for training (``proxy_y`` is None). For
-        reporting only (e.g. class overlap between proxy and private data):
-        **strategies must not train on it** -- use ``proxy_y``. When the proxy comes from
-        another dataset with a different ``num_classes`` these are that dataset's class
-        ids, not private ones.
-    """
-
-    name: str
-    num_classes: int
-    input_shape: tuple[int, ...]
-    train_x: np.ndarray
-    train_y: np.ndarray
-    partitions: tuple[np.ndarray, ...]
-    proxy_x: np.ndarray
-    proxy_y: np.ndarray | None
-    test_x: np.ndarray
-    test_y: np.ndarray
-    local_test_fraction: float
-    seed: int
-    proxy_source: str = PROXY_SOURCE_SPLIT
-    proxy_labels_for_diagnostics: np.ndarray | None = None
-
-    @property
-    def num_clients(self) -> int:
-        """Number of client partitions."""
-        return len(self.partitions)
-
-    def client_data(self, partition_id: int) -> ClientData:
-        """Split one client's partition into local train and test sets.
-
-        The split is a seeded shuffle (seed ``(seed, partition_id)``), not stratified.
-        With ``local_test_fraction > 0`` the test part has at least one sample and the
-        train part keeps at least one sample.
-
-        Parameters
-        ----------
-        partition_id : int
-            Client index in ``[0, num_clients)``.
-
-        Returns
-        -------
-        ClientData
-            Fresh arrays (copies), safe to modify.
-
-        Raises
-        ------
-        IndexError
-            If ``partition_id`` is out of range.
-        TypeError
-            If ``partition_id`` is not an integer.
-        """
-        if isinstance(partition_id, bool):
-            raise TypeError(f"partition_id must be an integer, got {partition_id!r}")
-        pid = operator.index(partition_id)
-        if not 0 <= pid < self.num_clients:
-            raise IndexError(
-                f"partition_id {pid} out of range: valid ids are 0..{self.num_clients - 1}"
-            )
-        indices = self.partitions[pid]
-        return local_split(
-            self.train_x[indices],
-            self.train_y[indices],
-            fraction=self.local_test_fraction,
-            seed=self.seed,
-            partition_id=pid,
-        )
-
-    def label_histograms(self) -> np.ndarray:
-        """Per-client label counts over each client's full partition.
-
-        Returns
-        -------
-        np.ndarray
-            int64 array of shape ``(num_clients, num_classes)``.
-        """
-        return (
-            np.stack(
-                [
-                    np.bincount(self.train_y[part], minlength=self.num_classes).astype(np.int64)
-                    for part in self.partitions
-                ]
-            )
-            if self.partitions
-            else np.zeros((0, self.num_classes), dtype=np.int64)
-        )
-
-
-def local_split(
-    x: np.ndarray, y: np.ndarray, *, fraction: float, seed: int, partition_id: int
-) -> ClientData:
-    """A client's records split into local train and test parts, seeded by
-    ``(seed, partition_id)``: the split of a simulated partition, and of a deployed client's
-    own data file (``fedkd.data.local_files``)."""
-    rng = np.random.default_rng([seed, _LOCAL_SPLIT_STREAM, partition_id])
-    order = rng.permutation(len(y))
-    num_test = _local_test_count(len(y), fraction)
-    test, train = order[:num_test], order[num_test:]
-    return ClientData(train_x=x[train], train_y=y[train], test_x=x[test], test_y=y[test])
-
-
-def _local_test_count(num_samples: int, fraction: float) -> int:
-    if fraction <= 0 or num_samples == 0:
-        return 0
-    wanted = max(1, round(fraction * num_samples))
-    return min(wanted, num_samples - 1)
-
-
-def _check_open_unit(key: str, value: Any) -> float:
-    if not isinstance(value, Real) or isinstance(value, bool) or not 0.0 < float(value) < 1.0:
-        raise ConfigError(f"{key} must be a number in the open interval (0, 1), got {value!r}")
-    return float(value)
-
-
-def _split_mapping(config: Any, key: str) -> tuple[Any, dict[str, Any]]:
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"{key} must be a mapping with a 'name' entry, got {config!r}")
-    if "name" not in config:
-        raise ConfigError(f"{key}.name is required")
-    options = {str(k): v for k, v in config.items() if k != "name"}
-    return config["name"], options
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _check_proxy_size(key: str, value: Any) -> int | None:
-    """``None`` or an integer >= 1 (``key`` names it in the error)."""
-    if value is None:
-        return None
-    if not _is_int(value) or int(value) < 1:
-        raise ConfigError(f"{key} must be an integer >= 1 or None, got {value!r}")
-    return int(value)
-
-
-def _check_proxy_classes(value: Any) -> tuple[int, ...] | None:
-    """``None`` or a non-empty sequence of class ids >= 0; returned sorted and unique."""
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray):
-        value = value.tolist() if value.ndim == 1 else value
-    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
-        raise ConfigError(f"data.proxy_classes must be None or a list of class ids, got {value!r}")
-    bad = [item for item in value if not _is_int(item) or int(item) < 0]
-    if bad:
-        raise ConfigError(
-            f"data.proxy_classes must hold integer class ids >= 0, got {list(value)!r} "
-            f"(invalid: {bad!r})"
-        )
-    if len(value) == 0:
-        raise ConfigError(
-            "data.proxy_classes must be None (all classes) or a non-empty list of class "
-            "ids; an empty list would leave the proxy empty"
-        )
-    return tuple(sorted({int(item) for item in value}))
-
-
-def _check_proxy_dataset(value: Any) -> tuple[str, dict[str, Any]] | None:
-    """``None`` or a ``{"name": ..., **options}`` mapping accepted by the dataset registry."""
-    if value is None:
-        return None
-    name, options = _split_mapping(value, "data.proxy_dataset")
-    try:
-        resolve_dataset_options(name, options)
-    except ConfigError as error:
-        raise ConfigError(f"data.proxy_dataset: {error}") from error
-    return str(name), options
-
-
-def validate_data_config(
-    dataset: Mapping[str, Any],
-    partition: Mapping[str, Any],
-    *,
-    num_clients: int,
-    proxy_fraction: float,
-    test_fraction: float,
-    local_test_fraction: float,
-    proxy_size: int | None = None,
-    proxy_classes: Sequence[int] | None = None,
-    proxy_dataset: Mapping[str, Any] | None = None,
-) -> None:
-    """Cheap validation of a data configuration (no data is loaded).
-
-    Parameters
-    ----------
-    dataset : Mapping[str, Any]
-        ``{"name": <dataset name>, **options}``.
-    partition : Mapping[str, Any]
-        ``{"name": <partitioner name>, **options}``.
-    num_clients : int
-        Must be >= 1.
-    proxy_fraction, test_fraction : float
-        Must lie in the open interval (0, 1).
-    local_test_fraction : float
-        Must lie in [0, 1).
-    proxy_size : int | None
-        None or an integer >= 1 (key ``data.proxy_size``).
-    proxy_classes : Sequence[int] | None
-        None or a non-empty list of integer class ids >= 0 (key ``data.proxy_classes``;
-        the upper bound ``num_classes`` is only checked once the data is loaded).
-    proxy_dataset : Mapping[str, Any] | None
-        None or ``{"name": <dataset name>, **options}`` with a registered name and valid
-        options (key ``data.proxy_dataset``; shapes are only checked once loaded).
-
-    Raises
-    ------
-    ConfigError
-        With a message naming the offending key and the allowed values.
-    """
-    dataset_name, dataset_options = _split_mapping(dataset, "dataset")
-    resolve_dataset_options(dataset_name, dataset_options)
-    partition_name, partition_options = _split_mapping(partition, "partition")
-    resolve_partition_options(partition_name, partition_options)
-    if (
-        not isinstance(num_clients, Integral)
-        or isinstance(num_clients, bool)
-        or int(num_clients) < 1
-    ):
-        raise ConfigError(f"num_clients must be an integer >= 1, got {num_clients!r}")
-    _check_open_unit("proxy_fraction", proxy_fraction)
-    _check_open_unit("test_fraction", test_fraction)
-    if (
-        not isinstance(local_test_fraction, Real)
-        or isinstance(local_test_fraction, bool)
-        or not 0.0 <= float(local_test_fraction) < 1.0
-    ):
-        raise ConfigError(
-            f"local_test_fraction must be a number in [0, 1), got {local_test_fraction!r}"
-        )
-    _check_proxy_size("data.proxy_size", proxy_size)
-    _check_proxy_classes(proxy_classes)
-    _check_proxy_dataset(proxy_dataset)
-
-
-def _stratified_split(
-    labels: np.ndarray, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``arange(len(labels))`` into (rest, taken) with ``taken`` ≈ fraction of N.
-
-    The total taken is ``round(fraction * N)`` (at least 1, at most N - 1), allocated to
-    classes proportionally by largest remainder, so per-class shares are preserved.
-    """
-    num_samples = len(labels)
-    total = min(max(1, round(fraction * num_samples)), num_samples - 1)
-    return _stratified_take(labels, total, rng)
-
-
-def _stratified_take(
-    labels: np.ndarray, total: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``arange(len(labels))`` into (rest, taken) with exactly ``total`` taken.
-
-    ``total`` (in ``[0, N]``) is allocated to classes proportionally by largest
-    remainder (ties broken randomly, seeded), then drawn at random within each class.
-    """
-    num_samples = len(labels)
-    if num_samples == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    classes, counts = np.unique(labels, return_counts=True)
-    quotas = counts * (total / num_samples)
-    per_class = np.floor(quotas).astype(np.int64)
-    remainder = total - int(per_class.sum())
-    if remainder > 0:
-        # Largest fractional parts first; ties broken randomly (seeded).
-        tie_break = rng.random(len(classes))
-        order = np.lexsort((tie_break, -(quotas - per_class)))
-        per_class[order[:remainder]] += 1
-    taken_parts = []
-    for cls, take in zip(classes, per_class, strict=True):
-        members = np.flatnonzero(labels == cls)
-        taken_parts.append(rng.permutation(members)[:take])
-    taken = np.sort(np.concatenate(taken_parts)).astype(np.int64)
-    mask = np.ones(num_samples, dtype=bool)
-    mask[taken] = False
-    return np.flatnonzero(mask).astype(np.int64), taken
+_P = ParamSpec("_P")
 
 
 def _select_proxy(
@@ -626,67 +312,8 @@ def build_federated_data(
     )
 
 
-def proxy_round_indices(
-    num_proxy: int, *, size: int | None, seed: int, server_round: int
-) -> np.ndarray:
-    """Indices of the proxy examples used in one round (per-round proxy subsampling).
-
-    Parameters
-    ----------
-    num_proxy : int
-        Number of proxy examples (>= 0).
-    size : int | None
-        Examples per round (>= 1, key ``data.proxy_round_size``). None, or a value
-        >= ``num_proxy``, selects the whole proxy.
-    seed : int
-        Experiment seed (>= 0).
-    server_round : int
-        Round number (>= 0); the draw is seeded by ``(seed, server_round)``, so it is
-        reproducible and differs between rounds.
-
-    Returns
-    -------
-    np.ndarray
-        Sorted, unique int64 indices into the proxy, ``min(size, num_proxy)`` of them.
-
-    Raises
-    ------
-    ConfigError
-        ``size`` is not None and not an integer >= 1 (``data.proxy_round_size``), or
-        ``seed`` is not an integer >= 0.
-    ValueError
-        ``num_proxy`` or ``server_round`` is not an integer >= 0.
-    """
-    round_size = _check_proxy_size("data.proxy_round_size", size)
-    if not _is_int(seed) or int(seed) < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-    if not _is_int(num_proxy) or int(num_proxy) < 0:
-        raise ValueError(f"num_proxy must be an integer >= 0, got {num_proxy!r}")
-    if not _is_int(server_round) or int(server_round) < 0:
-        raise ValueError(f"server_round must be an integer >= 0, got {server_round!r}")
-    num_proxy = int(num_proxy)
-    if round_size is None or round_size >= num_proxy:
-        return np.arange(num_proxy, dtype=np.int64)
-    rng = np.random.default_rng([int(seed), _PROXY_ROUND_STREAM, int(server_round)])
-    chosen = rng.choice(num_proxy, size=round_size, replace=False)
-    return np.sort(chosen).astype(np.int64)
-
-
 _CACHE: dict[str, FederatedData] = {}
 _CACHE_LOCK = threading.Lock()
-
-
-def _canonical(value: Any) -> Any:
-    """Convert config values to JSON-able canonical form (mappings sorted, numpy unboxed)."""
-    if isinstance(value, Mapping):
-        return {str(key): _canonical(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(item) for item in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def _cache_key(**kwargs: Any) -> str:
@@ -696,21 +323,33 @@ def _cache_key(**kwargs: Any) -> str:
         raise ConfigError(f"data config is not JSON-serialisable: {error}") from error
 
 
-def get_federated_data(
-    dataset: Mapping[str, Any],
-    partition: Mapping[str, Any],
-    *,
-    num_clients: int,
-    seed: int,
-    proxy_fraction: float = 0.2,
-    proxy_labeled: bool = False,
-    test_fraction: float = 0.2,
-    local_test_fraction: float = 0.2,
-    proxy_size: int | None = None,
-    proxy_classes: Sequence[int] | None = None,
-    proxy_dataset: Mapping[str, Any] | None = None,
-) -> FederatedData:
-    """Cached :func:`build_federated_data`: equal arguments return the same object.
+def _cached(
+    build: Callable[_P, FederatedData], *, name: str, doc: str
+) -> Callable[_P, FederatedData]:
+    """``build`` behind the process-wide cache, keyed on all its arguments (defaults filled in)."""
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def cached(*args: _P.args, **kwargs: _P.kwargs) -> FederatedData:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = _cache_key(**bound.arguments)
+        with _CACHE_LOCK:
+            result = _CACHE.get(key)
+            if result is None:
+                result = build(*args, **kwargs)
+                _CACHE[key] = result
+            return result
+
+    cached.__name__ = cached.__qualname__ = name
+    cached.__doc__ = doc
+    return cached
+
+
+get_federated_data = _cached(
+    build_federated_data,
+    name="get_federated_data",
+    doc="""Cached :func:`build_federated_data`: equal arguments return the same object.
 
     The cache key is the canonical JSON of all arguments (nested mappings sorted), so
     ``{"name": "digits"}`` built twice in one process is built once. Thread-safe.
@@ -719,44 +358,14 @@ def get_federated_data(
     ----------
     dataset, partition, num_clients, seed, proxy_fraction, proxy_labeled,
     test_fraction, local_test_fraction, proxy_size, proxy_classes, proxy_dataset
-        See :func:`build_federated_data`.
+        See :func:`build_federated_data` (same signature).
 
     Returns
     -------
     FederatedData
         The (shared) federated view; do not modify its arrays in place.
-    """
-    key = _cache_key(
-        dataset=dataset,
-        partition=partition,
-        num_clients=num_clients,
-        seed=seed,
-        proxy_fraction=proxy_fraction,
-        proxy_labeled=proxy_labeled,
-        test_fraction=test_fraction,
-        local_test_fraction=local_test_fraction,
-        proxy_size=proxy_size,
-        proxy_classes=proxy_classes,
-        proxy_dataset=proxy_dataset,
-    )
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is None:
-            cached = build_federated_data(
-                dataset,
-                partition,
-                num_clients=num_clients,
-                seed=seed,
-                proxy_fraction=proxy_fraction,
-                proxy_labeled=proxy_labeled,
-                test_fraction=test_fraction,
-                local_test_fraction=local_test_fraction,
-                proxy_size=proxy_size,
-                proxy_classes=proxy_classes,
-                proxy_dataset=proxy_dataset,
-            )
-            _CACHE[key] = cached
-        return cached
+    """,
+)
 
 
 def clear_federated_data_cache() -> None:

@@ -59,52 +59,44 @@ Compressions
 
 Every ``compress_*`` function returns a deep copy in eval mode and leaves its input
 untouched. Invalid arguments raise ``ValueError`` naming the argument.
+
+The measurements live in :mod:`fedkd.run.compression_measure` and the SVD factorization in
+:mod:`fedkd.run.low_rank`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import logging
-import math
-import statistics
-import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+from torch import nn
 from torch.nn.utils import prune
 
-from fedkd.train import as_float_tensor, evaluate
+from fedkd.run.compression_measure import _PRUNABLE, _check_count
+from fedkd.run.compression_measure import ROW_KEYS as ROW_KEYS
+from fedkd.run.compression_measure import dense_state_dict as dense_state_dict
+from fedkd.run.compression_measure import latency_ms as latency_ms
+from fedkd.run.compression_measure import measure as measure
+from fedkd.run.compression_measure import serialized_size_bytes as serialized_size_bytes
+from fedkd.run.compression_measure import sparse_state_dict as sparse_state_dict
+from fedkd.run.compression_measure import stored_parameter_count as stored_parameter_count
+from fedkd.run.low_rank import _check_rank
+from fedkd.run.low_rank import factorize_conv as factorize_conv
+from fedkd.run.low_rank import factorize_linear as factorize_linear
+from fedkd.run.low_rank import max_saving_rank as max_saving_rank
 
 logger = logging.getLogger(__name__)
 
-ROW_KEYS: tuple[str, ...] = (
-    "method",
-    "accuracy",
-    "parameters",
-    "size_bytes",
-    "latency_ms_batch1",
-    "latency_ms_batch64",
-)
-"""Keys of every row returned by :func:`compare` and :func:`measure`, in order."""
-
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9)
 DEFAULT_RANKS: tuple[int, ...] = (4, 8, 16)
-
-# Layers whose weights pruning and the sparse serialization act on.
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Used only when the current quantized engine cannot run (e.g. "none").
 _ENGINE_FALLBACKS = ("fbgemm", "qnnpack")
-# Key suffixes of one weight in sparse_state_dict().
-_MASK_SUFFIX = ".nonzero_mask_bits"
-_VALUES_SUFFIX = ".nonzero_values"
-_SHAPE_SUFFIX = ".dense_shape"
 
 
 # ----------------------------------------------------------------------------- compression
@@ -247,242 +239,7 @@ def compress_low_rank(model: nn.Module, rank: int) -> nn.Module:
     return factorized
 
 
-def max_saving_rank(layer: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) -> int:
-    """Largest rank whose factorization of ``layer`` stores fewer parameters (0 if none).
-
-    A weight of ``out`` rows and ``fan_in = in_features`` (or ``in_channels * prod(kernel)``)
-    columns has ``out * fan_in`` elements; rank ``r`` factors have ``r * (fan_in + out)``.
-    Biases are the same on both sides.
-    """
-    out = layer.weight.shape[0]
-    fan_in = layer.weight[0].numel()
-    return (out * fan_in - 1) // (fan_in + out)
-
-
-def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
-    """Return ``Sequential(Linear(in, rank, bias=False), Linear(rank, out))`` from a truncated SVD.
-
-    With ``W = U S V^T``, the first layer's weight is ``V_r^T`` and the second's ``U_r S_r``
-    (plus the original bias), so the product is the best rank-``rank`` approximation of ``W``
-    in Frobenius norm. ``rank = min(in, out)`` reproduces the layer up to float error.
-
-    Raises
-    ------
-    ValueError
-        If ``rank`` is not in ``[1, min(in_features, out_features)]``.
-    """
-    r = _check_rank(rank, limit=min(layer.weight.shape))
-    left, right = _truncated_svd(layer.weight, r)
-    first = nn.Linear(layer.in_features, r, bias=False)
-    second = nn.Linear(r, layer.out_features, bias=layer.bias is not None)
-    with torch.no_grad():
-        first.weight.copy_(right)
-        second.weight.copy_(left)
-        if layer.bias is not None:
-            second.bias.copy_(layer.bias)
-    return nn.Sequential(first, second)
-
-
-def factorize_conv(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d, rank: int) -> nn.Sequential:
-    """Return a conv with ``rank`` output channels followed by a 1x1 conv, from a truncated SVD.
-
-    The weight ``(out, in, *kernel)`` is reshaped to ``(out, in * prod(kernel))`` and
-    factorized as in :func:`factorize_linear`: the first conv keeps the kernel, stride,
-    padding and dilation with weight ``V_r^T`` reshaped to ``(rank, in, *kernel)``; the
-    second is a 1x1 conv with weight ``U_r S_r`` and the original bias.
-
-    Raises
-    ------
-    ValueError
-        If ``rank`` is not in ``[1, min(out, in * prod(kernel))]`` or the conv is grouped.
-    """
-    if layer.groups != 1:
-        raise ValueError(f"factorize_conv: grouped convs are not supported, got {layer}")
-    out, in_channels, *kernel = layer.weight.shape
-    matrix = layer.weight.reshape(out, -1)
-    r = _check_rank(rank, limit=min(matrix.shape))
-    left, right = _truncated_svd(matrix, r)
-    conv_type = type(layer)
-    first = conv_type(
-        in_channels,
-        r,
-        kernel_size=layer.kernel_size,  # type: ignore[arg-type]
-        stride=layer.stride,  # type: ignore[arg-type]
-        padding=layer.padding,  # type: ignore[arg-type]
-        dilation=layer.dilation,  # type: ignore[arg-type]
-        bias=False,
-        padding_mode=layer.padding_mode,
-    )
-    second = conv_type(r, out, kernel_size=1, bias=layer.bias is not None)
-    with torch.no_grad():
-        first.weight.copy_(right.reshape(r, in_channels, *kernel))
-        second.weight.copy_(left.reshape(out, r, *([1] * len(kernel))))
-        if layer.bias is not None and second.bias is not None:
-            second.bias.copy_(layer.bias)
-    return nn.Sequential(first, second)
-
-
-# ----------------------------------------------------------------------------- measurement
-
-
-def stored_parameter_count(model: nn.Module, *, nonzero_only: bool = False) -> int:
-    """Return the number of stored parameter elements of ``model``, quantized ones included.
-
-    Counts ``model.parameters()`` plus the packed weight and bias of every dynamically
-    quantized Linear (which are not parameters); buffers are not counted.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Float, pruned, low-rank or :func:`compress_int8` model.
-    nonzero_only : bool, optional
-        Count only nonzero elements (for pruned models; default False).
-    """
-    tensors: list[Tensor] = [p.detach() for p in model.parameters()]
-    for module in model.modules():
-        if isinstance(module, DynamicQuantizedLinear):
-            weight, bias = module._weight_bias()
-            tensors.append(weight.dequantize())
-            if bias is not None:
-                tensors.append(bias)
-    if nonzero_only:
-        return sum(int(torch.count_nonzero(t)) for t in tensors)
-    return sum(t.numel() for t in tensors)
-
-
-def serialized_size_bytes(state: Mapping[str, Any]) -> int:
-    """Return the length in bytes of ``torch.save(state)`` (e.g. a state dict), as saved.
-
-    A ``model.state_dict()`` is saved as is, with its version ``_metadata``, exactly as a
-    checkpoint would be.
-    """
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getbuffer().nbytes
-
-
-def sparse_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Return ``model.state_dict()`` with every Linear/Conv weight stored in sparse form.
-
-    A weight ``<key>`` of ``n`` elements becomes three entries:
-
-    - ``<key>.nonzero_mask_bits``: uint8 ``(ceil(n / 8),)``, the row-major nonzero mask
-      packed 8 elements per byte (``numpy.packbits``, big-endian bit order);
-    - ``<key>.nonzero_values``: the nonzero elements in row-major order, original dtype;
-    - ``<key>.dense_shape``: int64 shape of the weight.
-
-    Other entries are unchanged. :func:`dense_state_dict` inverts it exactly.
-    """
-    weight_keys = {
-        f"{name}.weight" if name else "weight"
-        for name, module in model.named_modules()
-        if isinstance(module, _PRUNABLE)
-    }
-    out: dict[str, Tensor] = {}
-    for key, value in model.state_dict().items():
-        if key not in weight_keys:
-            out[key] = value
-            continue
-        flat = value.detach().cpu().reshape(-1)
-        mask = flat != 0
-        out[key + _MASK_SUFFIX] = torch.from_numpy(np.packbits(mask.numpy()))
-        out[key + _VALUES_SUFFIX] = flat[mask].clone()
-        out[key + _SHAPE_SUFFIX] = torch.tensor(value.shape, dtype=torch.int64)
-    return out
-
-
-def dense_state_dict(sparse_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Decode a :func:`sparse_state_dict` back into a dense state dict (same key order)."""
-    out: dict[str, Tensor] = {}
-    for key, value in sparse_state.items():
-        if key.endswith(_VALUES_SUFFIX) or key.endswith(_SHAPE_SUFFIX):
-            continue
-        if not key.endswith(_MASK_SUFFIX):
-            out[key] = value
-            continue
-        weight_key = key.removesuffix(_MASK_SUFFIX)
-        values = sparse_state[weight_key + _VALUES_SUFFIX]
-        shape = tuple(int(d) for d in sparse_state[weight_key + _SHAPE_SUFFIX])
-        mask = np.unpackbits(value.numpy(), count=math.prod(shape)).astype(bool)
-        dense = torch.zeros(math.prod(shape), dtype=values.dtype)
-        dense[torch.from_numpy(mask)] = values
-        out[weight_key] = dense.reshape(shape)
-    return out
-
-
-def latency_ms(model: nn.Module, inputs: Tensor, *, repeats: int = 20, warmup: int = 3) -> float:
-    """Return the median wall time in milliseconds of ``model(inputs)`` on one CPU thread.
-
-    Runs ``warmup`` untimed passes, then ``repeats`` timed ones, in eval mode under
-    :func:`torch.inference_mode` with ``torch.set_num_threads(1)``. The thread count and
-    the model's train/eval mode are restored afterwards.
-
-    Raises
-    ------
-    ValueError
-        If ``repeats < 1`` or ``warmup < 0``.
-    """
-    _check_count(repeats, "repeats", minimum=1)
-    _check_count(warmup, "warmup", minimum=0)
-    threads = torch.get_num_threads()
-    was_training = model.training
-    model.eval()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(inputs)
-            seconds: list[float] = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(inputs)
-                seconds.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-        model.train(was_training)
-    return statistics.median(seconds) * 1000.0
-
-
-def measure(
-    model: nn.Module,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    *,
-    method: str,
-    sparse: bool = False,
-    repeats: int = 20,
-    warmup: int = 3,
-) -> dict[str, Any]:
-    """Return one :data:`ROW_KEYS` row for ``model`` on ``(test_x, test_y)``.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Any model taking ``(B, *test_x.shape[1:])`` float32 inputs on the CPU.
-    test_x, test_y : np.ndarray
-        Test inputs ``(N, ...)`` and integer labels ``(N,)``.
-    method : str
-        Value of the row's ``method`` key.
-    sparse : bool, optional
-        Count only nonzero parameters and serialize :func:`sparse_state_dict` (for pruned
-        models); default False counts all parameters and serializes ``state_dict()``.
-    repeats, warmup : int, optional
-        Passed to :func:`latency_ms` for both batch sizes.
-    """
-    state = sparse_state_dict(model) if sparse else model.state_dict()
-    _, accuracy = evaluate(model, test_x, test_y)
-    return {
-        "method": method,
-        "accuracy": accuracy,
-        "parameters": stored_parameter_count(model, nonzero_only=sparse),
-        "size_bytes": serialized_size_bytes(state),
-        "latency_ms_batch1": latency_ms(
-            model, _test_batch(test_x, 1), repeats=repeats, warmup=warmup
-        ),
-        "latency_ms_batch64": latency_ms(
-            model, _test_batch(test_x, 64), repeats=repeats, warmup=warmup
-        ),
-    }
+# ----------------------------------------------------------------------------- comparison
 
 
 def compare(
@@ -576,21 +333,6 @@ def _child_layers(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]
             yield parent, name, child
 
 
-def _truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """Return ``(U_r S_r, V_r^T)`` of ``matrix`` (computed in float64, cast back)."""
-    u, s, vh = torch.linalg.svd(matrix.detach().double(), full_matrices=False)
-    left = u[:, :rank] * s[:rank]
-    return left.to(matrix.dtype), vh[:rank].to(matrix.dtype)
-
-
-def _test_batch(test_x: np.ndarray, size: int) -> Tensor:
-    """The first ``size`` test examples, cycling through ``test_x`` when it is shorter."""
-    if len(test_x) == 0:
-        raise ValueError("test_x is empty: need at least one example")
-    rows = np.arange(size) % len(test_x)
-    return as_float_tensor(np.asarray(test_x)[rows], torch.device("cpu"))
-
-
 def _check_sparsity(sparsity: Any) -> float:
     if (
         isinstance(sparsity, bool)
@@ -599,16 +341,3 @@ def _check_sparsity(sparsity: Any) -> float:
     ):
         raise ValueError(f"sparsity must be a number in (0, 1), got {sparsity!r}")
     return float(sparsity)
-
-
-def _check_rank(rank: Any, *, limit: int | None = None) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
-    if limit is not None and rank > limit:
-        raise ValueError(f"rank must be <= {limit} (the smaller weight dimension), got {rank}")
-    return rank
-
-
-def _check_count(value: Any, key: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")

@@ -16,10 +16,6 @@ from fedkd.models import build_model
 from fedkd.privacy.audit import (
     ATTACKS,
     AttackResult,
-    _downsample_curve,
-    _lira_scores,
-    _logit_confidence,
-    _shadow_membership,
     audit_model,
     balanced_non_members,
     lira_attack,
@@ -28,6 +24,8 @@ from fedkd.privacy.audit import (
     plot_roc,
     roc_metrics,
 )
+from fedkd.privacy.audit_lira import _lira_scores, _logit_confidence, _shadow_membership
+from fedkd.privacy.audit_metrics import _downsample_curve
 from fedkd.train import train_local
 
 NUM_FEATURES = 20
