@@ -6,12 +6,10 @@ A method subclasses :class:`FedKDStrategy`, names the payloads its clients send
 (:class:`~strategies.core.validation.ClientReply`) and the round's state as values, and
 returns the next global ``ArrayRecord`` (usually the distilled student's weights).
 
-The parts it is built from never call back into it: :mod:`strategies.core.transport`
-(discovery, sampling, send/receive with one resend, client states),
-:mod:`strategies.core.validation` (payload-driven checks and decoding),
-:mod:`strategies.core.bookkeeping` (failures, bytes, losses, diagnostics),
-:mod:`strategies.core.distillation` (the server's distillation) and
-:mod:`strategies.core.checks` (settings refused before Ray starts).
+It is built from :mod:`strategies.core` (the round loop, transport, payload-driven
+validation, bookkeeping, server distillation, evaluation, harness, checks: plain functions
+and values that never call back into it) and :class:`strategies.toolkit.MethodToolkit`
+(what a method's ``aggregate`` calls).
 """
 
 from __future__ import annotations
@@ -27,15 +25,11 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from torch import nn
 
-from fedkd.distill import teacher_targets, validate_target_rule
-from fedkd.distill.losses import DistillLoss
+from fedkd.distill import validate_target_rule
 from fedkd.errors import ConfigError, FedKDError
-from fedkd.models import FedKDModel, model_from_config
+from fedkd.models import FedKDModel
 from fedkd.privacy import PrivacyController
-from fedkd.run.interrupt import check_stop
-from fedkd.train import predict_probs
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.payloads import (
@@ -50,18 +44,17 @@ from fedkd.wire.payloads import (
 )
 from fedkd.wire.payloads.proxy import round_rows
 from strategies.core import bookkeeping, checks, transport
+from strategies.core.arrays import student_arrays, weighted_average
 from strategies.core.assets import RunAssets, rule_options
-from strategies.core.distillation import (
-    DistillOptions,
-    ServerDistillation,
-    round_seed,
-    validation_split,
-)
+from strategies.core.distillation import DistillOptions, ServerDistillation, round_seed
+from strategies.core.evaluation import evaluate_messages, mean_client_accuracy
+from strategies.core.harness import harness_config
+from strategies.core.loop import run_rounds
+from strategies.core.options import RoundOptions, alias
 from strategies.core.validation import ClientReply, RoundState, check_reply, validate_replies
+from strategies.toolkit import MethodToolkit
 
 logger = logging.getLogger(__name__)
-
-TOO_FEW_ACTIONS = ("skip", "abort")
 
 __all__ = [
     "MAX_ABS_VALUE",
@@ -81,7 +74,7 @@ class RoundAborted(FedKDError):
     (``strategy.on_too_few_replies=abort``); every finished round is kept."""
 
 
-class FedKDStrategy(Strategy):
+class FedKDStrategy(MethodToolkit, Strategy):
     """Base class of fedkd strategies (Flower Message API).
 
     Parameters
@@ -160,7 +153,14 @@ class FedKDStrategy(Strategy):
         distill_validation_fraction: float = 0.0,
         distill_patience: int = 0,
     ) -> None:
-        options = DistillOptions(
+        self.options = RoundOptions(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_replies=min_train_replies,
+            on_too_few_replies=on_too_few_replies,
+            proxy_round_size=proxy_round_size,
+        )
+        distill_options = DistillOptions(
             epochs=distill_epochs,
             batch_size=distill_batch_size,
             lr=distill_lr,
@@ -168,34 +168,12 @@ class FedKDStrategy(Strategy):
             validation_fraction=distill_validation_fraction,
             patience=distill_patience,
         )
-        if proxy_round_size < 0:
-            raise ConfigError(
-                f"strategy.proxy_round_size must be >= 0 (0: whole proxy), got {proxy_round_size}"
-            )
         validate_target_rule(
             assets.aggregation.get("name", "mean"), **rule_options(assets.aggregation)
         )
-        if not 0.0 < fraction_train <= 1.0:
-            raise ConfigError(f"strategy.fraction_train must be in (0, 1], got {fraction_train}")
-        if not 0.0 <= fraction_evaluate <= 1.0:
-            raise ConfigError(
-                f"strategy.fraction_evaluate must be in [0, 1], got {fraction_evaluate}"
-            )
-        if min_train_replies < 1:
-            raise ConfigError(f"strategy.min_train_replies must be >= 1, got {min_train_replies}")
-        if on_too_few_replies not in TOO_FEW_ACTIONS:
-            raise ConfigError(
-                f"strategy.on_too_few_replies must be one of {TOO_FEW_ACTIONS}, "
-                f"got {on_too_few_replies!r}"
-            )
         self.assets = assets
-        self.fraction_train = fraction_train
-        self.fraction_evaluate = fraction_evaluate
-        self.min_train_replies = min_train_replies
-        self.on_too_few_replies = on_too_few_replies
-        self.proxy_round_size = proxy_round_size
         self.distillation = ServerDistillation(
-            options,
+            distill_options,
             loss=assets.distill_loss,
             device=assets.device,
             seed=assets.setup.seed,
@@ -251,47 +229,20 @@ class FedKDStrategy(Strategy):
         ``client.self_distill`` and ``client.born_again``."""
         return any(p.trains_locally for p in resolve(self.requested_payloads()))
 
-    # the discovery results and the current round, under their historical names
-    @property
-    def node_of_partition(self) -> dict[int, int]:
-        return self.federation.node_of_partition
-
-    @node_of_partition.setter
-    def node_of_partition(self, value: dict[int, int]) -> None:
-        self.federation.node_of_partition = value
-
-    @property
-    def label_histograms(self) -> dict[int, list[int]]:
-        return self.federation.label_histograms
-
-    @label_histograms.setter
-    def label_histograms(self, value: dict[int, list[int]]) -> None:
-        self.federation.label_histograms = value
-
-    @property
-    def architecture_of(self) -> dict[int, int]:
-        return self.federation.architecture_of
-
-    @property
-    def proxy_indices(self) -> np.ndarray:
-        """This round's proxy rows (indices into the proxy)."""
-        return self.current.proxy_indices
-
-    @property
-    def distill_epochs(self) -> int:
-        return self.distillation.options.epochs
-
-    @property
-    def distill_lr(self) -> float:
-        return self.distillation.options.lr
-
-    @property
-    def distill_validation_fraction(self) -> float:
-        return self.distillation.options.validation_fraction
-
-    @property
-    def distill_patience(self) -> int:
-        return self.distillation.options.patience
+    # the options, the discovery results and the current round, under their short names
+    fraction_train = alias("options", "fraction_train")
+    fraction_evaluate = alias("options", "fraction_evaluate")
+    min_train_replies = alias("options", "min_train_replies")
+    on_too_few_replies = alias("options", "on_too_few_replies")
+    proxy_round_size = alias("options", "proxy_round_size")
+    distill_epochs = alias("distillation.options", "epochs")
+    distill_lr = alias("distillation.options", "lr")
+    distill_validation_fraction = alias("distillation.options", "validation_fraction")
+    distill_patience = alias("distillation.options", "patience")
+    node_of_partition = alias("federation", "node_of_partition", settable=True)
+    label_histograms = alias("federation", "label_histograms", settable=True)
+    architecture_of = alias("federation", "architecture_of")
+    proxy_indices = alias("current", "proxy_indices")
 
     # ------------------------------------------------------------------ the round loop
     def start(
@@ -307,52 +258,20 @@ class FedKDStrategy(Strategy):
         first_round: int = 1,
         on_round_end: Any = None,
     ) -> Result:
-        """Run rounds ``first_round..num_rounds`` (Flower's loop, plus resume and a hook).
-
-        ``evaluate_fn(round, arrays)`` runs before the first round (only when starting at
-        round 1) and after each round; ``on_round_end(round, arrays)`` runs after it (the
-        ServerApp writes checkpoints there). Train and evaluate replies that miss
-        ``timeout`` are left behind; they are never read in a later round.
-        """
-        logger.info("%s: rounds %s..%s", type(self).__name__, first_round, num_rounds)
-        self.summary()
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        result = Result()
-        arrays = initial_arrays
-        if evaluate_fn is not None and first_round == 1:
-            metrics = evaluate_fn(0, arrays)
-            if metrics is not None:
-                result.evaluate_metrics_serverapp[0] = metrics
-        for server_round in range(first_round, num_rounds + 1):
-            check_stop(f"before round {server_round}")
-            replies = self.send_and_receive(
-                grid,
-                self.configure_train(server_round, arrays, train_config, grid),
-                timeout=timeout,
-                server_round=server_round,
-            )
-            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
-            if new_arrays is not None:
-                result.arrays = arrays = new_arrays
-            if train_metrics is not None:
-                result.train_metrics_clientapp[server_round] = train_metrics
-            evaluate_replies = self.send_and_receive(
-                grid,
-                self.configure_evaluate(server_round, arrays, evaluate_config, grid),
-                timeout=timeout,
-                server_round=server_round,
-            )
-            evaluate_metrics = self.aggregate_evaluate(server_round, evaluate_replies)
-            if evaluate_metrics is not None:
-                result.evaluate_metrics_clientapp[server_round] = evaluate_metrics
-            if evaluate_fn is not None:
-                metrics = evaluate_fn(server_round, arrays)
-                if metrics is not None:
-                    result.evaluate_metrics_serverapp[server_round] = metrics
-            if on_round_end is not None:
-                on_round_end(server_round, arrays)
-        return result
+        """Run rounds ``first_round..num_rounds`` (:func:`strategies.core.loop.run_rounds`:
+        Flower's loop, plus resume and an end-of-round hook for checkpoints)."""
+        return run_rounds(
+            self,
+            grid,
+            initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+            first_round=first_round,
+            on_round_end=on_round_end,
+        )
 
     def send_and_receive(
         self, grid: Grid, messages: Iterable[Message], *, timeout: float, server_round: int
@@ -457,7 +376,16 @@ class FedKDStrategy(Strategy):
         )
         self.current = state
         state.metrics["clients_sampled"] = len(partitions)
-        harness = self.harness_config(state)
+        harness = harness_config(
+            self.assets.faults,
+            self.assets.attack,
+            malicious=self.malicious,
+            partitions=partitions,
+            seed=self.assets.setup.seed,
+            server_round=server_round,
+            round_timeout=self.assets.round_timeout,
+            metrics=state.metrics,
+        )
         state.proxy_indices = round_rows(
             len(self.assets.data.proxy_x),
             size=self.proxy_round_size,
@@ -509,31 +437,6 @@ class FedKDStrategy(Strategy):
         """What a client receives to learn from (``targets``): the same consensus for every
         client by default; a method with per-client targets (FedGKT) overrides this."""
         return self.round_targets
-
-    def harness_config(self, state: RoundState) -> dict[int, dict[str, Any]]:
-        """Extra round-config keys for clients told to fail (``faults``) or to poison what
-        they share (``attack``); empty for every other client, so a run without faults or
-        attack sends exactly the messages of a clean run."""
-        extra: dict[int, dict[str, Any]] = {}
-        faults = self.assets.faults
-        plan = faults.plan(self.assets.setup.seed, state.server_round, state.partitions)
-        if plan:
-            state.metrics["faults_injected"] = dict(sorted(Counter(plan.values()).items()))
-        for partition_id, kind in plan.items():
-            extra[partition_id] = {
-                keys.FAULT: kind,
-                keys.FAULT_DELAY: faults.delay(self.assets.round_timeout),
-            }
-        attack = self.assets.attack
-        for partition_id in set(self.malicious) & set(state.partitions):
-            extra.setdefault(partition_id, {}).update(
-                {
-                    keys.ATTACK_KIND: str(attack.kind),
-                    keys.ATTACK_SCALE: float(attack.scale),
-                    keys.ATTACK_TARGET: int(attack.target),
-                }
-            )
-        return extra
 
     def expectation(self, state: RoundState, partition_id: int, num_examples: int) -> Expectation:
         """What the payload checks compare a reply of ``partition_id`` with."""
@@ -601,7 +504,14 @@ class FedKDStrategy(Strategy):
             test_labels=self.assets.data.test_y,
             ensemble=self.teacher_targets if self.forms_ensemble else None,
         )
-        self._record_privacy(state, valid)
+        bookkeeping.record_privacy(
+            state,
+            valid,
+            self.privacy,
+            audit_weights=self.last_client_weights
+            if self.assets.privacy.audit and self.shares_weights
+            else None,
+        )
         metrics = state.metrics
         if len(valid) < self.min_train_replies:
             reason = f"{len(valid)} valid replies < min_train_replies={self.min_train_replies}"
@@ -640,137 +550,6 @@ class FedKDStrategy(Strategy):
             target_rule=self.target_rule,
         )
 
-    def _record_privacy(self, state: RoundState, valid: list[ClientReply]) -> None:
-        if self.assets.privacy.audit and self.shares_weights:
-            for reply in valid:
-                self.last_client_weights[reply.partition_id] = reply.values[ModelWeights.name]
-        if self.privacy is None:
-            return
-        state.metrics.update(self.privacy.round_metrics(state.server_round))
-        reported = [r.metric(keys.DP_EPSILON) for r in valid if keys.DP_EPSILON in r.metrics]
-        if reported:  # the clients' own Opacus accountants, for cross-checking
-            state.metrics["client_epsilon_max"] = max(reported)
-
-    # ------------------------------------------------------------------ helpers for methods
-    def architecture_model(self, index: int) -> FedKDModel:
-        """A server-side model object of client architecture ``index`` (built once)."""
-        model = self._architecture_models.get(index)
-        if model is None:
-            model = model_from_config(
-                self.assets.setup.architectures[index],
-                input_shape=self.assets.data.input_shape,
-                num_classes=self.assets.data.num_classes,
-                seed=self.assets.setup.seed,
-            ).to(self.assets.device)
-            self._architecture_models[index] = model
-        return model
-
-    def proxy_probs(self, replies: Sequence[ClientReply]) -> np.ndarray:
-        """The clients' decoded proxy predictions: (clients, proxy rows, classes)."""
-        return np.stack([r.values[ProxyPredictions.name] for r in replies])
-
-    def teacher_targets(
-        self, client_probs: np.ndarray, replies: Sequence[ClientReply]
-    ) -> np.ndarray:
-        """Combine per-client probabilities with :attr:`target_rule` (``aggregation``)."""
-        rule = self.target_rule
-        histograms = np.array([self.label_histograms.get(r.partition_id, []) for r in replies])
-        return teacher_targets(
-            client_probs,
-            rule=rule.get("name", "mean"),
-            num_examples=np.array([r.num_examples for r in replies], dtype=np.float64),
-            label_histograms=histograms if histograms.ndim == 2 and histograms.size else None,
-            **rule_options(rule),
-        )
-
-    def predict_with_weights(
-        self, replies: Sequence[ClientReply], inputs: np.ndarray
-    ) -> np.ndarray:
-        """Run every client's returned weights on ``inputs`` on the server: (clients, N, C)."""
-        outputs = []
-        for reply in replies:
-            model = self.architecture_model(reply.architecture)
-            state = reply.values[ModelWeights.name].to_torch_state_dict()
-            model.load_state_dict(state, strict=True)
-            outputs.append(predict_probs(model, inputs, device=self.assets.device))
-        return np.stack(outputs)
-
-    def teacher_models(self, replies: Sequence[ClientReply]) -> list[FedKDModel]:
-        """One server-side model per reply, holding that client's returned weights."""
-        return [self.client_model(r.partition_id, r.values[ModelWeights.name]) for r in replies]
-
-    def client_model(self, partition_id: int, weights: ArrayRecord) -> FedKDModel:
-        """A new server-side model of the client's architecture holding ``weights``."""
-        model = copy.deepcopy(self.architecture_model(self.architecture_of.get(partition_id, 0)))
-        model.load_state_dict(weights.to_torch_state_dict(), strict=True)
-        return model
-
-    def distill_student(
-        self,
-        state: RoundState,
-        inputs: np.ndarray,
-        targets: np.ndarray,
-        *,
-        labels: np.ndarray | None = None,
-        model: FedKDModel | None = None,
-        teachers: Sequence[nn.Module] = (),
-    ) -> None:
-        """Distill ``model`` (default: the student) toward ``targets`` on ``inputs``; for the
-        student, the round's row records the test accuracy before and after, the loss and
-        the agreement (:meth:`ServerDistillation.fit`)."""
-        student = model is None or model is self.assets.student
-        data = self.assets.data
-        state.metrics.update(
-            self.distillation.fit(
-                self.assets.student if model is None else model,
-                state.server_round,
-                inputs,
-                targets,
-                labels=labels,
-                teachers=teachers,
-                test=(data.test_x, data.test_y) if student else None,
-            )
-        )
-
-    def validation_split(self, server_round: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices of this round's proxy rows to distill on and to validate on."""
-        return validation_split(
-            size,
-            fraction=self.distill_validation_fraction,
-            seed=self.assets.setup.seed,
-            server_round=server_round,
-        )
-
-    # ------------------------------------------------------------------ distillation loss
-    def distilled_architectures(self) -> list[int]:
-        """Client architectures the server distills besides the student (FedDF's prototypes)."""
-        return []
-
-    def digests_on_clients(self) -> bool:
-        """Whether clients run distillation steps (a digest) with the ``distill`` loss."""
-        return self.keeps_client_models and int(getattr(self, "digest_epochs", 0)) > 0
-
-    def check_distill_loss(self) -> None:
-        """Fail before Ray when the ``distill`` loss cannot work with this run's models
-        (:func:`strategies.core.checks.check_distill_loss`)."""
-        checks.check_distill_loss(
-            self.assets,
-            method=type(self).__name__,
-            architecture_model=self.architecture_model,
-            probe_bind=self._probe_bind,
-            provides_teacher_models=self.provides_teacher_models,
-            distills_student=self.has_student and self.distill_epochs > 0,
-            distilled_architectures=self.distilled_architectures(),
-            digests_on_clients=self.digests_on_clients(),
-        )
-
-    def _probe_bind(
-        self, loss: DistillLoss, student: FedKDModel, teachers: Sequence[FedKDModel]
-    ) -> None:
-        self.distillation.probe_bind(
-            loss, student, teachers, input_shape=self.assets.data.input_shape
-        )
-
     # ------------------------------------------------------------------ federated evaluation
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -787,32 +566,24 @@ class FedKDStrategy(Strategy):
                 keys.KEEP_MODEL: self.keeps_client_models,
             }
         )
-        content = RecordDict({keys.CONFIG: eval_config})
-        if self.sends_weights:
-            content[keys.ARRAYS] = arrays
         # Evaluation traffic is reported apart: it measures the run, not the method.
         self.round_metrics.setdefault(server_round, {})["evaluation_downlink_bytes"] = (
             arrays.count_bytes() * len(partitions) if self.sends_weights else 0
         )
-        return [
-            Message(
-                content=content,
-                message_type=MessageType.EVALUATE,
-                dst_node_id=self.node_of_partition[p],
-            )
-            for p in partitions
-        ]
+        return evaluate_messages(
+            partitions,
+            self.node_of_partition,
+            config=eval_config,
+            arrays=arrays if self.sends_weights else None,
+        )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Example-weighted mean of the clients' local test accuracy."""
-        ok = [r for r in replies if not r.has_error() and keys.METRICS in r.content.metric_records]
-        counted = [r for r in ok if num_examples(r) > 0]
-        if not counted:
+        accuracy = mean_client_accuracy(replies)
+        if accuracy is None:
             return None
-        total = sum(num_examples(r) for r in counted)
-        accuracy = sum(_metric(r, keys.ACCURACY) * num_examples(r) for r in counted) / total
         self.round_metrics.setdefault(server_round, {})["client_accuracy"] = accuracy
         return MetricRecord({"client-accuracy": accuracy})
 
@@ -825,38 +596,3 @@ class FedKDStrategy(Strategy):
             self.fraction_evaluate,
             self.min_train_replies,
         )
-
-
-def _metric(reply: Message, key: str) -> float:
-    value = reply.content.metric_records[keys.METRICS][key]
-    if not isinstance(value, int | float):
-        raise TypeError(f"metric {key!r} is not a number")
-    return float(value)
-
-
-def num_examples(reply: Message) -> int:
-    """The example count a (evaluation) reply reports."""
-    return int(_metric(reply, keys.NUM_EXAMPLES))
-
-
-def weighted_average(
-    state_dicts: list[dict[str, np.ndarray]], weights: list[float]
-) -> dict[str, np.ndarray]:
-    """Weighted mean of state dicts with identical keys/shapes (weights need not sum to 1)."""
-    if not state_dicts or len(state_dicts) != len(weights):
-        raise ValueError("need one weight per state dict and at least one state dict")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("weights must sum to a positive number")
-    averaged: dict[str, np.ndarray] = {}
-    for name, first in state_dicts[0].items():
-        acc = np.zeros(first.shape, dtype=np.float64)
-        for state, weight in zip(state_dicts, weights, strict=True):
-            acc += state[name].astype(np.float64) * (weight / total)
-        averaged[name] = acc.astype(first.dtype)
-    return averaged
-
-
-def student_arrays(model: nn.Module) -> ArrayRecord:
-    """The model's weights as an ArrayRecord (moved to CPU first)."""
-    return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})

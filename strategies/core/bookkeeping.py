@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from flwr.app import ArrayRecord
 
+from fedkd.privacy import PrivacyController
 from fedkd.wire import keys
-from fedkd.wire.payloads import TestPredictions
+from fedkd.wire.payloads import ModelWeights, TestPredictions
 from strategies.core.validation import ClientReply, RoundState
 
 logger = logging.getLogger(__name__)
@@ -98,3 +100,23 @@ def downlink_bytes(contents: Sequence[Any]) -> int:
                 sizes[id(record)] = record.count_bytes()
             total += sizes[id(record)]
     return total
+
+
+def record_privacy(
+    state: RoundState,
+    valid: Sequence[ClientReply],
+    privacy: PrivacyController | None,
+    *,
+    audit_weights: dict[int, ArrayRecord] | None,
+) -> None:
+    """The privacy controller's round metrics and the clients' own DP-SGD epsilons; with
+    ``audit_weights``, each client's returned weights are kept for the membership audit."""
+    if audit_weights is not None:
+        for reply in valid:
+            audit_weights[reply.partition_id] = reply.values[ModelWeights.name]
+    if privacy is None:
+        return
+    state.metrics.update(privacy.round_metrics(state.server_round))
+    reported = [r.metric(keys.DP_EPSILON) for r in valid if keys.DP_EPSILON in r.metrics]
+    if reported:  # the clients' own Opacus accountants, for cross-checking
+        state.metrics["client_epsilon_max"] = max(reported)
