@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -10,7 +11,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -110,25 +111,15 @@ def run_on_ray(
             logging.getLogger(name).setLevel(logging.WARNING)
     from flwr.simulation import run_simulation  # deferred: importing it is slow
 
-    clear_stop()
-    previous = install_sigint_handler()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=num_clients,
-                backend_config=config,
-                verbose_logging=verbose,
-            )
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        interrupted = stop_requested()
-        clear_stop()
-    if interrupted:  # the ServerApp ended early and the engine has shut down
-        raise RunInterrupted("interrupted (Ctrl-C)")
+    with stop_on_ctrl_c(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_clients,
+            backend_config=config,
+            verbose_logging=verbose,
+        )
 
 
 def install_sigint_handler() -> Any:
@@ -144,6 +135,28 @@ def install_sigint_handler() -> Any:
         request_stop()
 
     return signal.signal(signal.SIGINT, on_sigint)
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(*, handle_sigint: bool = True) -> Iterator[None]:
+    """Run a federation with Ctrl-C asking its ServerApp to stop (:func:`install_sigint_handler`).
+
+    The stop flag is cleared before and after; on the way out the previous SIGINT handler
+    comes back, and :class:`RunInterrupted` is raised if a stop was asked for (the ServerApp
+    ended early). ``handle_sigint=False`` leaves the signal handler alone (inside a Ray task,
+    whose signals are Ray's) and only minds the flag.
+    """
+    clear_stop()
+    previous = install_sigint_handler() if handle_sigint else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        interrupted = stop_requested()
+        clear_stop()
+    if interrupted:  # the ServerApp ended early and the engine has shut down
+        raise RunInterrupted("interrupted (Ctrl-C)")
 
 
 class InlineGrid(Grid):

@@ -33,13 +33,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedkd.errors import ConfigError
-from fedkd.run.interrupt import RunInterrupted, check_stop, clear_stop, stop_requested
+from fedkd.run.interrupt import check_stop
 from simulations.engine import (
     InlineGrid,
     backend_config,
-    install_sigint_handler,
     set_ray_environment,
     set_task_identity,
+    stop_on_ctrl_c,
 )
 
 logger = logging.getLogger(__name__)
@@ -406,40 +406,33 @@ def run_on_pool(
     # worker's signals are Ray's; elsewhere Ctrl-C stops the run cleanly.
     in_task = ray.get_runtime_context().worker.mode == ray.WORKER_MODE
     actors: list[Any] = []
-    clear_stop()
-    previous = None if in_task else install_sigint_handler()
     try:
-        # A Ray this run did not start is shared: size the pool by what is free now.
-        free = None if started_here else ray.available_resources()
-        size = pool_size(backend, num_clients, ray.cluster_resources(), free)
-        resources = config["client_resources"]
-        worker = ray.remote(ClientWorker).options(
-            num_cpus=resources["num_cpus"],
-            num_gpus=resources["num_gpus"],
-            max_restarts=resources["max_restarts"],
-            max_task_retries=0,
-        )
-        env = {k: v for k, v in os.environ.items() if k.startswith(("FLWR_", "FEDKD_"))}
-        threads = int(backend.get("torch_threads", 1))
-        actors = [worker.remote(client_app, threads, env) for _ in range(size)]
-        ray.get([actor.pid.remote() for actor in actors])  # all started before round 1
-        logger.info("%s actors on %s", size, ray.cluster_resources())
-        set_task_identity()
-        grid = RayGrid(client_app, num_clients, actors)
-        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            server_app(grid, context)
+        with stop_on_ctrl_c(handle_sigint=not in_task):
+            # A Ray this run did not start is shared: size the pool by what is free now.
+            free = None if started_here else ray.available_resources()
+            size = pool_size(backend, num_clients, ray.cluster_resources(), free)
+            resources = config["client_resources"]
+            worker = ray.remote(ClientWorker).options(
+                num_cpus=resources["num_cpus"],
+                num_gpus=resources["num_gpus"],
+                max_restarts=resources["max_restarts"],
+                max_task_retries=0,
+            )
+            env = {k: v for k, v in os.environ.items() if k.startswith(("FLWR_", "FEDKD_"))}
+            threads = int(backend.get("torch_threads", 1))
+            actors = [worker.remote(client_app, threads, env) for _ in range(size)]
+            ray.get([actor.pid.remote() for actor in actors])  # all started before round 1
+            logger.info("%s actors on %s", size, ray.cluster_resources())
+            set_task_identity()
+            grid = RayGrid(client_app, num_clients, actors)
+            context = Context(
+                run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                server_app(grid, context)
     finally:
-        import signal
-
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        interrupted = stop_requested()
-        clear_stop()
         for actor in actors:
             ray.kill(actor)
         if started_here:
             ray.shutdown()
-    if interrupted:
-        raise RunInterrupted("interrupted (Ctrl-C)")

@@ -1,9 +1,16 @@
-"""Shared test helpers: task identity for building Messages, an in-process fake grid."""
+"""Shared test helpers: task identity for building Messages, an in-process fake grid, the
+small configs the strategy and run tests compose, the ``simulations.run`` command line and
+registering test entries in fedkd's registries."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +20,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from simulations.engine import InlineGrid
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -89,3 +98,136 @@ def run_in_process(overrides: list[str], run_dir: Any) -> dict[str, Any]:
 @pytest.fixture
 def in_process_run() -> Any:
     return run_in_process
+
+
+def small_task(num_clients: int, *extra: str) -> list[str]:
+    """Overrides of the small task of the strategy tests: 300 synthetic records of 6 features
+    in 3 classes, split iid over ``num_clients`` clients that train one local epoch; then
+    ``extra``."""
+    return [
+        "dataset=synthetic",
+        "dataset.num_samples=300",
+        "dataset.num_features=6",
+        "dataset.num_classes=3",
+        "partition=iid",
+        f"num_clients={num_clients}",
+        "client.epochs=1",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def small_overrides() -> Callable[..., list[str]]:
+    """:func:`small_task`: ``small_overrides(num_clients, *extra)``."""
+    return small_task
+
+
+@pytest.fixture
+def small_plan() -> Callable[..., Any]:
+    """``small_plan(*extra)``: the run plan (``prepare_run``) of the small task on 4 clients
+    with 8-unit models and no progress display, plus ``extra`` overrides."""
+    from fedkd.apps.server import prepare_run
+    from fedkd.config import compose_config
+
+    def plan(*extra: str) -> Any:
+        models = ("model.hidden=[8]", "student.hidden=[8]", "progress=false")
+        return prepare_run(compose_config(small_task(4, *models, *extra)))
+
+    return plan
+
+
+def two_round_run(*extra: str) -> list[str]:
+    """Overrides of the small whole runs: 300 synthetic records (default partition) on 4
+    clients, 2 rounds of one local epoch; then ``extra``."""
+    return [
+        "dataset=synthetic",
+        "dataset.num_samples=300",
+        "num_clients=4",
+        "num_rounds=2",
+        "client.epochs=1",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def two_round_overrides() -> Callable[..., list[str]]:
+    """:func:`two_round_run`: ``two_round_overrides(*extra)``."""
+    return two_round_run
+
+
+def run_simulation_cli(
+    *args: str,
+    cwd: Path = REPO,
+    timeout: float = 300,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m simulations.run *args`` in ``cwd`` without telemetry (``env`` added to the
+    environment), its output captured as text."""
+    full_env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.run", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def simulation_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """:func:`run_simulation_cli`: ``simulation_cli(*args, cwd=..., timeout=..., env=...)``."""
+    return run_simulation_cli
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The public functions of one registry (datasets, teacher-target rules), for tests that
+    register an entry of their own."""
+
+    register: Callable[[Any], Any]
+    unregister: Callable[[str], Any]
+    names: Callable[[], tuple[str, ...]]
+
+    @contextlib.contextmanager
+    def registered(self, entry: Any) -> Iterator[Any]:
+        """``entry`` registered for the block (yields what ``register`` returns); removed
+        afterwards, when its name must be gone from ``names()``."""
+        registered = self.register(entry)
+        try:
+            yield registered
+        finally:
+            self.unregister(entry.name)
+        assert entry.name not in self.names()
+
+    @contextlib.contextmanager
+    def unregistered(self, entry: Any) -> Iterator[None]:
+        """``entry`` removed for the block and registered again afterwards."""
+        self.unregister(entry.name)
+        try:
+            yield
+        finally:
+            self.register(entry)
+
+    def check_misuse(self, entry: Any, kind: str) -> None:
+        """A registered ``entry`` cannot be registered twice, nor an unknown name removed."""
+        with pytest.raises(ValueError, match="already registered"):
+            self.register(entry)
+        with pytest.raises(KeyError, match=f"no {kind} 'nope'"):
+            self.unregister("nope")
+
+
+@pytest.fixture
+def dataset_registration() -> Registration:
+    """:class:`Registration` of the dataset registry (:mod:`fedkd.data`)."""
+    from fedkd.data import dataset_names, register_dataset, unregister_dataset
+
+    return Registration(register_dataset, unregister_dataset, dataset_names)
+
+
+@pytest.fixture
+def target_rule_registration() -> Registration:
+    """:class:`Registration` of the teacher-target rule registry (:mod:`fedkd.distill`)."""
+    from fedkd.distill import register_target_rule, target_rule_names, unregister_target_rule
+
+    return Registration(register_target_rule, unregister_target_rule, target_rule_names)

@@ -8,12 +8,13 @@ ensemble test accuracy, and the membership-inference AUC of both attacks on the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
+
+from table_cli import parse_out_dir, save_figure
 
 
 def _noise(privacy: dict[str, Any]) -> str:
@@ -166,15 +167,11 @@ def plot(found: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("student test accuracy")
         ax.set_title(preset)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--plot", type=Path, default=None)
-    args = parser.parse_args()
+    parser, args = parse_out_dir(__doc__)
     found = rows(args.out)
     if not found:
         parser.error(f"no seed*/*/*/summary.json under {args.out}")

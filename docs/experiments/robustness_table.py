@@ -14,13 +14,14 @@ line per rule (error bars: std over seeds), one panel per swept attack.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from table_cli import parse_out_dir, save_figure
 
 #: Rule labels of the sweep (directory names) in table order, with what they mean.
 RULES = {
@@ -258,15 +259,11 @@ def plot(swept: dict[str, Block], path: Path) -> None:
         ax.set_title(f"attack: {kind}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--plot", type=Path, default=None)
-    args = parser.parse_args()
+    parser, args = parse_out_dir(__doc__)
     swept, other_runs = collect(args.out)
     if not swept:
         parser.error(f"no seed*/<kind>/<rule>_<fraction>/summary.json sweep under {args.out}")

@@ -1,21 +1,11 @@
-"""Data loading, partitioning and the federated view used by fedkd."""
+"""Data loading, partitioning and the federated view used by fedkd.
 
-from fedkd.data.datasets import (
-    CREDIT_FEATURES,
-    DATASET_NAMES,
-    DATASET_OPTIONS,
-    DATASETS,
-    REQUIRED,
-    DatasetEntry,
-    RawDataset,
-    dataset_names,
-    describe_datasets,
-    generate_credit,
-    load_dataset,
-    register_dataset,
-    resolve_dataset_options,
-    unregister_dataset,
-)
+Re-exports the dataset registry: the names in :mod:`fedkd.data.dataset_registry`'s ``__all__``.
+"""
+
+from fedkd.data import dataset_registry
+from fedkd.data.dataset_registry import *  # noqa: F403
+from fedkd.data.datasets import CREDIT_FEATURES, DATASET_NAMES, DATASET_OPTIONS, generate_credit
 from fedkd.data.federated import (
     ClientData,
     FederatedData,
@@ -43,33 +33,24 @@ from fedkd.data.partition import (
 __all__ = [
     "CLASS_ASSIGNMENT_MODES",
     "CREDIT_FEATURES",
-    "DATASETS",
     "DATASET_NAMES",
     "DATASET_OPTIONS",
     "PARTITION_NAMES",
     "PARTITION_OPTIONS",
-    "REQUIRED",
     "ClientData",
     "DataFileError",
-    "DatasetEntry",
     "FederatedData",
     "LocalDataSpec",
-    "RawDataset",
     "build_federated_data",
     "clear_federated_data_cache",
-    "dataset_names",
-    "describe_datasets",
     "generate_credit",
     "get_federated_data",
-    "load_dataset",
     "load_local_data",
     "local_split",
     "partition_indices",
     "proxy_round_indices",
-    "register_dataset",
-    "resolve_dataset_options",
     "resolve_partition_options",
-    "unregister_dataset",
     "validate_data_config",
     "write_local_data",
+    *dataset_registry.__all__,
 ]

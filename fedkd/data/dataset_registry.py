@@ -19,6 +19,20 @@ from typing import Any, Final, Literal, get_args
 import numpy as np
 
 from fedkd.errors import ConfigError
+from fedkd.registry import Registry, check_entry_name, check_option_keys
+
+__all__ = [
+    "DATASETS",
+    "REQUIRED",
+    "DatasetEntry",
+    "RawDataset",
+    "dataset_names",
+    "describe_datasets",
+    "load_dataset",
+    "register_dataset",
+    "resolve_dataset_options",
+    "unregister_dataset",
+]
 
 #: Shape family of one input sample: ``image`` ``(C, H, W)``, ``sequence`` ``(C, L)``,
 #: ``tabular`` ``(F,)``, or ``auto`` when the data decides (e.g. the ``hf`` loader).
@@ -107,8 +121,7 @@ class DatasetEntry:
     summary: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"dataset name must be a non-empty string, got {self.name!r}")
+        check_entry_name("dataset", self.name)
         if self.input_kind not in INPUT_KINDS:
             raise ValueError(
                 f"dataset {self.name!r}: input_kind must be one of {list(INPUT_KINDS)}, "
@@ -124,70 +137,34 @@ class DatasetEntry:
             ) from error
 
 
-_REGISTRY: dict[str, DatasetEntry] = {}
+_REGISTRY: Registry[DatasetEntry] = Registry("dataset")
 
 #: Live read-only view of the registry, name -> :class:`DatasetEntry`, in registration order.
-DATASETS: Mapping[str, DatasetEntry] = MappingProxyType(_REGISTRY)
+DATASETS: Mapping[str, DatasetEntry] = _REGISTRY.view
 
 
 def register_dataset(entry: DatasetEntry) -> DatasetEntry:
-    """Add a dataset to the registry.
-
-    Parameters
-    ----------
-    entry : DatasetEntry
-        The dataset; its name must not be registered yet.
-
-    Returns
-    -------
-    DatasetEntry
-        ``entry``, unchanged.
-
-    Raises
-    ------
-    ValueError
-        If a dataset of that name is already registered.
-    """
-    if entry.name in _REGISTRY:
-        raise ValueError(f"dataset {entry.name!r} is already registered")
-    _REGISTRY[entry.name] = entry
-    return entry
+    """Add a dataset to the registry and return it (ValueError if the name is taken)."""
+    return _REGISTRY.register(entry)
 
 
 def unregister_dataset(name: str) -> DatasetEntry:
-    """Remove a dataset from the registry (mainly for tests and plugins).
-
-    Parameters
-    ----------
-    name : str
-        A registered dataset name.
-
-    Returns
-    -------
-    DatasetEntry
-        The removed entry.
-
-    Raises
-    ------
-    KeyError
-        If no dataset of that name is registered.
-    """
-    if name not in _REGISTRY:
-        raise KeyError(f"no dataset {name!r} is registered")
-    return _REGISTRY.pop(name)
+    """Remove a dataset from the registry and return it (KeyError if it is not registered);
+    mainly for tests and plugins."""
+    return _REGISTRY.unregister(name)
 
 
 def dataset_names() -> tuple[str, ...]:
     """Return the registered dataset names, in registration order (live, unlike the
     import-time snapshot :data:`fedkd.data.datasets.DATASET_NAMES`)."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def describe_datasets() -> str:
     """Return one line per registered dataset: name, input kind, options with defaults
     and summary (for help texts and docs)."""
     lines = []
-    for entry in _REGISTRY.values():
+    for entry in DATASETS.values():
         options = ", ".join(
             f"{key}={'<required>' if default is REQUIRED else repr(default)}"
             for key, default in entry.options.items()
@@ -242,7 +219,8 @@ def require_str(key: str, value: Any, *, optional: bool = False) -> str | None:
 
 
 def resolve_dataset_options(name: Any, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a dataset name and its options, and fill in defaults (no loading).
+    """Check a dataset name and its options; return the options with defaults filled in
+    (no loading).
 
     Parameters
     ----------
@@ -251,27 +229,15 @@ def resolve_dataset_options(name: Any, options: Mapping[str, Any]) -> dict[str, 
     options : Mapping[str, Any]
         Dataset options (everything in the ``dataset`` config except ``name``).
 
-    Returns
-    -------
-    dict[str, Any]
-        The options with defaults filled in.
-
     Raises
     ------
     ConfigError
         Unknown name (key ``dataset.name``), unknown option, missing required option
         or an option value out of range (key ``dataset.<option>``).
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ConfigError(f"dataset.name must be one of {list(_REGISTRY)}, got {name!r}")
-    entry = _REGISTRY[name]
+    entry = _REGISTRY.get("dataset.name", name)
     allowed = entry.options
-    unknown = sorted(str(key) for key in options if key not in allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {['dataset.' + key for key in unknown]} for dataset "
-            f"{name!r}; allowed options: {sorted(allowed) or 'none'}"
-        )
+    check_option_keys(options, allowed, key="dataset", owner=f"dataset {name!r}")
     resolved: dict[str, Any] = {}
     for key, default in allowed.items():
         if key in options:
@@ -310,4 +276,4 @@ def load_dataset(name: str, **options: Any) -> RawDataset:
         Unknown name (``dataset.name``), unknown/invalid option (``dataset.<option>``).
     """
     resolved = resolve_dataset_options(name, options)
-    return _REGISTRY[name].loader(**resolved)
+    return DATASETS[name].loader(**resolved)

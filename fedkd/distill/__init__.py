@@ -1,57 +1,24 @@
-"""Distillation losses, target aggregation and the distillation loop."""
+"""Distillation losses, target aggregation and the distillation loop.
 
+Re-exports the teacher-target rules (:mod:`fedkd.distill.targets`) and their registry
+(:mod:`fedkd.distill.target_registry`): the names in each module's ``__all__``.
+"""
+
+from fedkd.distill import target_registry, targets
 from fedkd.distill.loop import DistillReport, agreement, distill
 from fedkd.distill.losses import LOSS_NAMES, LOSSES, KDLoss, build_loss, loss_options
-from fedkd.distill.targets import (
-    TARGET_RULE_REGISTRY,
-    TARGET_RULES,
-    RuleOption,
-    TargetRule,
-    confidence_targets,
-    ensemble_accuracy,
-    entropy_targets,
-    era_targets,
-    label_aware_targets,
-    mean_targets,
-    median_targets,
-    register_target_rule,
-    robust_mean_targets,
-    size_weighted_targets,
-    target_rule_names,
-    target_rule_options,
-    teacher_targets,
-    trimmed_mean_targets,
-    unregister_target_rule,
-    validate_target_rule,
-)
+from fedkd.distill.target_registry import *  # noqa: F403
+from fedkd.distill.targets import *  # noqa: F403
 
 __all__ = [
     "LOSSES",
     "LOSS_NAMES",
-    "TARGET_RULES",
-    "TARGET_RULE_REGISTRY",
     "DistillReport",
     "KDLoss",
-    "RuleOption",
-    "TargetRule",
     "agreement",
     "build_loss",
-    "confidence_targets",
     "distill",
-    "ensemble_accuracy",
-    "entropy_targets",
-    "era_targets",
-    "label_aware_targets",
     "loss_options",
-    "mean_targets",
-    "median_targets",
-    "register_target_rule",
-    "robust_mean_targets",
-    "size_weighted_targets",
-    "target_rule_names",
-    "target_rule_options",
-    "teacher_targets",
-    "trimmed_mean_targets",
-    "unregister_target_rule",
-    "validate_target_rule",
+    *target_registry.__all__,
+    *targets.__all__,
 ]

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fedkd.errors import ConfigError
+from fedkd.registry import check_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +39,39 @@ _DEFAULTS: dict[str, dict[str, float | int]] = {
 _SPEC_KEYS = ("name", "transforms")
 
 
-@dataclass(frozen=True)
-class _Noise:
-    """Additive Gaussian noise ``x + std * N(0, 1)`` per element; targets unchanged."""
+class _Transform:
+    """One transform of a batch ``(x, targets)``, drawing from the caller's generator.
 
-    std: float
+    Subclasses implement :meth:`apply`, which returns a new ``x``; the targets pass through
+    unchanged unless a subclass sets :attr:`changes_targets` and overrides ``__call__``.
+    """
+
     changes_targets: ClassVar[bool] = False
 
     def __call__(
         self, x: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        # Drawn in float32 so the noise for one seed does not depend on x's dtype.
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
-        return x + self.std * noise.to(device=x.device, dtype=x.dtype), targets
+        return self.apply(x, generator), targets
+
+    def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The transformed copy of the batch ``x``."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class _Mixup:
+class _Noise(_Transform):
+    """Additive Gaussian noise ``x + std * N(0, 1)`` per element; targets unchanged."""
+
+    std: float
+
+    def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        # Drawn in float32 so the noise for one seed does not depend on x's dtype.
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+        return x + self.std * noise.to(device=x.device, dtype=x.dtype)
+
+
+@dataclass(frozen=True)
+class _Mixup(_Transform):
     """Mixup (Zhang et al. 2018): convex combinations of example pairs and their targets."""
 
     alpha: float
@@ -97,15 +114,12 @@ def _translate(x: Tensor, offsets: Tensor, dim: int) -> Tensor:
 
 
 @dataclass(frozen=True)
-class _Shift:
+class _Shift(_Transform):
     """Random integer translation by up to ``max_shift`` along each spatial axis, zero fill."""
 
     max_shift: int
-    changes_targets: ClassVar[bool] = False
 
-    def __call__(
-        self, x: Tensor, targets: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
+    def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         spatial_dims = range(2, x.ndim)  # L for (B, C, L); H and W for (B, C, H, W)
         offsets = torch.randint(
             -self.max_shift,
@@ -115,43 +129,34 @@ class _Shift:
         )
         for axis, dim in enumerate(spatial_dims):
             x = _translate(x, offsets[:, axis], dim)
-        return x, targets
+        return x
 
 
 @dataclass(frozen=True)
-class _Crop:
+class _Crop(_Transform):
     """Zero-pad H and W by ``padding`` on each side, then crop a random (H, W) window."""
 
     padding: int
-    changes_targets: ClassVar[bool] = False
 
-    def __call__(
-        self, x: Tensor, targets: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
+    def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         # Window corner c in [0, 2 * padding] of the padded image: out[i] = x[i + c - padding],
         # a translation by padding - c with zero fill, done without materialising the padding.
         corners = torch.randint(0, 2 * self.padding + 1, (x.shape[0], 2), generator=generator)
         offsets = self.padding - corners
         x = _translate(x, offsets[:, 0], x.ndim - 2)
-        return _translate(x, offsets[:, 1], x.ndim - 1), targets
+        return _translate(x, offsets[:, 1], x.ndim - 1)
 
 
 @dataclass(frozen=True)
-class _Flip:
+class _Flip(_Transform):
     """Horizontal flip (last axis) of each example with probability ``p``."""
 
     p: float
-    changes_targets: ClassVar[bool] = False
 
-    def __call__(
-        self, x: Tensor, targets: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
+    def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         flip = torch.rand(x.shape[0], generator=generator) < self.p
         flip = flip.to(x.device).reshape(x.shape[0], *([1] * (x.ndim - 1)))
-        return torch.where(flip, torch.flip(x, dims=(-1,)), x), targets
-
-
-_Transform = _Noise | _Mixup | _Shift | _Crop | _Flip
+        return torch.where(flip, torch.flip(x, dims=(-1,)), x)
 
 
 class Augmentation:
@@ -328,12 +333,7 @@ def _build_transform(index: int, entry: Any, shape: tuple[int, ...]) -> _Transfo
         )
     defaults = _DEFAULTS[kind]
     options = {str(k): v for k, v in entry.items() if k != "kind"}
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"{key}.{unknown[0]}: unknown option(s) {unknown} for kind {kind!r}; "
-            f"allowed options: {list(defaults)}"
-        )
+    check_option_names(options, defaults, key=key, owner=f"kind {kind!r}")
     _check_fits(key, kind, shape)
     resolved = {**defaults, **options}
     if kind == "noise":

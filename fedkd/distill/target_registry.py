@@ -21,6 +21,19 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError
+from fedkd.registry import Registry, check_entry_name, check_option_names
+
+__all__ = [
+    "TARGET_RULE_REGISTRY",
+    "RuleOption",
+    "TargetRule",
+    "register_target_rule",
+    "target_rule_names",
+    "target_rule_options",
+    "teacher_targets",
+    "unregister_target_rule",
+    "validate_target_rule",
+]
 
 _ROW_SUM_TOL = 1e-3
 
@@ -112,8 +125,7 @@ class TargetRule:
     summary: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"rule name must be a non-empty string, got {self.name!r}")
+        check_entry_name("rule", self.name)
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         clashes = sorted(set(self.options) & {"probs", *_DATA_ARGUMENTS})
         if clashes:
@@ -137,69 +149,28 @@ class TargetRule:
         return {key: option.default for key, option in self.options.items()}
 
 
-_REGISTRY: dict[str, TargetRule] = {}
+_REGISTRY: Registry[TargetRule] = Registry("target rule")
 
 #: Live read-only view of the registry, name -> :class:`TargetRule`, in registration order.
-TARGET_RULE_REGISTRY: Mapping[str, TargetRule] = MappingProxyType(_REGISTRY)
+TARGET_RULE_REGISTRY: Mapping[str, TargetRule] = _REGISTRY.view
 
 
 def register_target_rule(rule: TargetRule) -> TargetRule:
-    """Add a teacher-target rule to the registry.
-
-    Parameters
-    ----------
-    rule : TargetRule
-        The rule; its name must not be registered yet.
-
-    Returns
-    -------
-    TargetRule
-        ``rule``, unchanged.
-
-    Raises
-    ------
-    ValueError
-        If a rule of that name is already registered.
-    """
-    if rule.name in _REGISTRY:
-        raise ValueError(f"target rule {rule.name!r} is already registered")
-    _REGISTRY[rule.name] = rule
-    return rule
+    """Add a teacher-target rule to the registry and return it (ValueError if the name is
+    taken)."""
+    return _REGISTRY.register(rule)
 
 
 def unregister_target_rule(name: str) -> TargetRule:
-    """Remove a teacher-target rule from the registry (mainly for tests and plugins).
-
-    Parameters
-    ----------
-    name : str
-        A registered rule name.
-
-    Returns
-    -------
-    TargetRule
-        The removed rule.
-
-    Raises
-    ------
-    KeyError
-        If no rule of that name is registered.
-    """
-    if name not in _REGISTRY:
-        raise KeyError(f"no target rule {name!r} is registered")
-    return _REGISTRY.pop(name)
+    """Remove a teacher-target rule from the registry and return it (KeyError if it is not
+    registered); mainly for tests and plugins."""
+    return _REGISTRY.unregister(name)
 
 
 def target_rule_names() -> tuple[str, ...]:
     """Return the registered rule names in registration order (live, unlike the
     import-time snapshot :data:`fedkd.distill.targets.TARGET_RULES`)."""
-    return tuple(_REGISTRY)
-
-
-def _get_rule(rule: Any) -> TargetRule:
-    if not isinstance(rule, str) or rule not in _REGISTRY:
-        raise ConfigError(f"aggregation.name must be one of {list(_REGISTRY)}, got {rule!r}")
-    return _REGISTRY[rule]
+    return _REGISTRY.names()
 
 
 def check_rule_option(rule: str, key: str, value: Any) -> float:
@@ -210,7 +181,7 @@ def check_rule_option(rule: str, key: str, value: Any) -> float:
     ConfigError
         If ``value`` is not a finite number in range (key ``aggregation.<key>``).
     """
-    spec = _REGISTRY[rule].options[key]
+    spec = TARGET_RULE_REGISTRY[rule].options[key]
     if not spec.accepts(value):
         relation = ">=" if spec.low_inclusive else ">"
         bound = f" and < {spec.high:g}" if math.isfinite(spec.high) else ""
@@ -229,7 +200,7 @@ def target_rule_options(rule: str) -> dict[str, float]:
     ConfigError
         If ``rule`` is not a registered rule (key ``aggregation.name``).
     """
-    return _get_rule(rule).defaults()
+    return _REGISTRY.get("aggregation.name", rule).defaults()
 
 
 def validate_target_rule(rule: str, **options: Any) -> None:
@@ -253,12 +224,7 @@ def validate_target_rule(rule: str, **options: Any) -> None:
 
 def _resolve_options(rule: str, options: Mapping[str, Any]) -> dict[str, float]:
     defaults = target_rule_options(rule)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"aggregation.{unknown[0]}: unknown option(s) {unknown} for "
-            f"aggregation.name={rule!r}; allowed options: {list(defaults)}"
-        )
+    check_option_names(options, defaults, key="aggregation", owner=f"aggregation.name={rule!r}")
     resolved = {**defaults, **options}
     return {key: check_rule_option(rule, key, value) for key, value in resolved.items()}
 
@@ -388,7 +354,7 @@ def teacher_targets(
         ``label_histograms`` missing or malformed for the rule that needs them.
     """
     resolved = _resolve_options(rule, options)
-    entry = _REGISTRY[rule]
+    entry = TARGET_RULE_REGISTRY[rule]
     probs = check_probs(client_probs)
     k, _, c = probs.shape
     data: dict[str, np.ndarray] = {}

@@ -9,10 +9,18 @@ every returned row sums to 1.
 Each rule is one :class:`~fedkd.distill.target_registry.TargetRule` entry in
 :data:`BUILTIN_TARGET_RULES`: name, function, options with defaults and ranges, and whether
 it needs the clients' ``num_examples`` or ``label_histograms``. From the registry derive
-:data:`TARGET_RULES`, :func:`target_rule_options`, :func:`validate_target_rule` (checks a
-rule name and its options without data, for config validation) and the dispatch of
-:func:`teacher_targets` on the config name ``aggregation.name``. To add a rule, write its
-function ``_name(probs, **options)`` and append one entry.
+:data:`TARGET_RULES` and, in :mod:`fedkd.distill.target_registry`, ``target_rule_options``,
+``validate_target_rule`` (checks a rule name and its options without data, for config
+validation) and the dispatch of ``teacher_targets`` on the config name ``aggregation.name``.
+To add a rule, write its function ``_name(probs, **options)`` and append one entry.
+
+Every public ``<name>_targets(client_probs, **options)`` function takes ``client_probs``, a
+``(K, N, C)`` array or K arrays of equal shape ``(N, C)`` whose rows are probability
+vectors, and the rule's options (config keys ``aggregation.<option>``) as keywords. It
+returns ``(N, C)`` float32 targets whose rows sum to 1, and raises
+:class:`~fedkd.errors.ConfigError` for an option outside its range and ``ValueError`` for
+malformed probabilities (see :func:`mean_targets`) or for missing or malformed data the
+rule needs.
 
 Three rules are *robust* to a minority of clients sending poisoned predictions:
 ``median`` (coordinate-wise median over clients), ``trimmed_mean`` (coordinate-wise mean
@@ -30,23 +38,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedkd.distill.target_registry import (
-    TARGET_RULE_REGISTRY,
     RuleOption,
     TargetRule,
     register_target_rule,
-    target_rule_names,
-    target_rule_options,
     teacher_targets,
-    unregister_target_rule,
-    validate_target_rule,
 )
 
 __all__ = [
     "BUILTIN_TARGET_RULES",
     "TARGET_RULES",
-    "TARGET_RULE_REGISTRY",
-    "RuleOption",
-    "TargetRule",
     "confidence_targets",
     "ensemble_accuracy",
     "entropy_targets",
@@ -54,15 +54,9 @@ __all__ = [
     "label_aware_targets",
     "mean_targets",
     "median_targets",
-    "register_target_rule",
     "robust_mean_targets",
     "size_weighted_targets",
-    "target_rule_names",
-    "target_rule_options",
-    "teacher_targets",
     "trimmed_mean_targets",
-    "unregister_target_rule",
-    "validate_target_rule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,25 +121,9 @@ def size_weighted_targets(
 
     .. math:: t_{nc} = \sum_k \frac{m_k}{\sum_j m_j} \, p_{knc}.
 
-    Config: ``aggregation: {name: size_weighted}``.
-
-    Parameters
-    ----------
-    client_probs : np.ndarray or sequence of np.ndarray
-        ``(K, N, C)`` probabilities, as :func:`mean_targets`.
-    num_examples : array-like
-        ``(K,)`` non-negative training-set sizes, not all zero.
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, C)`` float32 targets, rows summing to 1.
-
-    Raises
-    ------
-    ValueError
-        As :func:`mean_targets`, or if ``num_examples`` is missing, not ``(K,)``,
-        non-finite, negative or all zero.
+    Config: ``aggregation: {name: size_weighted}``. ``num_examples`` are the ``(K,)``
+    non-negative training-set sizes, not all zero (a ValueError if they are missing, not
+    ``(K,)``, non-finite, negative or all zero); otherwise as every rule (module docstring).
     """
     return teacher_targets(client_probs, rule="size_weighted", num_examples=num_examples)
 
@@ -172,26 +150,8 @@ def confidence_targets(
     with ``gamma = power``; ``power = 0`` gives :func:`mean_targets`, larger powers favour
     the most confident client more. Weights are positive since ``max_c p >= 1/C``.
 
-    Config: ``aggregation: {name: confidence, power: 1.0}``.
-
-    Parameters
-    ----------
-    client_probs : np.ndarray or sequence of np.ndarray
-        ``(K, N, C)`` probabilities, as :func:`mean_targets`.
-    power : float, optional
-        Exponent ``gamma >= 0`` (default 1.0). Config key ``aggregation.power``.
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, C)`` float32 targets, rows summing to 1.
-
-    Raises
-    ------
-    ConfigError
-        If ``power`` is not a finite number ``>= 0``.
-    ValueError
-        As :func:`mean_targets`.
+    Config: ``aggregation: {name: confidence, power: 1.0}``: the exponent ``gamma >= 0``
+    (default 1.0). Otherwise as every rule (module docstring).
     """
     return teacher_targets(client_probs, rule="confidence", power=power)
 
@@ -218,27 +178,9 @@ def entropy_targets(
     with entropies in nats, ``0 log 0 = 0`` and ``epsilon = floor``; a uniform prediction
     gets only the floor weight.
 
-    Config: ``aggregation: {name: entropy, floor: 1.0e-6}``.
-
-    Parameters
-    ----------
-    client_probs : np.ndarray or sequence of np.ndarray
-        ``(K, N, C)`` probabilities, as :func:`mean_targets`.
-    floor : float, optional
-        Minimum weight ``epsilon > 0`` (default 1e-6), so weights never all vanish.
-        Config key ``aggregation.floor``.
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, C)`` float32 targets, rows summing to 1.
-
-    Raises
-    ------
-    ConfigError
-        If ``floor`` is not a finite number ``> 0``.
-    ValueError
-        As :func:`mean_targets`.
+    Config: ``aggregation: {name: entropy, floor: 1.0e-6}``: the minimum weight
+    ``epsilon > 0`` (default 1e-6), so weights never all vanish. Otherwise as every rule
+    (module docstring).
     """
     return teacher_targets(client_probs, rule="entropy", floor=floor)
 
@@ -271,29 +213,10 @@ def label_aware_targets(
     ``w_kc = 1``; a row with ``sum_c u_nc = 0`` (every client put zero mass on every class
     it has seen) falls back to the plain mean of :func:`mean_targets`.
 
-    Config: ``aggregation: {name: label_aware, smoothing: 1.0}``.
-
-    Parameters
-    ----------
-    client_probs : np.ndarray or sequence of np.ndarray
-        ``(K, N, C)`` probabilities, as :func:`mean_targets`.
-    label_histograms : np.ndarray
-        ``(K, C)`` non-negative per-client label counts.
-    smoothing : float, optional
-        Additive count ``s >= 0`` (default 1.0). Config key ``aggregation.smoothing``.
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, C)`` float32 targets, rows summing to 1.
-
-    Raises
-    ------
-    ConfigError
-        If ``smoothing`` is not a finite number ``>= 0``.
-    ValueError
-        As :func:`mean_targets`, or if ``label_histograms`` is missing, not ``(K, C)``,
-        non-finite or negative.
+    Config: ``aggregation: {name: label_aware, smoothing: 1.0}``: the additive count
+    ``s >= 0`` (default 1.0). ``label_histograms`` are the ``(K, C)`` non-negative
+    per-client label counts (a ValueError if they are missing, not ``(K, C)``, non-finite
+    or negative); otherwise as every rule (module docstring).
     """
     return teacher_targets(
         client_probs, rule="label_aware", label_histograms=label_histograms, smoothing=smoothing
@@ -333,27 +256,8 @@ def era_targets(
     their logarithms): small ``T`` (the paper's 0.1) lowers the entropy, while ``T`` near
     1 makes the targets *flatter* than the mean.
 
-    Config: ``aggregation: {name: era, temperature: 0.1}``.
-
-    Parameters
-    ----------
-    client_probs : np.ndarray or sequence of np.ndarray
-        ``(K, N, C)`` probabilities, as :func:`mean_targets`.
-    temperature : float, optional
-        Softmax temperature ``T > 0`` (default 0.1). Config key
-        ``aggregation.temperature``.
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, C)`` float32 targets, rows summing to 1.
-
-    Raises
-    ------
-    ConfigError
-        If ``temperature`` is not a finite number ``> 0``.
-    ValueError
-        As :func:`mean_targets`.
+    Config: ``aggregation: {name: era, temperature: 0.1}``: the softmax temperature
+    ``T > 0`` (default 0.1). Otherwise as every rule (module docstring).
     """
     return teacher_targets(client_probs, rule="era", temperature=temperature)
 

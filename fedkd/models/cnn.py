@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 from fedkd.errors import ConfigError
@@ -11,7 +14,71 @@ from fedkd.models.base import FedKDModel, positive_int, positive_int_list
 _MIN_POOL_SIZE = 4
 
 
-class CNN(FedKDModel):
+class _ConvNet(FedKDModel):
+    """Conv-ReLU-(MaxPool) blocks over the spatial axes, then a ReLU embedding and a head.
+
+    The shared body of :class:`CNN` (2-D) and :class:`CNN1D` (1-D); a subclass names the
+    model and its conv and pool layers. Each block max-pools by 2 while every spatial size
+    is at least ``_MIN_POOL_SIZE``.
+    """
+
+    _name: ClassVar[str]
+    _spatial_dims: ClassVar[int]
+    _conv: ClassVar[type[nn.Conv1d] | type[nn.Conv2d]]
+    _pool: ClassVar[type[nn.MaxPool1d] | type[nn.MaxPool2d]]
+    #: The input the model needs and what to use instead, for the ConfigError on other shapes.
+    _needs: ClassVar[str]
+    _instead: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        channels: list[int] | tuple[int, ...] = (16, 32),
+        hidden: int = 64,
+    ) -> None:
+        if len(input_shape) != 1 + self._spatial_dims:
+            raise ConfigError(
+                f"model.name={self._name!r} needs {self._needs}, got input_shape={input_shape}; "
+                f"use {self._instead} inputs or 'mlp' for any shape"
+            )
+        widths = positive_int_list(channels, "model.channels")
+        width = positive_int(hidden, "model.hidden")
+        super().__init__(
+            self._name,
+            options={"channels": widths, "hidden": width},
+            input_shape=input_shape,
+            num_classes=num_classes,
+        )
+        c, *sizes = input_shape
+        blocks: list[nn.Module] = []
+        for out in widths:
+            layers: list[nn.Module] = [self._conv(c, out, kernel_size=3, padding=1), nn.ReLU()]
+            if min(sizes) >= _MIN_POOL_SIZE:
+                layers.append(self._pool(2))
+                sizes = [size // 2 for size in sizes]
+            blocks.append(nn.Sequential(*layers))
+            c = out
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(c * math.prod(sizes), width)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(width, num_classes)
+        self.feature_names = (*(f"conv{i + 1}" for i in range(len(widths))), "embedding")
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return logits and ``{"conv1", ..., "embedding"}`` features."""
+        features: dict[str, Tensor] = {}
+        h = x
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            features[f"conv{i + 1}"] = h
+        emb = self.act(self.fc(h.flatten(1)))
+        features["embedding"] = emb
+        return self.head(emb), features
+
+
+class CNN(_ConvNet):
     """Conv-ReLU-(MaxPool) blocks then a ReLU hidden layer and a linear head, for (C, H, W).
 
     Built by ``model: {name: cnn, channels: [16, 32], hidden: 64}``.
@@ -35,55 +102,15 @@ class CNN(FedKDModel):
     ``"embedding"`` (``(B, hidden)``).
     """
 
-    def __init__(
-        self,
-        *,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        channels: list[int] | tuple[int, ...] = (16, 32),
-        hidden: int = 64,
-    ) -> None:
-        if len(input_shape) != 3:
-            raise ConfigError(
-                f"model.name='cnn' needs image input (C, H, W), got input_shape={input_shape}; "
-                "use 'cnn1d' for (C, L) inputs or 'mlp' for any shape"
-            )
-        widths = positive_int_list(channels, "model.channels")
-        width = positive_int(hidden, "model.hidden")
-        super().__init__(
-            "cnn",
-            options={"channels": widths, "hidden": width},
-            input_shape=input_shape,
-            num_classes=num_classes,
-        )
-        c, h, w = input_shape
-        blocks: list[nn.Module] = []
-        for out in widths:
-            layers: list[nn.Module] = [nn.Conv2d(c, out, kernel_size=3, padding=1), nn.ReLU()]
-            if min(h, w) >= _MIN_POOL_SIZE:
-                layers.append(nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
-            blocks.append(nn.Sequential(*layers))
-            c = out
-        self.blocks = nn.ModuleList(blocks)
-        self.fc = nn.Linear(c * h * w, width)
-        self.act = nn.ReLU()
-        self.head = nn.Linear(width, num_classes)
-        self.feature_names = (*(f"conv{i + 1}" for i in range(len(widths))), "embedding")
-
-    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return logits and ``{"conv1", ..., "embedding"}`` features."""
-        features: dict[str, Tensor] = {}
-        h = x
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            features[f"conv{i + 1}"] = h
-        emb = self.act(self.fc(h.flatten(1)))
-        features["embedding"] = emb
-        return self.head(emb), features
+    _name = "cnn"
+    _spatial_dims = 2
+    _conv = nn.Conv2d
+    _pool = nn.MaxPool2d
+    _needs = "image input (C, H, W)"
+    _instead = "'cnn1d' for (C, L)"
 
 
-class CNN1D(FedKDModel):
+class CNN1D(_ConvNet):
     """1-D Conv-ReLU-(MaxPool) blocks then a ReLU hidden layer and a linear head, for (C, L).
 
     Built by ``model: {name: cnn1d, channels: [16, 32], hidden: 64}`` (e.g. MNIST-1D,
@@ -106,49 +133,9 @@ class CNN1D(FedKDModel):
     Features are ``"conv1"``, ..., ``"convN"`` (``(B, C_i, L_i)``) and ``"embedding"``.
     """
 
-    def __init__(
-        self,
-        *,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        channels: list[int] | tuple[int, ...] = (16, 32),
-        hidden: int = 64,
-    ) -> None:
-        if len(input_shape) != 2:
-            raise ConfigError(
-                f"model.name='cnn1d' needs sequence input (C, L), got input_shape={input_shape}; "
-                "use 'cnn' for (C, H, W) inputs or 'mlp' for any shape"
-            )
-        widths = positive_int_list(channels, "model.channels")
-        width = positive_int(hidden, "model.hidden")
-        super().__init__(
-            "cnn1d",
-            options={"channels": widths, "hidden": width},
-            input_shape=input_shape,
-            num_classes=num_classes,
-        )
-        c, length = input_shape
-        blocks: list[nn.Module] = []
-        for out in widths:
-            layers: list[nn.Module] = [nn.Conv1d(c, out, kernel_size=3, padding=1), nn.ReLU()]
-            if length >= _MIN_POOL_SIZE:
-                layers.append(nn.MaxPool1d(2))
-                length //= 2
-            blocks.append(nn.Sequential(*layers))
-            c = out
-        self.blocks = nn.ModuleList(blocks)
-        self.fc = nn.Linear(c * length, width)
-        self.act = nn.ReLU()
-        self.head = nn.Linear(width, num_classes)
-        self.feature_names = (*(f"conv{i + 1}" for i in range(len(widths))), "embedding")
-
-    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return logits and ``{"conv1", ..., "embedding"}`` features."""
-        features: dict[str, Tensor] = {}
-        h = x
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            features[f"conv{i + 1}"] = h
-        emb = self.act(self.fc(h.flatten(1)))
-        features["embedding"] = emb
-        return self.head(emb), features
+    _name = "cnn1d"
+    _spatial_dims = 1
+    _conv = nn.Conv1d
+    _pool = nn.MaxPool1d
+    _needs = "sequence input (C, L)"
+    _instead = "'cnn' for (C, H, W)"

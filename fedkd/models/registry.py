@@ -13,6 +13,7 @@ from fedkd.errors import ConfigError
 from fedkd.models.base import FedKDModel, positive_int
 from fedkd.models.cnn import CNN, CNN1D
 from fedkd.models.mlp import MLP
+from fedkd.registry import check_name, check_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +77,7 @@ def build_model(
     """
     cls = _model_class(name)
     allowed = model_options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"model.{unknown[0]}: unknown option(s) {unknown} for model.name={name!r}; "
-            f"allowed options: {list(allowed)}"
-        )
+    check_option_names(options, allowed, key="model", owner=f"model.name={name!r}")
     shape = _check_shape(input_shape)
     classes = positive_int(num_classes, "model.num_classes")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -117,8 +113,7 @@ def model_from_config(
 
 
 def _model_class(name: str) -> type[FedKDModel]:
-    if not isinstance(name, str) or name not in MODELS:
-        raise ConfigError(f"model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
+    check_name("model.name", name, MODEL_NAMES)
     return MODELS[name]
 
 

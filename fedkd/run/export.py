@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,10 @@ def export_student(
     try:
         with torch.inference_mode():
             expected = [model(x) for x in inputs]
+        check = _Check(inputs, expected, atol=atol, rtol=rtol)
         result = {
-            "torchscript": _export_torchscript(
-                model, inputs, expected, directory / TORCHSCRIPT_FILENAME, atol=atol, rtol=rtol
-            ),
-            "onnx": _export_onnx(
-                model, inputs, expected, directory / ONNX_FILENAME, atol=atol, rtol=rtol
-            ),
+            "torchscript": _export_torchscript(model, check, directory / TORCHSCRIPT_FILENAME),
+            "onnx": _export_onnx(model, check, directory / ONNX_FILENAME),
         }
     finally:
         model.train(was_training)
@@ -138,60 +136,53 @@ def export_student(
     return result
 
 
-def _export_torchscript(
-    model: nn.Module,
-    inputs: list[Tensor],
-    expected: list[Tensor],
-    path: Path,
-    *,
-    atol: float,
-    rtol: float,
-) -> dict[str, Any]:
-    traced = torch.jit.trace(model, inputs[0])
+@dataclass(frozen=True)
+class _Check:
+    """What an exported file must reproduce: the eager outputs on the check inputs."""
+
+    inputs: list[Tensor]
+    expected: list[Tensor]
+    atol: float
+    rtol: float
+
+    def result(
+        self, export_format: str, path: Path, outputs: list[Tensor], checked_with: str
+    ) -> dict[str, Any]:
+        """The format's entry of the result; ExportMismatchError unless ``outputs`` match."""
+        diff = _check_outputs(export_format, outputs, self.expected, atol=self.atol, rtol=self.rtol)
+        return {"path": str(path), "max_abs_diff": diff, "checked_with": checked_with}
+
+
+def _export_torchscript(model: nn.Module, check: _Check, path: Path) -> dict[str, Any]:
+    traced = torch.jit.trace(model, check.inputs[0])
     torch.jit.save(traced, str(path))
     loaded = torch.jit.load(str(path))
     with torch.inference_mode():
-        outputs = [loaded(x) for x in inputs]
-    diff = _check_outputs("torchscript", outputs, expected, atol=atol, rtol=rtol)
-    return {"path": str(path), "max_abs_diff": diff, "checked_with": "torch.jit.load"}
+        outputs = [loaded(x) for x in check.inputs]
+    return check.result("torchscript", path, outputs, "torch.jit.load")
 
 
-def _export_onnx(
-    model: nn.Module,
-    inputs: list[Tensor],
-    expected: list[Tensor],
-    path: Path,
-    *,
-    atol: float,
-    rtol: float,
-) -> dict[str, Any]:
+def _export_onnx(model: nn.Module, check: _Check, path: Path) -> dict[str, Any]:
     if importlib.util.find_spec("onnx") is None:
         return {"skipped": "onnx not installed"}
+    # The default (dynamo) exporter needs onnxscript; the TorchScript-based one only onnx.
+    dynamo = importlib.util.find_spec("onnxscript") is not None
+    batch_axis: dict[str, Any] = (
+        {"dynamic_shapes": ({0: torch.export.Dim("batch")},), "external_data": False}
+        if dynamo
+        else {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}
+    )
     # Export from the larger check batch: torch.export specializes a batch of size 1 to a
     # constant, which would defeat the dynamic batch axis.
-    export_input = inputs[1]
-    if importlib.util.find_spec("onnxscript") is not None:
-        torch.onnx.export(
-            model,
-            (export_input,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            external_data=False,
-        )
-    else:
-        # The TorchScript-based exporter needs only onnx; the default (dynamo) needs onnxscript.
-        torch.onnx.export(
-            model,
-            (export_input,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamo=False,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
+    torch.onnx.export(
+        model,
+        (check.inputs[1],),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamo=dynamo,
+        **batch_axis,
+    )
     if importlib.util.find_spec("onnxruntime") is None:
         onnx = importlib.import_module("onnx")
         onnx.checker.check_model(str(path))
@@ -203,10 +194,10 @@ def _export_onnx(
     onnxruntime = importlib.import_module("onnxruntime")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = [
-        torch.from_numpy(np.asarray(session.run(None, {"input": x.numpy()})[0])) for x in inputs
+        torch.from_numpy(np.asarray(session.run(None, {"input": x.numpy()})[0]))
+        for x in check.inputs
     ]
-    diff = _check_outputs("onnx", outputs, expected, atol=atol, rtol=rtol)
-    return {"path": str(path), "max_abs_diff": diff, "checked_with": "onnxruntime"}
+    return check.result("onnx", path, outputs, "onnxruntime")
 
 
 def _check_outputs(

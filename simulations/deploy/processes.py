@@ -266,19 +266,14 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
             flwr_home=self.flwr_home,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
-        proc = self._procs["superlink"]
         while not _accepts_connections(self.port):
-            if proc.poll() is not None:
-                raise DeployError(
-                    f"flower-superlink exited with code {proc.returncode} before listening on "
-                    f"port {self.port}; log {record.log}:\n{_tail(record.log)}"
-                )
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"flower-superlink did not listen on 127.0.0.1:{self.port} within "
-                    f"{timeout:.0f} s; log {record.log}"
-                )
-            time.sleep(0.2)
+            self._startup_pause(
+                "superlink",
+                deadline,
+                label="flower-superlink",
+                before=f"listening on port {self.port}",
+                within=f"listen on 127.0.0.1:{self.port} within {timeout:.0f} s",
+            )
         return record
 
     def register(self, key: NodeKey) -> int:
@@ -322,22 +317,30 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
 
     def wait_connected(self, name: str, *, timeout: float = STARTUP_TIMEOUT_SECONDS) -> int:
         """Wait for a SuperNode's ``SuperNode ID: <id>`` log line; returns the id."""
-        record, proc = self.records[name], self._procs[name]
+        record = self.records[name]
         deadline = time.monotonic() + timeout
-        while True:
-            match = _NODE_ID_LINE.search(_tail(record.log, 20_000))
-            if match:
-                return int(match.group(1))
-            if proc.poll() is not None:
-                raise DeployError(
-                    f"{name} exited with code {proc.returncode} before connecting; "
-                    f"log {record.log}:\n{_tail(record.log)}"
-                )
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"{name} did not connect within {timeout:.0f} s; log {record.log}"
-                )
-            time.sleep(0.2)
+        while not (match := _NODE_ID_LINE.search(_tail(record.log, 20_000))):
+            self._startup_pause(
+                name, deadline, before="connecting", within=f"connect within {timeout:.0f} s"
+            )
+        return int(match.group(1))
+
+    def _startup_pause(
+        self, name: str, deadline: float, *, label: str | None = None, before: str, within: str
+    ) -> None:
+        """One pause of a wait for process ``name`` to start: a DeployError naming it as
+        ``label`` (default ``name``) if it has exited (``... before <before>``) or
+        ``deadline`` has passed (``... did not <within>``)."""
+        record, proc = self.records[name], self._procs[name]
+        label = label or name
+        if proc.poll() is not None:
+            raise DeployError(
+                f"{label} exited with code {proc.returncode} before {before}; "
+                f"log {record.log}:\n{_tail(record.log)}"
+            )
+        if time.monotonic() > deadline:
+            raise DeployError(f"{label} did not {within}; log {record.log}")
+        time.sleep(0.2)
 
     def wait_exit(self, name: str, *, timeout: float) -> int | None:
         """Wait up to ``timeout`` seconds for a process to exit by itself; its exit code."""

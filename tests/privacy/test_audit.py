@@ -61,6 +61,10 @@ def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int) -> None:
     train_local(model, x, y, epochs=40, batch_size=25, lr=0.01, optimizer="adam", seed=seed)
 
 
+#: The shadow models of LiRA: built and trained like the audited model.
+SHADOWS = {"model_factory": _factory, "train_fn": _train}
+
+
 @pytest.fixture(scope="module")
 def overfit() -> Audited:
     """A model that memorised 100 randomly labelled members; 100 fresh non-members."""
@@ -224,16 +228,20 @@ def test_lira_trains_each_shadow_on_a_balanced_seeded_half() -> None:
         return _FixedLogits(np.random.default_rng(index).normal(size=(n, 3)))
 
     target = _FixedLogits(np.zeros((n, 3)))
-    result = lira_attack(
-        target,
-        (x[:20], y[:20]),
-        (x[20:], y[20:]),
-        target="client-3",
-        model_factory=factory,
-        train_fn=record,
-        num_shadows=6,
-        seed=7,
-    )
+
+    def attack() -> AttackResult:  # run twice: the same seed must repeat every call
+        return lira_attack(
+            target,
+            (x[:20], y[:20]),
+            (x[20:], y[20:]),
+            target="client-3",
+            model_factory=factory,
+            train_fn=record,
+            num_shadows=6,
+            seed=7,
+        )
+
+    result = attack()
     assert len(calls) == 6
     assert len({seed for seed, _ in calls}) == 6
     in_counts = np.bincount(np.concatenate([ids for _, ids in calls]), minlength=n)
@@ -246,16 +254,7 @@ def test_lira_trains_each_shadow_on_a_balanced_seeded_half() -> None:
     )
     first_calls = list(calls)
     calls.clear()
-    lira_attack(
-        target,
-        (x[:20], y[:20]),
-        (x[20:], y[20:]),
-        target="client-3",
-        model_factory=factory,
-        train_fn=record,
-        num_shadows=6,
-        seed=7,
-    )
+    attack()
     assert calls == first_calls  # same seed, same assignment and shadow seeds
 
 
@@ -266,14 +265,7 @@ def test_attacks_detect_an_overfit_model(overfit: Audited) -> None:
     model, members, non_members = overfit
     loss = loss_threshold_attack(model, members, non_members, target="student")
     lira = lira_attack(
-        model,
-        members,
-        non_members,
-        target="student",
-        model_factory=_factory,
-        train_fn=_train,
-        num_shadows=8,
-        seed=0,
+        model, members, non_members, target="student", num_shadows=8, seed=0, **SHADOWS
     )
     assert loss.auc > 0.8
     assert lira.auc > 0.8
@@ -291,14 +283,7 @@ def test_attacks_find_nothing_when_neither_set_was_trained_on(overfit: Audited) 
     members = (x[order[:200]], y[order[:200]])
     non_members = (x[order[200:]], y[order[200:]])
     results = audit_model(
-        model,
-        members,
-        non_members,
-        target="student",
-        model_factory=_factory,
-        train_fn=_train,
-        num_shadows=4,
-        seed=1,
+        model, members, non_members, target="student", num_shadows=4, seed=1, **SHADOWS
     )
     assert [r.attack for r in results] == ["loss", "lira"]
     for result in results:
@@ -349,26 +334,17 @@ def test_audit_model_validation() -> None:
         audit_model(model, members, non_members, target="s", attacks=["loss", "gradient"])
     with pytest.raises(ConfigError, match=r"privacy\.audit_attacks"):
         audit_model(model, members, non_members, target="s", attacks=[])
-    with pytest.raises(ConfigError, match=r"privacy\.audit_shadows"):
-        audit_model(
-            model,
-            members,
-            non_members,
-            target="s",
-            model_factory=_factory,
-            train_fn=_no_training,
-            num_shadows=1,
-        )
-    with pytest.raises(ConfigError, match=r"privacy\.audit_shadows"):
-        lira_attack(
-            model,
-            members,
-            non_members,
-            target="s",
-            model_factory=_factory,
-            train_fn=_no_training,
-            num_shadows=1,
-        )
+    for attack in (audit_model, lira_attack):
+        with pytest.raises(ConfigError, match=r"privacy\.audit_shadows"):
+            attack(
+                model,
+                members,
+                non_members,
+                target="s",
+                model_factory=_factory,
+                train_fn=_no_training,
+                num_shadows=1,
+            )
     with pytest.raises(ValueError, match="model_factory and train_fn"):
         audit_model(model, members, non_members, target="s", attacks=["lira"])
     with pytest.raises(ValueError, match="non_members is empty"):

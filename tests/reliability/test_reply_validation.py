@@ -19,29 +19,14 @@ from flwr.app import (
 
 from fedkd.apps.client import app as client_app
 from fedkd.apps.client import safe_reason
-from fedkd.apps.server import prepare_run
-from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.reliability.faults import InjectedFault
 from fedkd.wire import keys
 from strategies.base import RoundAborted
 
-SMALL = [
-    "dataset=synthetic",
-    "dataset.num_samples=300",
-    "dataset.num_features=6",
-    "dataset.num_classes=3",
-    "partition=iid",
-    "num_clients=4",
-    "model.hidden=[8]",
-    "student.hidden=[8]",
-    "client.epochs=1",
-    "progress=false",
-]
 
-
-def _strategy(*extra: str):  # needs the task_identity fixture
-    strategy = prepare_run(compose_config([*SMALL, *extra])).strategy
+def _strategy(small_plan, *extra: str):  # needs the task_identity fixture
+    strategy = small_plan(*extra).strategy
     strategy.node_of_partition = {0: 11, 1: 22, 2: 33, 3: 44}
     strategy.label_histograms = {p: [10, 10, 10] for p in range(4)}  # 30 records each
     return strategy
@@ -74,8 +59,8 @@ def _requests(strategy, server_round: int = 2) -> list[Message]:
     )
 
 
-def test_each_invalid_weight_reply_kind_is_counted(task_identity) -> None:
-    strategy = _strategy("strategy=fedavg")
+def test_each_invalid_weight_reply_kind_is_counted(task_identity, small_plan) -> None:
+    strategy = _strategy(small_plan, "strategy=fedavg")
     requests = _requests(strategy)
     replies = [
         _reply(requests[0], _weights(strategy, 1.0)),  # the only good one
@@ -95,8 +80,8 @@ def test_each_invalid_weight_reply_kind_is_counted(task_identity) -> None:
     }
 
 
-def test_missing_round_and_inflated_example_counts_are_rejected(task_identity) -> None:
-    strategy = _strategy("strategy=fedavg")
+def test_missing_round_and_inflated_example_counts_are_rejected(task_identity, small_plan) -> None:
+    strategy = _strategy(small_plan, "strategy=fedavg")
     requests = _requests(strategy)
     replies = [
         _reply(requests[0], _weights(strategy, 1.0)),
@@ -112,8 +97,8 @@ def test_missing_round_and_inflated_example_counts_are_rejected(task_identity) -
     assert strategy.round_metrics[2]["clients_ok"] == 1
 
 
-def test_invalid_prediction_replies_are_counted(task_identity) -> None:
-    strategy = _strategy("strategy=dsfl")
+def test_invalid_prediction_replies_are_counted(task_identity, small_plan) -> None:
+    strategy = _strategy(small_plan, "strategy=dsfl")
     requests = _requests(strategy)
     rows = len(strategy.proxy_indices)
     good = np.full((rows, 3), 1 / 3)
@@ -140,8 +125,8 @@ def test_invalid_prediction_replies_are_counted(task_identity) -> None:
     }
 
 
-def test_client_errors_cross_without_their_text(task_identity) -> None:
-    strategy = _strategy("strategy=fedavg")
+def test_client_errors_cross_without_their_text(task_identity, small_plan) -> None:
+    strategy = _strategy(small_plan, "strategy=fedavg")
     requests = _requests(strategy)
     secret = "patient 4711 has diagnosis X"
     replies = [
@@ -189,9 +174,12 @@ def test_client_app_reports_foreign_exceptions_by_type_only(task_identity) -> No
     assert reply.error.reason == "JSONDecodeError (details in the client's log)"
 
 
-def test_too_few_replies_abort_when_asked(task_identity) -> None:
+def test_too_few_replies_abort_when_asked(task_identity, small_plan) -> None:
     strategy = _strategy(
-        "strategy=fedavg", "strategy.min_train_replies=2", "strategy.on_too_few_replies=abort"
+        small_plan,
+        "strategy=fedavg",
+        "strategy.min_train_replies=2",
+        "strategy.on_too_few_replies=abort",
     )
     requests = _requests(strategy)
     replies = [_reply(requests[0], _weights(strategy, 1.0))]
@@ -200,4 +188,4 @@ def test_too_few_replies_abort_when_asked(task_identity) -> None:
     ):
         strategy.aggregate_train(2, replies)
     with pytest.raises(ConfigError, match="on_too_few_replies"):
-        _strategy("strategy=fedavg", "strategy.on_too_few_replies=retry")
+        _strategy(small_plan, "strategy=fedavg", "strategy.on_too_few_replies=retry")

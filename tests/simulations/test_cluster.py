@@ -20,16 +20,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-SMALL = [
-    "strategy=fedavg",
-    "dataset=synthetic",
-    "dataset.num_samples=300",
-    "num_clients=4",
-    "num_rounds=2",
-    "client.epochs=1",
-    "progress=false",
-]
 MARKER = "FEDKD_TEST_CLUSTER"
 
 
@@ -104,25 +94,20 @@ def head() -> Iterator[str]:
         assert not _marked(temp_dir), "the Ray head left processes"
 
 
-def _cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "simulations.run", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture
+def small(two_round_overrides) -> list[str]:
+    return two_round_overrides("strategy=fedavg", "progress=false")
 
 
 @pytest.mark.ray
 def test_a_simulation_joins_a_running_cluster_and_matches_the_inline_engine(
-    head: str, tmp_path: Path
+    head: str, tmp_path: Path, small, simulation_cli
 ) -> None:
-    on_cluster = _cli(*SMALL, f"backend.address={head}", f"hydra.run.dir={tmp_path / 'c'}")
+    on_cluster = simulation_cli(
+        *small, f"backend.address={head}", f"hydra.run.dir={tmp_path / 'c'}"
+    )
     assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]
-    inline = _cli(*SMALL, "backend=inline", f"hydra.run.dir={tmp_path / 'i'}")
+    inline = simulation_cli(*small, "backend=inline", f"hydra.run.dir={tmp_path / 'i'}")
     assert inline.returncode == 0, inline.stderr[-3000:]
     rows = [_rows(tmp_path / name) for name in ("c", "i")]
     assert rows[0] == rows[1]
@@ -130,7 +115,7 @@ def test_a_simulation_joins_a_running_cluster_and_matches_the_inline_engine(
 
 
 @pytest.mark.ray
-def test_a_sweep_runs_its_jobs_as_tasks_on_the_cluster(head: str, tmp_path: Path) -> None:
+def test_a_sweep_runs_its_jobs_as_tasks_on_the_cluster(head: str, tmp_path: Path, small) -> None:
     """Two jobs (seeds 0 and 1), each a Ray task that runs its clients as an actor on the same
     cluster. Both complete, in processes other than the command's."""
     proc = subprocess.Popen(
@@ -139,7 +124,7 @@ def test_a_sweep_runs_its_jobs_as_tasks_on_the_cluster(head: str, tmp_path: Path
             "-m",
             "simulations.run",
             "-m",
-            *SMALL,
+            *small,
             "hydra/launcher=fedkd_ray",
             f"hydra.launcher.address={head}",
             "hydra.launcher.cpus_per_job=0.5",

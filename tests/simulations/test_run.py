@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,33 +12,24 @@ from fedkd.errors import ConfigError
 from fedkd.run.results import read_metrics
 from simulations.run import run
 
-REPO = Path(__file__).resolve().parents[2]
-SMALL = [
-    "dataset=synthetic",
-    "dataset.num_samples=300",
-    "num_clients=4",
-    "num_rounds=2",
-    "client.epochs=1",
-    "strategy.distill_epochs=2",
-]
+
+@pytest.fixture
+def small(two_round_overrides) -> list[str]:
+    return two_round_overrides("strategy.distill_epochs=2")
 
 
-def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "simulations.run", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture
+def cli(simulation_cli):
+    """``python -m simulations.run`` with Hydra's short errors, 240 s unless told."""
+    return functools.partial(simulation_cli, timeout=240, env={"HYDRA_FULL_ERROR": "0"})
 
 
 @pytest.mark.ray
-def test_cli_runs_a_ray_simulation_matching_the_in_process_engine(tmp_path, in_process_run):
+def test_cli_runs_a_ray_simulation_matching_the_in_process_engine(
+    tmp_path, in_process_run, small, cli
+):
     run_dir = tmp_path / "ray"
-    proc = _cli(*SMALL, "backend.total_cpus=2", f"hydra.run.dir={run_dir}")
+    proc = cli(*small, "backend.total_cpus=2", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "student test accuracy" in proc.stdout + proc.stderr  # the final table
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -50,7 +38,7 @@ def test_cli_runs_a_ray_simulation_matching_the_in_process_engine(tmp_path, in_p
     assert [r["round"] for r in ray_rows] == [0, 1, 2]
     assert all(r["clients_ok"] == 4 and r["clients_failed"] == 0 for r in ray_rows[1:])
     # Same config and seed on the in-process grid: the Ray engine must not change a number.
-    in_process_run(SMALL, tmp_path / "inproc")
+    in_process_run(small, tmp_path / "inproc")
     inproc_rows = read_metrics(tmp_path / "inproc")
     drop = ("seconds",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in ray_rows] == [
@@ -59,9 +47,9 @@ def test_cli_runs_a_ray_simulation_matching_the_in_process_engine(tmp_path, in_p
 
 
 @pytest.mark.slow
-def test_unknown_group_option_is_rejected_with_the_choices(tmp_path):
+def test_unknown_group_option_is_rejected_with_the_choices(tmp_path, cli):
     run_dir = tmp_path / "never"
-    proc = _cli("dataset=nope", f"hydra.run.dir={run_dir}", timeout=120)
+    proc = cli("dataset=nope", f"hydra.run.dir={run_dir}", timeout=120)
     assert proc.returncode != 0
     assert "nope" in proc.stderr and "digits" in proc.stderr  # names the allowed values
     assert not run_dir.exists()
@@ -95,9 +83,9 @@ def test_bad_input_fails_before_ray_and_leaves_no_run_dir(overrides, key, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path):
+def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path, cli):
     run_dir = tmp_path / "never"
-    proc = _cli("partition.alpha=0", f"hydra.run.dir={run_dir}", timeout=120)
+    proc = cli("partition.alpha=0", f"hydra.run.dir={run_dir}", timeout=120)
     assert proc.returncode == 2
     assert "fedkd: invalid configuration: partition.alpha" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -105,11 +93,13 @@ def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_inline_backend_cli_gives_the_same_numbers_without_ray(tmp_path, in_process_run):
+def test_inline_backend_cli_gives_the_same_numbers_without_ray(
+    tmp_path, in_process_run, small, cli
+):
     run_dir = tmp_path / "inline"
-    proc = _cli(*SMALL, "backend=inline", f"hydra.run.dir={run_dir}", timeout=240)
+    proc = cli(*small, "backend=inline", f"hydra.run.dir={run_dir}", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ray" not in proc.stderr  # no Ray start-up messages
-    in_process_run(SMALL, tmp_path / "ref")
+    in_process_run(small, tmp_path / "ref")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_metrics(run_dir)) == strip(read_metrics(tmp_path / "ref"))

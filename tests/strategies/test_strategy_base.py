@@ -17,29 +17,10 @@ from flwr.app import (
 )
 
 from fedkd.apps.client import app as client_app
-from fedkd.apps.server import prepare_run
-from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.wire import keys
 from strategies.base import FedKDStrategy, weighted_average
 from strategies.fedavg import FedAvg
-
-SMALL = [
-    "dataset=synthetic",
-    "dataset.num_samples=300",
-    "dataset.num_features=6",
-    "dataset.num_classes=3",
-    "partition=iid",
-    "num_clients=4",
-    "model.hidden=[8]",
-    "student.hidden=[8]",
-    "client.epochs=1",
-    "progress=false",
-]
-
-
-def _plan(*extra: str):
-    return prepare_run(compose_config([*SMALL, *extra]))
 
 
 def _reply(request: Message, content: RecordDict) -> Message:
@@ -70,8 +51,10 @@ def test_weighted_average_by_hand() -> None:
         weighted_average([a], [0.0])
 
 
-def test_sampling_is_seeded_and_independent_of_node_ids(task_identity, in_process_grid) -> None:
-    plan = _plan("strategy=fedavg", "strategy.fraction_train=0.5")
+def test_sampling_is_seeded_and_independent_of_node_ids(
+    task_identity, in_process_grid, small_plan
+) -> None:
+    plan = small_plan("strategy=fedavg", "strategy.fraction_train=0.5")
     picks = []
     for grid_seed in (1, 2):  # two grids with different random node ids
         grid = in_process_grid(client_app, 4, seed=grid_seed)
@@ -85,8 +68,8 @@ def test_sampling_is_seeded_and_independent_of_node_ids(task_identity, in_proces
     assert len({tuple(p) for p in picks[0]}) > 1  # rounds differ
 
 
-def test_discovery_collects_label_histograms(task_identity, in_process_grid) -> None:
-    plan = _plan("strategy=fedavg")
+def test_discovery_collects_label_histograms(task_identity, in_process_grid, small_plan) -> None:
+    plan = small_plan("strategy=fedavg")
     grid = in_process_grid(client_app, 4)
     plan.strategy.discover(grid)
     data = plan.assets.data
@@ -95,8 +78,8 @@ def test_discovery_collects_label_histograms(task_identity, in_process_grid) -> 
         assert histogram == expected.tolist()
 
 
-def test_fedavg_aggregate_is_example_weighted(task_identity) -> None:
-    strategy = _plan("strategy=fedavg").strategy
+def test_fedavg_aggregate_is_example_weighted(task_identity, small_plan) -> None:
+    strategy = small_plan("strategy=fedavg").strategy
     strategy.node_of_partition = {0: 11, 1: 22}
     requests = list(
         strategy.configure_train(1, _weights_like(strategy, 0.0), ConfigRecord(), grid=None)
@@ -137,8 +120,8 @@ def test_fedavg_aggregate_is_example_weighted(task_identity) -> None:
     assert round_metrics["downlink_bytes"] == 2 * _weights_like(strategy, 0.0).count_bytes()
 
 
-def test_bad_replies_are_rejected_with_counted_reasons(task_identity) -> None:
-    strategy = _plan("strategy=fedavg").strategy
+def test_bad_replies_are_rejected_with_counted_reasons(task_identity, small_plan) -> None:
+    strategy = small_plan("strategy=fedavg").strategy
     strategy.node_of_partition = {0: 11, 1: 22, 2: 33, 3: 44}
     requests = list(
         strategy.configure_train(1, _weights_like(strategy, 0.0), ConfigRecord(), grid=None)
@@ -185,8 +168,8 @@ def test_bad_replies_are_rejected_with_counted_reasons(task_identity) -> None:
     assert strategy.round_metrics[1]["clients_failed"] == 3
 
 
-def test_round_is_skipped_below_min_replies(task_identity) -> None:
-    strategy = _plan("strategy=fedavg", "strategy.min_train_replies=2").strategy
+def test_round_is_skipped_below_min_replies(task_identity, small_plan) -> None:
+    strategy = small_plan("strategy=fedavg", "strategy.min_train_replies=2").strategy
     strategy.node_of_partition = {0: 11, 1: 22}
     requests = list(
         strategy.configure_train(1, _weights_like(strategy, 0.0), ConfigRecord(), grid=None)
@@ -209,8 +192,8 @@ def test_round_is_skipped_below_min_replies(task_identity) -> None:
         torch.testing.assert_close(v, before[k])
 
 
-def test_client_failure_does_not_stop_the_run(task_identity, in_process_grid) -> None:
-    plan = _plan("strategy=fedavg", "num_rounds=2")
+def test_client_failure_does_not_stop_the_run(task_identity, in_process_grid, small_plan) -> None:
+    plan = small_plan("strategy=fedavg", "num_rounds=2")
     grid = in_process_grid(client_app, 4, fail_partitions=[2])
     result = plan.strategy.start(
         grid=grid, initial_arrays=_weights_like(plan.strategy, 0.0), num_rounds=2
@@ -222,23 +205,25 @@ def test_client_failure_does_not_stop_the_run(task_identity, in_process_grid) ->
         assert metrics["failure_reasons"] == {"client error: RuntimeError": 1}
 
 
-def test_bad_strategy_options_are_config_errors() -> None:
+def test_bad_strategy_options_are_config_errors(small_plan) -> None:
     with pytest.raises(ConfigError, match="fraction_train"):
-        _plan("strategy=fedavg", "strategy.fraction_train=0")
+        small_plan("strategy=fedavg", "strategy.fraction_train=0")
     with pytest.raises(ConfigError, match="strategy 'fedavg'"):
-        _plan("strategy=fedavg", "+strategy.no_such_option=1")
+        small_plan("strategy=fedavg", "+strategy.no_such_option=1")
 
 
-def test_query_message_type_is_used_for_discovery(task_identity, in_process_grid) -> None:
-    plan = _plan("strategy=fedavg")
+def test_query_message_type_is_used_for_discovery(
+    task_identity, in_process_grid, small_plan
+) -> None:
+    plan = small_plan("strategy=fedavg")
     grid = in_process_grid(client_app, 4)
     plan.strategy.discover(grid)
     assert {m.metadata.message_type for m in grid.sent} == {MessageType.QUERY}
     assert isinstance(plan.strategy, FedAvg)
 
 
-def test_evaluation_traffic_is_counted_apart(task_identity, in_process_grid) -> None:
-    plan = _plan("strategy=fedavg", "strategy.fraction_evaluate=0.5")
+def test_evaluation_traffic_is_counted_apart(task_identity, in_process_grid, small_plan) -> None:
+    plan = small_plan("strategy=fedavg", "strategy.fraction_evaluate=0.5")
     grid = in_process_grid(client_app, 4)
     weights = _weights_like(plan.strategy, 0.0)
     plan.strategy.start(grid=grid, initial_arrays=weights, num_rounds=1)
@@ -248,10 +233,12 @@ def test_evaluation_traffic_is_counted_apart(task_identity, in_process_grid) -> 
     assert 0.0 <= metrics["client_accuracy"] <= 1.0
 
 
-def test_discovery_waits_until_every_node_has_connected(task_identity, in_process_grid) -> None:
+def test_discovery_waits_until_every_node_has_connected(
+    task_identity, in_process_grid, small_plan
+) -> None:
     """Simulated SuperNodes register asynchronously: an early empty node list must not end
     the run (it once did, in the second job of a Ray multirun)."""
-    plan = _plan("strategy=fedavg")
+    plan = small_plan("strategy=fedavg")
     grid = in_process_grid(client_app, 4)
     all_nodes = list(grid.contexts)
     calls = {"n": 0}

@@ -17,7 +17,7 @@ from fedkd.distill.losses.hint import HintLoss
 from fedkd.distill.losses.kd import SOFT_LOSSES, KDLoss
 from fedkd.distill.losses.paired import PAIRING_OPTIONS, SoftTargetPaired
 from fedkd.distill.losses.self_distill import SelfDistillLoss
-from fedkd.errors import ConfigError
+from fedkd.registry import check_name, check_option_names
 
 LOSSES: dict[str, type[DistillLoss]] = {
     "kd": KDLoss,
@@ -40,8 +40,7 @@ def loss_options(name: str) -> tuple[str, ...]:
     ConfigError
         If ``name`` is not in :data:`LOSS_NAMES` (key ``distill.name``).
     """
-    if not isinstance(name, str) or name not in LOSSES:
-        raise ConfigError(f"distill.name must be one of {list(LOSS_NAMES)}, got {name!r}")
+    check_name("distill.name", name, LOSS_NAMES)
     params = inspect.signature(LOSSES[name].__init__).parameters
     own = tuple(p for p in params if p != "self")
     return own + PAIRING_OPTIONS if name in FEATURE_LOSSES else own
@@ -60,12 +59,7 @@ def build_loss(name: str, **options: Any) -> DistillLoss:
         allowed ones) or invalid option values.
     """
     allowed = loss_options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"distill.{unknown[0]}: unknown option(s) {unknown} for distill.name={name!r}; "
-            f"allowed options: {list(allowed)}"
-        )
+    check_option_names(options, allowed, key="distill", owner=f"distill.name={name!r}")
     if name in FEATURE_LOSSES:
         pairing = {k: options.pop(k) for k in PAIRING_OPTIONS if k in options}
         feature_loss = LOSSES[name](**options)

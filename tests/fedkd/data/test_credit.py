@@ -267,22 +267,23 @@ def test_feature_skew_on_images_uses_the_flattened_index() -> None:
         _feature_skew(digits.x, digits.y, feature=64)
 
 
-@pytest.mark.parametrize("feature", [14, 100, -1, 1.5, True, "age"])
-def test_feature_skew_bad_feature_names_the_range(
-    credit: tuple[np.ndarray, np.ndarray], feature: object
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        pytest.param(option, value, match, id=f"{option}={value!r}")
+        for option, values, match in [
+            ("feature", [14, 100, -1, 1.5, True, "age"], r"partition\.feature.*\[0, 13\]"),
+            ("strictness", [-0.1, 1.5, True, "high"], r"partition\.strictness"),
+        ]
+        for value in values
+    ],
+)
+def test_feature_skew_bad_options(
+    credit: tuple[np.ndarray, np.ndarray], option: str, value: object, match: str
 ) -> None:
     x, y = credit
-    with pytest.raises(ConfigError, match=r"partition\.feature.*\[0, 13\]"):
-        _feature_skew(x, y, feature=feature)
-
-
-@pytest.mark.parametrize("strictness", [-0.1, 1.5, True, "high"])
-def test_feature_skew_bad_strictness(
-    credit: tuple[np.ndarray, np.ndarray], strictness: object
-) -> None:
-    x, y = credit
-    with pytest.raises(ConfigError, match=r"partition\.strictness"):
-        _feature_skew(x, y, strictness=strictness)
+    with pytest.raises(ConfigError, match=match):
+        _feature_skew(x, y, **{option: value})
 
 
 def test_feature_skew_without_features(credit: tuple[np.ndarray, np.ndarray]) -> None:
@@ -363,32 +364,15 @@ def test_federated_feature_out_of_range_fails_before_partitioning() -> None:
 
 
 def test_validate_data_config_checks_feature_skew_options() -> None:
-    validate_data_config(
-        {"name": "credit"},
-        {"name": "feature_skew", "feature": 1, "strictness": 0.3},
-        num_clients=3,
-        proxy_fraction=0.2,
-        test_fraction=0.2,
-        local_test_fraction=0.2,
-    )
+    splits = {"proxy_fraction": 0.2, "test_fraction": 0.2, "local_test_fraction": 0.2}
+    skew = {"name": "feature_skew", "feature": 1, "strictness": 0.3}
+    validate_data_config({"name": "credit"}, skew, num_clients=3, **splits)
+    bad_skew = {"name": "feature_skew", "feature": -1}
     with pytest.raises(ConfigError, match=r"partition\.feature"):
-        validate_data_config(
-            {"name": "credit"},
-            {"name": "feature_skew", "feature": -1},
-            num_clients=3,
-            proxy_fraction=0.2,
-            test_fraction=0.2,
-            local_test_fraction=0.2,
-        )
+        validate_data_config({"name": "credit"}, bad_skew, num_clients=3, **splits)
+    bad_credit = {"name": "credit", "default_rate": 0.9}
     with pytest.raises(ConfigError, match=r"dataset\.default_rate"):
-        validate_data_config(
-            {"name": "credit", "default_rate": 0.9},
-            {"name": "iid"},
-            num_clients=3,
-            proxy_fraction=0.2,
-            test_fraction=0.2,
-            local_test_fraction=0.2,
-        )
+        validate_data_config(bad_credit, {"name": "iid"}, num_clients=3, **splits)
 
 
 def test_feature_skew_tiny_clients_are_rejected() -> None:

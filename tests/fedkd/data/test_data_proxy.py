@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ DIGITS = {"name": "digits"}
 BREAST = {"name": "breast_cancer"}
 IID = {"name": "iid"}
 DIRICHLET = {"name": "dirichlet", "alpha": 0.5}
+SPLITS = {"proxy_fraction": 0.2, "test_fraction": 0.2, "local_test_fraction": 0.2}
 
 
 def _assert_same_pool(a: FederatedData, b: FederatedData) -> None:
@@ -39,9 +41,19 @@ def _rows(x: np.ndarray) -> set[bytes]:
     return {np.ascontiguousarray(row).tobytes() for row in x}
 
 
+def _digits(**proxy: Any) -> FederatedData:
+    """The federated view of digits over 4 Dirichlet(0.5) clients (seed 3), proxy options."""
+    return build_federated_data(DIGITS, DIRICHLET, num_clients=4, seed=3, **proxy)
+
+
+def _validate(dataset: dict, **proxy: Any) -> None:
+    """validate_data_config on 2 iid clients with 20 % proxy, test and local test splits."""
+    validate_data_config(dataset, IID, num_clients=2, **SPLITS, **proxy)
+
+
 @pytest.fixture(scope="module")
 def uncapped() -> FederatedData:
-    return build_federated_data(DIGITS, DIRICHLET, num_clients=4, seed=3, proxy_labeled=True)
+    return _digits(proxy_labeled=True)
 
 
 # --------------------------------------------------------------------------- defaults
@@ -55,7 +67,7 @@ def test_defaults_record_split_source(uncapped: FederatedData) -> None:
 
 
 def test_unlabeled_proxy_still_has_diagnostic_labels(uncapped: FederatedData) -> None:
-    fd = build_federated_data(DIGITS, DIRICHLET, num_clients=4, seed=3)
+    fd = _digits()
     assert fd.proxy_y is None
     assert uncapped.proxy_y is not None
     np.testing.assert_array_equal(fd.proxy_labels_for_diagnostics, uncapped.proxy_y)
@@ -66,9 +78,7 @@ def test_unlabeled_proxy_still_has_diagnostic_labels(uncapped: FederatedData) ->
 
 
 def test_proxy_size_caps_and_keeps_partitions(uncapped: FederatedData) -> None:
-    fd = build_federated_data(
-        DIGITS, DIRICHLET, num_clients=4, seed=3, proxy_labeled=True, proxy_size=50
-    )
+    fd = _digits(proxy_labeled=True, proxy_size=50)
     assert len(fd.proxy_x) == 50
     assert fd.proxy_y is not None and len(fd.proxy_y) == 50
     _assert_same_pool(fd, uncapped)
@@ -92,9 +102,7 @@ def test_proxy_size_larger_than_available_keeps_all(
     uncapped: FederatedData, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="fedkd.data.federated"):
-        fd = build_federated_data(
-            DIGITS, DIRICHLET, num_clients=4, seed=3, proxy_labeled=True, proxy_size=100_000
-        )
+        fd = _digits(proxy_labeled=True, proxy_size=100_000)
     np.testing.assert_array_equal(fd.proxy_x, uncapped.proxy_x)
     assert any("data.proxy_size" in record.getMessage() for record in caplog.records)
 
@@ -109,7 +117,7 @@ def test_proxy_size_invalid(bad: object) -> None:
 
 
 def test_proxy_classes_filters_labels(uncapped: FederatedData) -> None:
-    fd = build_federated_data(DIGITS, DIRICHLET, num_clients=4, seed=3, proxy_classes=[7, 1, 4])
+    fd = _digits(proxy_classes=[7, 1, 4])
     labels = fd.proxy_labels_for_diagnostics
     assert labels is not None and fd.proxy_y is None
     assert set(np.unique(labels).tolist()) == {1, 4, 7}
@@ -119,11 +127,7 @@ def test_proxy_classes_filters_labels(uncapped: FederatedData) -> None:
 
 
 def test_proxy_classes_then_size(uncapped: FederatedData) -> None:
-    fd = build_federated_data(
-        DIGITS,
-        DIRICHLET,
-        num_clients=4,
-        seed=3,
+    fd = _digits(
         proxy_labeled=True,
         proxy_classes=[0, 9],
         proxy_size=20,
@@ -141,15 +145,7 @@ def test_proxy_classes_out_of_range() -> None:
 @pytest.mark.parametrize("bad", [[], [-1], [1.5], "3", [True]])
 def test_proxy_classes_invalid_before_loading(bad: object) -> None:
     with pytest.raises(ConfigError, match=r"data\.proxy_classes"):
-        validate_data_config(
-            DIGITS,
-            IID,
-            num_clients=2,
-            proxy_fraction=0.2,
-            test_fraction=0.2,
-            local_test_fraction=0.2,
-            proxy_classes=bad,  # type: ignore[arg-type]
-        )
+        _validate(DIGITS, proxy_classes=bad)
 
 
 def test_proxy_empty_after_class_filtering(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,25 +244,12 @@ def test_proxy_dataset_with_classes_and_size() -> None:
 )
 def test_proxy_dataset_invalid_before_loading(bad: object) -> None:
     with pytest.raises(ConfigError, match=r"data\.proxy_dataset"):
-        validate_data_config(
-            DIGITS,
-            IID,
-            num_clients=2,
-            proxy_fraction=0.2,
-            test_fraction=0.2,
-            local_test_fraction=0.2,
-            proxy_dataset=bad,  # type: ignore[arg-type]
-        )
+        _validate(DIGITS, proxy_dataset=bad)
 
 
 def test_validate_accepts_proxy_options() -> None:
-    validate_data_config(
+    _validate(
         BREAST,
-        IID,
-        num_clients=2,
-        proxy_fraction=0.2,
-        test_fraction=0.2,
-        local_test_fraction=0.2,
         proxy_size=10,
         proxy_classes=(0, 1),
         proxy_dataset={"name": "synthetic", "num_features": 30},

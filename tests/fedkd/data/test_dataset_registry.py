@@ -19,9 +19,7 @@ from fedkd.data import (
     dataset_names,
     describe_datasets,
     load_dataset,
-    register_dataset,
     resolve_dataset_options,
-    unregister_dataset,
     validate_data_config,
 )
 from fedkd.data.datasets import BUILTIN_DATASETS
@@ -43,23 +41,18 @@ def _check_toy(options: Mapping[str, Any]) -> None:
 
 
 @pytest.fixture
-def toy() -> Iterator[DatasetEntry]:
+def toy(dataset_registration) -> Iterator[DatasetEntry]:
     """Register a test dataset (one entry, nothing else) and remove it afterwards."""
-    entry = register_dataset(
-        DatasetEntry(
-            name=TOY,
-            loader=_load_toy,
-            input_kind="tabular",
-            options={"num_samples": 40, "offset": REQUIRED},
-            check=_check_toy,
-            summary="two 1-D blobs, for tests",
-        )
+    entry = DatasetEntry(
+        name=TOY,
+        loader=_load_toy,
+        input_kind="tabular",
+        options={"num_samples": 40, "offset": REQUIRED},
+        check=_check_toy,
+        summary="two 1-D blobs, for tests",
     )
-    try:
-        yield entry
-    finally:
-        unregister_dataset(TOY)
-    assert TOY not in dataset_names()
+    with dataset_registration.registered(entry) as registered:
+        yield registered
 
 
 def test_builtin_snapshots_match_the_registry() -> None:
@@ -111,20 +104,16 @@ def test_registered_dataset_is_validated_and_dispatched(toy: DatasetEntry) -> No
     assert f"{TOY} (tabular; options: num_samples=40, offset=<required>)" in describe_datasets()
 
 
-def test_unregistered_dataset_is_gone(toy: DatasetEntry) -> None:
-    unregister_dataset(TOY)
-    try:
-        with pytest.raises(ConfigError, match=r"dataset\.name"):
-            load_dataset(TOY, offset=1.0)
-    finally:
-        register_dataset(toy)  # the fixture removes it again
+def test_unregistered_dataset_is_gone(toy: DatasetEntry, dataset_registration) -> None:
+    with (
+        dataset_registration.unregistered(toy),
+        pytest.raises(ConfigError, match=r"dataset\.name"),
+    ):
+        load_dataset(TOY, offset=1.0)
 
 
-def test_registry_rejects_bad_entries(toy: DatasetEntry) -> None:
-    with pytest.raises(ValueError, match="already registered"):
-        register_dataset(toy)
-    with pytest.raises(KeyError, match="no dataset 'nope'"):
-        unregister_dataset("nope")
+def test_registry_rejects_bad_entries(toy: DatasetEntry, dataset_registration) -> None:
+    dataset_registration.check_misuse(toy, "dataset")
     with pytest.raises(ValueError, match="does not take the options"):
         DatasetEntry(name="bad", loader=_load_toy, input_kind="tabular", options={"seed": 0})
     with pytest.raises(ValueError, match="input_kind"):

@@ -59,6 +59,27 @@ def _set_linear(module: torch.nn.Module, weight: np.ndarray, bias: np.ndarray) -
         module.bias.copy_(torch.tensor(bias, dtype=torch.float32))
 
 
+def _pair(
+    student_layer: str, student: np.ndarray, teacher_layer: str, teacher: np.ndarray
+) -> DistillInputs:
+    """Inputs with one student and one teacher feature, given as arrays (float32 tensors)."""
+    return _inputs(
+        {student_layer: torch.tensor(student, dtype=torch.float32)},
+        [{teacher_layer: torch.tensor(teacher, dtype=torch.float32)}],
+    )
+
+
+def _bound_hint(
+    student_layer: str, student: np.ndarray, teacher_layer: str, teacher: np.ndarray
+) -> tuple[HintLoss, DistillInputs]:
+    """A HintLoss from ``student_layer`` to ``teacher_layer`` bound to :func:`_pair` inputs of
+    those features; the loss and its inputs."""
+    loss = HintLoss(student_layer=student_layer, teacher_layer=teacher_layer)
+    inputs = _pair(student_layer, student, teacher_layer, teacher)
+    loss.bind(inputs)
+    return loss, inputs
+
+
 def _huber(d: np.ndarray) -> np.ndarray:
     a = np.abs(d)
     return np.where(a < 1.0, 0.5 * d * d, a - 0.5)
@@ -95,12 +116,7 @@ def test_hint_mlp_student_against_cnn_teacher_map_pools_the_map() -> None:
     s_np = rng.normal(size=(4, 5))
     t_np = rng.normal(size=(4, 7, 2, 2))
     w, b = rng.normal(size=(7, 5)), rng.normal(size=7)
-    loss = HintLoss(student_layer="hidden1", teacher_layer="conv1")
-    inputs = _inputs(
-        {"hidden1": torch.tensor(s_np, dtype=torch.float32)},
-        [{"conv1": torch.tensor(t_np, dtype=torch.float32)}],
-    )
-    loss.bind(inputs)
+    loss, inputs = _bound_hint("hidden1", s_np, "conv1", t_np)
     assert list(loss.adapters) == ["hidden1:5->conv1:7x2x2"]
     assert isinstance(loss.adapters["hidden1:5->conv1:7x2x2"], torch.nn.Linear)
     _set_linear(loss.adapters["hidden1:5->conv1:7x2x2"], w, b)
@@ -113,12 +129,7 @@ def test_hint_map_to_map_pools_student_then_1x1_conv() -> None:
     s_np = rng.normal(size=(2, 3, 4, 4))
     t_np = rng.normal(size=(2, 5, 2, 2))
     w, b = rng.normal(size=(5, 3)), rng.normal(size=5)
-    loss = HintLoss(student_layer="conv1", teacher_layer="conv2")
-    inputs = _inputs(
-        {"conv1": torch.tensor(s_np, dtype=torch.float32)},
-        [{"conv2": torch.tensor(t_np, dtype=torch.float32)}],
-    )
-    loss.bind(inputs)
+    loss, inputs = _bound_hint("conv1", s_np, "conv2", t_np)
     regressor = loss.adapters["conv1:3x4x4->conv2:5x2x2"]
     _set_linear(regressor[1], w, b)
     pooled = s_np.reshape(2, 3, 2, 2, 2, 2).mean(axis=(3, 5))  # 2x2 blocks -> 2x2 map
@@ -307,10 +318,7 @@ def test_rkd_matches_a_numpy_route_with_huber_linear_part() -> None:
                         out.append(e1 @ e2 / np.linalg.norm(e1) / np.linalg.norm(e2))
         return np.array(out)
 
-    inputs = _inputs(
-        {"embedding": torch.tensor(s_np, dtype=torch.float32)},
-        [{"embedding": torch.tensor(t_np, dtype=torch.float32)}],
-    )
+    inputs = _pair("embedding", s_np, "embedding", t_np)
     got_d = FeatureLoss(mode="rkd_distance")(inputs)
     got_a = FeatureLoss(mode="rkd_angle")(inputs)
     assert float(got_d) == pytest.approx(_huber(psi_d(s_np) - psi_d(t_np)).mean(), rel=1e-4)
@@ -402,16 +410,10 @@ def test_attention_pools_the_larger_map_and_p(p: float) -> None:
     rng = np.random.default_rng(5)
     s, t = rng.normal(size=(3, 4, 4, 4)), rng.normal(size=(3, 6, 2, 2))
     loss = AttentionLoss(student_layers=["conv1"], teacher_layers=["conv2"], p=p)
-    inputs = _inputs(
-        {"conv1": torch.tensor(s, dtype=torch.float32)},
-        [{"conv2": torch.tensor(t, dtype=torch.float32)}],
-    )
+    inputs = _pair("conv1", s, "conv2", t)
     assert float(loss(inputs)) == pytest.approx(_at_distance(s, t, p), rel=1e-5)
     # Pooling also applies when the teacher map is the larger one.
-    swapped = _inputs(
-        {"conv1": torch.tensor(t, dtype=torch.float32)},
-        [{"conv2": torch.tensor(s, dtype=torch.float32)}],
-    )
+    swapped = _pair("conv1", t, "conv2", s)
     assert float(loss(swapped)) == pytest.approx(_at_distance(t, s, p), rel=1e-5)
 
 

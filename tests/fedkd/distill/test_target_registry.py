@@ -14,11 +14,9 @@ from fedkd.distill import (
     TARGET_RULES,
     RuleOption,
     TargetRule,
-    register_target_rule,
     target_rule_names,
     target_rule_options,
     teacher_targets,
-    unregister_target_rule,
     validate_target_rule,
 )
 from fedkd.distill import targets as targets_module
@@ -43,22 +41,17 @@ def _largest_client(probs: np.ndarray, num_examples: np.ndarray, power: float) -
 
 
 @pytest.fixture
-def toy() -> Iterator[TargetRule]:
+def toy(target_rule_registration) -> Iterator[TargetRule]:
     """Register a test rule (one entry, nothing else) and remove it afterwards."""
-    rule = register_target_rule(
-        TargetRule(
-            name=TOY,
-            fn=_largest_client,
-            options={"power": RuleOption(2.0, low=0.0, low_inclusive=False, high=10.0)},
-            needs_num_examples=True,
-            summary="the largest client, sharpened (tests only)",
-        )
+    rule = TargetRule(
+        name=TOY,
+        fn=_largest_client,
+        options={"power": RuleOption(2.0, low=0.0, low_inclusive=False, high=10.0)},
+        needs_num_examples=True,
+        summary="the largest client, sharpened (tests only)",
     )
-    try:
-        yield rule
-    finally:
-        unregister_target_rule(TOY)
-    assert TOY not in target_rule_names()
+    with target_rule_registration.registered(rule) as registered:
+        yield registered
 
 
 def test_builtin_snapshot_matches_the_registry() -> None:
@@ -119,20 +112,16 @@ def test_registered_rule_is_validated_and_dispatched(toy: TargetRule) -> None:
         teacher_targets(PROBS * 2, rule=TOY, num_examples=sizes)
 
 
-def test_unregistered_rule_is_gone(toy: TargetRule) -> None:
-    unregister_target_rule(TOY)
-    try:
-        with pytest.raises(ConfigError, match=r"aggregation\.name"):
-            teacher_targets(PROBS, rule=TOY, num_examples=[1, 2, 3])
-    finally:
-        register_target_rule(toy)  # the fixture removes it again
+def test_unregistered_rule_is_gone(toy: TargetRule, target_rule_registration) -> None:
+    with (
+        target_rule_registration.unregistered(toy),
+        pytest.raises(ConfigError, match=r"aggregation\.name"),
+    ):
+        teacher_targets(PROBS, rule=TOY, num_examples=[1, 2, 3])
 
 
-def test_registry_rejects_bad_entries(toy: TargetRule) -> None:
-    with pytest.raises(ValueError, match="already registered"):
-        register_target_rule(toy)
-    with pytest.raises(KeyError, match="no target rule 'nope'"):
-        unregister_target_rule("nope")
+def test_registry_rejects_bad_entries(toy: TargetRule, target_rule_registration) -> None:
+    target_rule_registration.check_misuse(toy, "target rule")
     with pytest.raises(ValueError, match="outside its own range"):
         RuleOption(0.0, low=0.0, low_inclusive=False)
     with pytest.raises(ValueError, match="must accept probs and the keywords"):
