@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedkd.models import FedKDModel
+from fedkd.setup import TrainSettings
 from fedkd.train import (
     as_float_tensor,
     as_label_tensor,
     check_hparams,
-    make_optimizer,
+    check_settings,
     run_epochs,
+    settings_optimizer,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,15 +185,10 @@ def train_with_prototypes(
     prototypes: np.ndarray,
     soft: np.ndarray,
     counts: np.ndarray,
+    settings: TrainSettings,
     proto_weight: float,
     soft_weight: float = 0.0,
     temperature: float = 1.0,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str = "sgd",
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> float:
@@ -224,13 +221,15 @@ def train_with_prototypes(
         ``N_c > 0``).
     counts : np.ndarray
         Global class counts ``N`` ``(C,)``; classes with ``N_c = 0`` are trained on CE only.
+    settings : TrainSettings
+        Epochs, batch size and optimizer (a client's ``setup.local`` for this round's epochs).
     proto_weight : float
         Weight of the prototype term (>= 0; FedProto's ``lambda``, see above).
     soft_weight : float
         Weight of the soft-prediction term (>= 0; default 0: pure FedProto).
     temperature : float
         Softening ``T`` of the soft term (> 0; default 1).
-    epochs, batch_size, lr, optimizer, momentum, weight_decay, seed, device
+    seed, device
         As in :func:`fedkd.train.train_local` (same seeded shuffling).
 
     Returns
@@ -245,7 +244,7 @@ def train_with_prototypes(
     ConfigError
         For invalid training hyper-parameters (``client.<key>``).
     """
-    check_hparams("client", epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+    check_settings(settings)
     for name, value in (("proto_weight", proto_weight), ("soft_weight", soft_weight)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -273,9 +272,7 @@ def train_with_prototypes(
     has_target = torch.from_numpy(global_counts > 0).to(dev)
     log_soft = torch.log(as_float_tensor(global_soft, dev).clamp_min(_LOG_FLOOR))
     soft_table = torch.softmax(log_soft / temperature, dim=1)  # the per-class KL targets
-    opt = make_optimizer(
-        optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    opt = settings_optimizer(settings, model.parameters())
 
     def batch_loss(idx: Tensor) -> Tensor:
         logits, features = model.forward_features(xt[idx])
@@ -302,8 +299,8 @@ def train_with_prototypes(
         model,
         opt,
         num_examples=len(yt),
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
         seed=seed,
         device=dev,
         batch_loss=batch_loss,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
@@ -54,23 +54,58 @@ def architecture_index(model: dict[str, Any], partition_id: int) -> int:
 
 
 @dataclass(frozen=True)
-class LocalTraining:
-    """Hyperparameters of a client's local supervised training.
+class TrainSettings:
+    """Epochs, batch size and optimizer of one supervised training run, as one value.
+
+    What the training routes take (:func:`fedkd.train.train_local`,
+    :func:`fedkd.prototypes.train_with_prototypes`, :func:`fedkd.privacy.dpsgd.train_dpsgd`,
+    :mod:`fedkd.distill.self_train`); a run's clients pass their :class:`LocalTraining`
+    (which is one), or :meth:`train_settings` of it when a route trains for other epochs.
+    The training functions validate the values (``ConfigError`` naming ``client.<key>``).
 
     Parameters
     ----------
     epochs : int
-        Local epochs per round (default 5).
+        Passes over the data.
     batch_size : int
-        Mini-batch size (default 32).
+        Mini-batch size (the last batch may be smaller).
     lr : float
-        Learning rate (default 0.05).
+        Learning rate.
     optimizer : str
-        ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        ``"sgd"`` (with ``momentum``) or ``"adam"`` (default ``"sgd"``).
     momentum : float
-        SGD momentum (default 0.9).
+        SGD momentum (default 0.9; Adam ignores it).
     weight_decay : float
         L2 penalty (default 0.0).
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def train_settings(self, **changes: Any) -> TrainSettings:
+        """These settings as a plain :class:`TrainSettings`, with ``changes`` applied (e.g.
+        ``epochs=`` for a route that trains longer or shorter than ``client.epochs``)."""
+        values = {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
+        return TrainSettings(**{**values, **changes})
+
+
+@dataclass(frozen=True)
+class LocalTraining(TrainSettings):
+    """Hyperparameters of a client's local supervised training (the ``client:`` block).
+
+    Its :class:`TrainSettings` fields are what the training routes take; built once per run
+    from the composed config (:func:`fedkd.apps.plan.build_setup`), whose ``client:`` block
+    holds the defaults. The defaults here only serve a :class:`FederationSetup` built
+    without a config.
+
+    Parameters
+    ----------
+    epochs, batch_size, lr, optimizer, momentum, weight_decay
+        See :class:`TrainSettings` (``client.epochs`` is the local epochs per round).
     self_distill : dict, optional
         Options of the ``self`` loss (BYOT deep supervision of early exits by the final
         layer, see :class:`fedkd.distill.losses.SelfDistillLoss`) used for local training

@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedkd.errors import ConfigError
+from fedkd.setup import TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,10 @@ def train_local(
     x: np.ndarray,
     y: np.ndarray,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str = "sgd",
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
+    settings: TrainSettings | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    **hparams: Any,
 ) -> TrainReport:
     """Train ``model`` in place with cross-entropy on ``(x, y)``.
 
@@ -67,19 +65,17 @@ def train_local(
         Inputs ``(N, *input_shape)``, converted to float32.
     y : np.ndarray
         Integer labels ``(N,)``.
-    epochs, batch_size : int
-        Number of passes and mini-batch size (last batch may be smaller).
-    lr : float
-        Learning rate.
-    optimizer : {"sgd", "adam"}
-        SGD uses ``momentum``; Adam ignores it.
-    momentum, weight_decay : float
-        Optimizer hyper-parameters.
+    settings : TrainSettings
+        Epochs, batch size and optimizer (a run's ``setup.local``); SGD uses ``momentum``,
+        Adam ignores it.
     seed : int
         Seeds the shuffling generator and (via a forked RNG) dropout; the global RNG state
         is left untouched.
     device : str or torch.device
         Device to train on.
+    **hparams
+        :class:`TrainSettings` fields one by one (``epochs=5, batch_size=32, lr=0.05``):
+        they replace those of ``settings``, or make the settings when none are given.
 
     Returns
     -------
@@ -92,28 +88,20 @@ def train_local(
     ConfigError
         For invalid hyper-parameters (``client.<key>``).
     """
-    check_hparams("client", epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or momentum < 0:
-        raise ConfigError(f"client.momentum must be a number >= 0, got {momentum!r}")
+    settings = as_settings(settings, hparams)
+    check_settings(settings)
     n = _check_xy(x, y)
     dev = torch.device(device)
     model.to(dev)
     xt = as_float_tensor(x, dev)
     yt = as_label_tensor(y, dev)
-    opt = make_optimizer(
-        optimizer,
-        model.parameters(),
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        key="client.optimizer",
-    )
+    opt = settings_optimizer(settings, model.parameters())
     epoch_losses, steps = run_epochs(
         model,
         opt,
         num_examples=n,
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
         seed=seed,
         device=dev,
         batch_loss=lambda idx: F.cross_entropy(model(xt[idx]), yt[idx]),
@@ -273,6 +261,42 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def as_settings(settings: TrainSettings | None, hparams: dict[str, Any]) -> TrainSettings:
+    """``settings`` with the loose ``hparams`` applied (the settings themselves when none are
+    given); ``TypeError`` for an unknown field, or a missing one when there are no settings."""
+    if settings is None:
+        return TrainSettings(**hparams)
+    return settings.train_settings(**hparams) if hparams else settings
+
+
+def check_settings(settings: TrainSettings, prefix: str = "client") -> None:
+    """Raise ConfigError naming ``<prefix>.<key>`` for invalid :class:`TrainSettings`."""
+    check_hparams(
+        prefix,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+    )
+    momentum = settings.momentum
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or momentum < 0:
+        raise ConfigError(f"{prefix}.momentum must be a number >= 0, got {momentum!r}")
+
+
+def settings_optimizer(
+    settings: TrainSettings, params: Iterable[nn.Parameter], *, key: str = "client.optimizer"
+) -> torch.optim.Optimizer:
+    """The optimizer ``settings`` name over ``params`` (:func:`make_optimizer`)."""
+    return make_optimizer(
+        settings.optimizer,
+        params,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        key=key,
+    )
 
 
 def make_optimizer(

@@ -120,14 +120,13 @@ def plain_loop(overrides: Sequence[str]) -> tuple[list[float], float]:
     plan = prepare_run(compose_config(list(overrides)))
     setup, data = plan.assets.setup, plan.assets.data
     device = plan.assets.device
-    local = setup.local
     student = plan.assets.student
     model = plan.strategy.architecture_model(0)  # a separate object, as a client's
     valid_x, valid_y = validation_set(data)
     clients = [data.client_data(p) for p in range(setup.num_clients)]
     seconds: list[float] = []
     accuracy = 0.0
-    for server_round in range(1, plan.config["num_rounds"] + 1):
+    for server_round in range(1, plan.options.num_rounds + 1):
         started = time.perf_counter()
         start_state = {k: v.clone() for k, v in student.state_dict().items()}
         states, sizes = [], []
@@ -137,12 +136,7 @@ def plain_loop(overrides: Sequence[str]) -> tuple[list[float], float]:
                 model,
                 client.train_x,
                 client.train_y,
-                epochs=local.epochs,
-                batch_size=local.batch_size,
-                lr=local.lr,
-                optimizer=local.optimizer,
-                momentum=local.momentum,
-                weight_decay=local.weight_decay,
+                settings=setup.local,
                 seed=round_seed(setup.seed, server_round, 0, partition_id),
                 device=device,
             )

@@ -39,13 +39,14 @@ class Centralized(FedKDStrategy):
     assets
         See :class:`strategies.base.FedKDStrategy` (the sampling options do not apply).
     train_on : str
-        ``"pooled"`` (default): all clients' training data; ``"proxy"``: the labeled proxy.
+        ``"pooled"`` (YAML default): all clients' training data; ``"proxy"``: the labeled
+        proxy.
     """
 
     sends_weights = False
     has_clients = False
 
-    def __init__(self, assets: RunAssets, *, train_on: str = "pooled", **options: Any) -> None:
+    def __init__(self, assets: RunAssets, *, train_on: str, **options: Any) -> None:
         super().__init__(assets, **options)
         data = assets.data
         if train_on == "pooled":
@@ -73,17 +74,11 @@ class Centralized(FedKDStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Train the student on the pooled data for one round's worth of epochs."""
-        local = self.assets.setup.local
         report = train_local(
             self.assets.student,
             self.pooled_x,
             self.pooled_y,
-            epochs=local.epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
-            momentum=local.momentum,
-            weight_decay=local.weight_decay,
+            settings=self.assets.setup.local,
             seed=round_seed(self.assets.setup.seed, server_round, 2),
             device=self.assets.device,
         )

@@ -28,17 +28,18 @@ class DSFL(FedMD):
     Parameters
     ----------
     era_temperature : float
-        ERA temperature ``T > 0`` (default 0.1, the paper's setting).
+        ERA temperature ``T > 0`` (YAML default 0.1, the paper's setting).
     (others)
-        See :class:`strategies.fedmd.FedMD`.
+        See :class:`strategies.fedmd.FedMD`; ``dsfl.yaml`` digests with the ``distill``
+        loss's own soft term (``digest_soft_loss: null``; with ``distill=kd``, KL: the
+        paper's soft-target CE).
 
     Client keys honoured: as FedMD.
     """
 
-    def __init__(self, assets: RunAssets, *, era_temperature: float = 0.1, **options: Any) -> None:
+    def __init__(self, assets: RunAssets, *, era_temperature: float, **options: Any) -> None:
         if not era_temperature > 0:
             raise ConfigError(f"strategy.era_temperature must be > 0, got {era_temperature}")
-        options.setdefault("digest_soft_loss", None)  # the paper digests with soft-target CE (KL)
         super().__init__(assets, **options)
         self.era_temperature = era_temperature
 

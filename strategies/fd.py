@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord
 from fedkd.errors import ConfigError
 from fedkd.wire import keys
 from fedkd.wire.payloads import LabelLogits
+from fedkd.wire.payloads.label_logits import FDOptions
 from strategies.base import ClientReply, FedKDStrategy, RoundState, RunAssets
 
 
@@ -35,9 +36,9 @@ class FD(FedKDStrategy):
     Parameters
     ----------
     beta : float
-        Weight of the distillation term in the clients' loss (default 0.5, in [0, 1]).
+        Weight of the distillation term in the clients' loss (YAML default 0.5, in [0, 1]).
     temperature : float
-        Softening of the global per-label logits (default 1.0).
+        Softening of the global per-label logits (YAML default 1.0, > 0).
     (others)
         See :class:`strategies.base.FedKDStrategy`.
 
@@ -54,28 +55,20 @@ class FD(FedKDStrategy):
     forms_ensemble = True
 
     def __init__(
-        self, assets: RunAssets, *, beta: float = 0.5, temperature: float = 1.0, **options: Any
+        self, assets: RunAssets, *, beta: float, temperature: float, **options: Any
     ) -> None:
         super().__init__(assets, **options)
-        if not 0.0 <= beta <= 1.0:
-            raise ConfigError(f"strategy.beta must be in [0, 1], got {beta}")
-        if not temperature > 0:
-            raise ConfigError(f"strategy.temperature must be > 0, got {temperature}")
+        #: What clients train with, sent with every round (defaults: fd.yaml).
+        self.fd_options = FDOptions(beta=beta, temperature=temperature)
         if assets.data.proxy_y is None:
             raise ConfigError(
                 "strategy fd distills its server student from per-label logits, which needs "
                 "proxy labels: set data.proxy_labeled=true"
             )
-        self.beta = beta
-        self.temperature = temperature
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         """Base keys plus FD's regularizer settings."""
-        return {
-            **super().train_config(server_round),
-            keys.FD_BETA: self.beta,
-            keys.FD_TEMPERATURE: self.temperature,
-        }
+        return {**super().train_config(server_round), **self.fd_options.to_config()}
 
     def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Count-weighted global per-label logits; the student learns from them."""
@@ -92,7 +85,8 @@ class FD(FedKDStrategy):
 
         data = self.assets.data
         proxy_y = data.proxy_y[state.proxy_indices]  # type: ignore[index]
-        soft = torch.softmax(torch.from_numpy(global_logits) / self.temperature, dim=1).numpy()
+        temperature = self.fd_options.temperature
+        soft = torch.softmax(torch.from_numpy(global_logits) / temperature, dim=1).numpy()
         onehot = np.eye(data.num_classes)
         per_label = np.where((total_counts > 0)[:, None], soft, onehot).astype(np.float32)
         self.distill_student(

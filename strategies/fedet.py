@@ -33,25 +33,26 @@ class FedET(FedMD):
     Parameters
     ----------
     weighting : str
-        The teacher rule (default ``confidence``): one of ``mean``, ``size_weighted``,
+        The teacher rule (YAML default ``confidence``): one of ``mean``, ``size_weighted``,
         ``confidence``, ``entropy``, ``label_aware``, ``era``. FedET takes its rule from
         here, not from the ``aggregation`` group, whose setting is then ignored (a warning
         says so when it is not ``mean``).
-    weighting_options : dict
+    weighting_options : dict or None
         Options of that rule (e.g. ``{power: 2.0}`` for confidence).
     (others)
-        See :class:`strategies.fedmd.FedMD`.
+        See :class:`strategies.fedmd.FedMD`; ``fedet.yaml`` digests with the ``distill``
+        loss's own soft term (``digest_soft_loss: null``; with ``distill=kd``, KL: the
+        paper's soft-target CE).
     """
 
     def __init__(
         self,
         assets: RunAssets,
         *,
-        weighting: str = "confidence",
-        weighting_options: dict[str, Any] | None = None,
+        weighting: str,
+        weighting_options: dict[str, Any] | None,
         **options: Any,
     ) -> None:
-        options.setdefault("digest_soft_loss", None)  # the paper digests with soft-target CE (KL)
         super().__init__(assets, **options)
         if weighting not in TARGET_RULES:
             raise ConfigError(

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedkd.distill.losses import SOFT_LOSSES
 from fedkd.errors import ConfigError
 from fedkd.wire import keys
 from fedkd.wire.payloads import ProxyPredictions
+from fedkd.wire.payloads.proxy import DigestOptions
 from strategies.base import ClientReply, FedKDStrategy, RoundState, RunAssets
 
 
@@ -38,22 +38,25 @@ class FedMD(FedKDStrategy):
     proxy_round_size : int
         Proxy examples scored per round (the paper samples a subset; 0 = all).
     digest_epochs : int
-        Passes over the proxy subset fitting the consensus (default 2).
+        Passes over the proxy subset fitting the consensus (YAML default 2).
     digest_lr, digest_batch_size, digest_temperature
         Client-side distillation: Adam learning rate (1e-3), batch (32), and a temperature
-        that replaces the ``distill`` loss's own (default ``None``: the loss's). Clients
-        digest with the run's ``distill`` loss (and ``augment`` transforms).
+        that replaces the ``distill`` loss's own (``null``: the loss's). Clients digest with
+        the run's ``distill`` loss (and ``augment`` transforms).
     digest_soft_loss : str or None
         The soft term of the clients' digest when the ``distill`` loss has one (``kd``):
-        default ``"mae"``, the paper's L1 on class scores (on digits, 20 rounds, it raised
-        the clients' own-test accuracy from 94.5% to 96.3% over ``kl``, while the server
-        student, which keeps the ``distill`` loss, distills best with ``kl``); ``None``
-        keeps the ``distill`` loss's.
+        ``"mae"`` in ``fedmd.yaml``, the paper's L1 on class scores (on digits, 20 rounds, it
+        raised the clients' own-test accuracy from 94.5% to 96.3% over ``kl``, while the
+        server student, which keeps the ``distill`` loss, distills best with ``kl``);
+        ``null`` keeps the ``distill`` loss's.
     warmup_public_epochs : int
         Transfer-learning epochs on the labeled proxy before a client's first round
-        (default 0; needs ``data.proxy_labeled=true``).
+        (YAML default 0; needs ``data.proxy_labeled=true``).
     distill_epochs, distill_batch_size, distill_lr, distill_optimizer
         The server student's distillation toward the consensus.
+
+    The YAML (``configs/strategy/fedmd.yaml``, ``dsfl.yaml``, ``fedet.yaml``) holds the
+    defaults; the digest settings travel to clients as one :class:`DigestOptions`.
 
     Client keys honoured: ``keep-model``, ``targets`` (``proxy-probs`` of round
     ``targets-round``), ``digest-*``, ``warmup-public-epochs``, ``proxy-round-size``,
@@ -69,54 +72,38 @@ class FedMD(FedKDStrategy):
         self,
         assets: RunAssets,
         *,
-        digest_epochs: int = 2,
-        digest_lr: float = 1e-3,
-        digest_batch_size: int = 32,
-        digest_temperature: float | None = None,
-        digest_soft_loss: str | None = "mae",
-        warmup_public_epochs: int = 0,
+        digest_epochs: int,
+        digest_lr: float,
+        digest_batch_size: int,
+        digest_temperature: float | None,
+        digest_soft_loss: str | None,
+        warmup_public_epochs: int,
         **options: Any,
     ) -> None:
         super().__init__(assets, **options)
-        if digest_epochs < 0:
-            raise ConfigError(f"strategy.digest_epochs must be >= 0, got {digest_epochs}")
-        if digest_temperature is not None and not digest_temperature > 0:
-            raise ConfigError(f"strategy.digest_temperature must be > 0, got {digest_temperature}")
-        if digest_soft_loss is not None and digest_soft_loss not in SOFT_LOSSES:
-            raise ConfigError(
-                f"strategy.digest_soft_loss must be one of {SOFT_LOSSES} or null, "
-                f"got {digest_soft_loss!r}"
-            )
-        if warmup_public_epochs < 0:
-            raise ConfigError(
-                f"strategy.warmup_public_epochs must be >= 0, got {warmup_public_epochs}"
-            )
+        #: How clients digest, sent with every round (defaults: the strategy's YAML).
+        self.digest = DigestOptions(
+            epochs=digest_epochs,
+            lr=digest_lr,
+            batch_size=digest_batch_size,
+            temperature=digest_temperature,
+            soft_loss=digest_soft_loss,
+            warmup_public_epochs=warmup_public_epochs,
+        )
         if warmup_public_epochs > 0 and assets.data.proxy_y is None:
             raise ConfigError(
                 "strategy.warmup_public_epochs > 0 trains on the proxy's labels: "
                 "set data.proxy_labeled=true"
             )
-        self.digest_epochs = digest_epochs
-        self.digest_lr = digest_lr
-        self.digest_batch_size = digest_batch_size
-        self.digest_temperature = digest_temperature
-        self.digest_soft_loss = digest_soft_loss
-        self.warmup_public_epochs = warmup_public_epochs
+
+    @property
+    def digest_epochs(self) -> int:
+        """Digest epochs (:meth:`FedKDStrategy.digests_on_clients` reads this name)."""
+        return self.digest.epochs
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         """Base keys plus the digest and warm-up settings."""
-        config = {
-            **super().train_config(server_round),
-            keys.DIGEST_EPOCHS: self.digest_epochs,
-            keys.DIGEST_LR: self.digest_lr,
-            keys.DIGEST_BATCH_SIZE: self.digest_batch_size,
-            keys.WARMUP_PUBLIC_EPOCHS: self.warmup_public_epochs,
-        }
-        if self.digest_temperature is not None:
-            config[keys.DIGEST_TEMPERATURE] = self.digest_temperature
-        if self.digest_soft_loss is not None:
-            config[keys.DIGEST_SOFT_LOSS] = self.digest_soft_loss
-        return config
+        return {**super().train_config(server_round), **self.digest.to_config()}
 
     def consensus(self, client_probs: np.ndarray, replies: list[ClientReply]) -> np.ndarray:
         """The round's teacher targets on the proxy subset (the configured rule)."""

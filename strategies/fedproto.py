@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord
 
-from fedkd.errors import ConfigError
 from fedkd.prototypes import aggregate_prototypes
 from fedkd.wire import keys
 from fedkd.wire.payloads import Prototypes
+from fedkd.wire.payloads.prototypes import PrototypeOptions
 from strategies.base import ClientReply, FedKDStrategy, RoundState, RunAssets
+from strategies.core.checks import common_embedding_width
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +52,12 @@ class FedProto(FedKDStrategy):
     Parameters
     ----------
     proto_weight : float
-        ``lambda``, weight of the prototype term (default 1.0, >= 0).
+        ``lambda``, weight of the prototype term (YAML default 1.0, >= 0).
     soft_weight : float
-        ``gamma``, weight of the per-class soft-prediction term (default 0.0: pure FedProto;
-        > 0 adds FedHKD's hyper-knowledge distillation, >= 0).
+        ``gamma``, weight of the per-class soft-prediction term (YAML default 0.0: pure
+        FedProto; > 0 adds FedHKD's hyper-knowledge distillation, >= 0).
     temperature : float
-        ``T`` of the soft term (default 1.0, > 0).
+        ``T`` of the soft term (YAML default 1.0, > 0).
     (others)
         See :class:`strategies.base.FedKDStrategy`.
 
@@ -78,58 +77,26 @@ class FedProto(FedKDStrategy):
         self,
         assets: RunAssets,
         *,
-        proto_weight: float = 1.0,
-        soft_weight: float = 0.0,
-        temperature: float = 1.0,
+        proto_weight: float,
+        soft_weight: float,
+        temperature: float,
         **options: Any,
     ) -> None:
         super().__init__(assets, **options)
-        for key, value in (("proto_weight", proto_weight), ("soft_weight", soft_weight)):
-            if not _is_number(value) or not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"strategy.{key} must be a finite number >= 0, got {value!r}")
-        if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
-            raise ConfigError(f"strategy.temperature must be a number > 0, got {temperature!r}")
+        #: What clients train with, sent with every round (defaults: fedproto.yaml).
+        self.prototype_options = PrototypeOptions(proto_weight, soft_weight, temperature)
         if proto_weight == 0 and soft_weight == 0:
             logger.warning(
                 "strategy.proto_weight and strategy.soft_weight are both 0: clients ignore "
                 "the shared prototypes (local training only, with prototype uplink)"
             )
-        self.proto_weight = float(proto_weight)
-        self.soft_weight = float(soft_weight)
-        self.temperature = float(temperature)
-        self.embedding_width = self._common_embedding_width()
-
-    def _common_embedding_width(self) -> int:
-        """The embedding width ``D`` all client architectures share, else ConfigError."""
-        widths = {}
-        for index, spec in enumerate(self.assets.setup.architectures):
-            model = self.architecture_model(index)
-            probe = torch.zeros((2, *self.assets.data.input_shape), device=self.assets.device)
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.inference_mode():
-                    _, features = model.forward_features(probe)
-            finally:
-                model.train(was_training)
-            widths[f"{index}: {spec}"] = int(features["embedding"].flatten(1).shape[1])
-        if len(set(widths.values())) > 1:
-            listed = "; ".join(f"[{name}] -> {width}" for name, width in widths.items())
-            raise ConfigError(
-                "strategy fedproto averages embeddings across clients, so every client "
-                "architecture (model.architectures) must have the same embedding width; "
-                f"got {listed}"
-            )
-        return next(iter(widths.values()))
+        self.embedding_width = common_embedding_width(
+            assets, self.architecture_model, method="fedproto"
+        )
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         """Base keys plus FedProto's sharing flag and regularizer settings."""
-        return {
-            **super().train_config(server_round),
-            keys.PROTO_WEIGHT: self.proto_weight,
-            keys.PROTO_SOFT_WEIGHT: self.soft_weight,
-            keys.PROTO_TEMPERATURE: self.temperature,
-        }
+        return {**super().train_config(server_round), **self.prototype_options.to_config()}
 
     def payload_options(self) -> dict[str, Any]:
         """The prototypes' width ``D`` every reply must have."""
@@ -157,14 +124,11 @@ class FedProto(FedKDStrategy):
     def summary(self) -> None:
         """Log the strategy settings (Flower calls this at start)."""
         super().summary()
+        options = self.prototype_options
         logger.info(
             "FedProto: proto_weight=%s soft_weight=%s temperature=%s embedding_width=%s",
-            self.proto_weight,
-            self.soft_weight,
-            self.temperature,
+            options.proto_weight,
+            options.soft_weight,
+            options.temperature,
             self.embedding_width,
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -43,7 +43,7 @@ def audit_epochs(plan: RunPlan) -> int:
     spec = plan.assets.privacy
     if spec.audit_epochs is not None:
         return spec.audit_epochs
-    return min(plan.assets.setup.local.epochs * plan.config["num_rounds"], DEFAULT_MAX_AUDIT_EPOCHS)
+    return min(plan.assets.setup.local.epochs * plan.options.num_rounds, DEFAULT_MAX_AUDIT_EPOCHS)
 
 
 def client_models(plan: RunPlan, grid: Grid) -> dict[int, FedKDModel]:
@@ -82,24 +82,13 @@ def client_models(plan: RunPlan, grid: Grid) -> dict[int, FedKDModel]:
 def run_audit(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
     """Attack the student and client models; write ``audit_roc.png``; return the summary."""
     assets, strategy = plan.assets, plan.strategy
-    spec, data, local = assets.privacy, assets.data, assets.setup.local
+    spec, data = assets.privacy, assets.data
     epochs = audit_epochs(plan)
+    settings = assets.setup.local.train_settings(epochs=epochs)  # the clients' optimizer
     seed = assets.setup.seed
 
     def train_fn(model: nn.Module, x: np.ndarray, y: np.ndarray, shadow_seed: int) -> None:
-        train_local(
-            model,
-            x,
-            y,
-            epochs=epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
-            momentum=local.momentum,
-            weight_decay=local.weight_decay,
-            seed=shadow_seed,
-            device=assets.device,
-        )
+        train_local(model, x, y, settings=settings, seed=shadow_seed, device=assets.device)
 
     def factory_for(model_spec: dict[str, Any]) -> Callable[[int], nn.Module]:
         def factory(index: int) -> nn.Module:

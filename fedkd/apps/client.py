@@ -51,6 +51,7 @@ from fedkd.wire.payloads import (
     Poisoner,
     resolve,
 )
+from fedkd.wire.payloads.proxy import DigestOptions
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +191,9 @@ def train(message: Message, context: Context) -> Message:
         ),
         augmentation=runtime.augmentation,
     )
-    warmup_epochs = _int(config, keys.WARMUP_PUBLIC_EPOCHS)
-    if keep_model and fresh and warmup_epochs > 0:
-        warm_up(client, warmup_epochs)
+    digest = DigestOptions.from_config(config)  # None: the strategy has no digest/warm-up
+    if digest is not None and keep_model and fresh and digest.warmup_public_epochs > 0:
+        warm_up(client, digest.warmup_public_epochs)
     if client.targets is not None:
         for payload in payloads:
             payload.digest(client)

@@ -5,8 +5,6 @@ DP-SGD. Methods with a loss of their own train through their payload (:meth:`Pay
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
@@ -21,18 +19,16 @@ from fedkd.wire.payloads import ClientRound
 
 def warm_up(client: ClientRound, epochs: int) -> None:
     """FedMD's transfer learning: train on the labeled proxy before a first participation."""
-    data, local = client.data, client.setup.local
+    data = client.data
     if data.proxy_y is None:
         raise ConfigError("FedMD warm-up needs a labeled proxy: set data.proxy_labeled=true")
+    # The warm-up has always trained without client.weight_decay; kept so runs reproduce.
+    settings = client.setup.local.train_settings(epochs=epochs, weight_decay=0.0)
     train_local(
         client.model,
         data.proxy_x,
         data.proxy_y,
-        epochs=epochs,
-        batch_size=local.batch_size,
-        lr=local.lr,
-        optimizer=local.optimizer,
-        momentum=local.momentum,
+        settings=settings,
         seed=client.seed,
         device=client.device,
     )
@@ -43,22 +39,26 @@ def train_supervised(client: ClientRound, *, epochs: int) -> float:
     born-again generations (``client.born_again``) when configured."""
     local = client.setup.local
     x, y = client.client_data.train_x, client.client_data.train_y
-    common: dict[str, Any] = {
-        "epochs": epochs,
-        "batch_size": local.batch_size,
-        "lr": local.lr,
-        "optimizer": local.optimizer,
-        "weight_decay": local.weight_decay,
-        "seed": client.seed,
-        "device": client.device,
-    }
+    settings = local.train_settings(epochs=epochs)
     if local.self_distill is not None:
-        loss = train_self_distilled(client.model, x, y, options=local.self_distill, **common)
+        loss = train_self_distilled(
+            client.model,
+            x,
+            y,
+            options=local.self_distill,
+            settings=settings,
+            seed=client.seed,
+            device=client.device,
+        )
     else:
-        loss = train_local(client.model, x, y, momentum=local.momentum, **common).loss
+        loss = train_local(
+            client.model, x, y, settings=settings, seed=client.seed, device=client.device
+        ).loss
     spec = check_born_again(local.born_again)
     if spec is not None and spec["generations"] > 0:
-        loss = born_again(client.model, x, y, **spec, **common)
+        loss = born_again(
+            client.model, x, y, **spec, settings=settings, seed=client.seed, device=client.device
+        )
     return loss
 
 
@@ -67,7 +67,6 @@ def train_dpsgd(client: ClientRound, context: Context, spec: PrivacySpec) -> tup
     so epsilon composes over every round this client trained in."""
     from fedkd.privacy.dpsgd import train_dpsgd as run_dpsgd
 
-    local = client.setup.local
     history: list[tuple[float, float, int]] = []
     if keys.DP_HISTORY in context.state.config_records:
         saved = context.state.config_records[keys.DP_HISTORY]
@@ -77,12 +76,7 @@ def train_dpsgd(client: ClientRound, context: Context, spec: PrivacySpec) -> tup
         client.model,
         client.client_data.train_x,
         client.client_data.train_y,
-        epochs=client.local_epochs,
-        batch_size=local.batch_size,
-        lr=local.lr,
-        optimizer=local.optimizer,
-        momentum=local.momentum,
-        weight_decay=local.weight_decay,
+        settings=client.train_settings,
         noise_multiplier=spec.noise_multiplier,
         max_grad_norm=spec.max_grad_norm,
         delta=spec.delta,

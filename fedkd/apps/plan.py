@@ -2,7 +2,9 @@
 
 :func:`prepare_run` is where every config error surfaces (a :class:`ConfigError` naming the
 key) before any Ray worker starts; the ServerApp, the audit and the runners take its
-:class:`RunPlan`.
+:class:`RunPlan`. The typed options of every config block are parsed once, into one
+:class:`RunOptions` (:func:`build_options`), and passed whole from there; the composed YAML
+is the source of their defaults.
 """
 
 from __future__ import annotations
@@ -32,17 +34,106 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROUND_TIMEOUT_SECONDS = 3600.0
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Every typed option of a run, parsed once from the composed config by :func:`build_options`.
+
+    Attributes
+    ----------
+    setup : FederationSetup
+        What every client needs (``dataset``, ``partition``, ``model``, ``data.*``, the
+        ``client:`` block as :class:`~fedkd.setup.LocalTraining`, ``backend`` device and
+        threads, ``distill``, ``augment``, ``privacy`` and ``encoding`` as sent).
+    privacy : PrivacySpec
+        The ``privacy`` group.
+    encoding : EncodingSpec
+        The ``encoding`` block.
+    faults : FaultSpec
+        The ``faults`` block.
+    attack : AttackSpec
+        The ``attack`` block.
+    report : ReportSpec
+        The ``report`` block.
+    num_rounds : int
+        ``num_rounds``.
+    round_timeout : float
+        ``round_timeout``: seconds the server waits for a round's replies.
+    checkpoint_every : int
+        ``checkpoint.every``: a checkpoint every this many rounds and after the last (0: never).
+    distill : dict
+        The ``distill`` group resolved (:func:`resolve_distill`).
+    aggregation : dict
+        The ``aggregation`` group: the teacher-target rule's ``name`` and options.
+    """
+
+    setup: FederationSetup
+    privacy: PrivacySpec
+    encoding: EncodingSpec
+    faults: FaultSpec
+    attack: AttackSpec
+    report: ReportSpec
+    num_rounds: int
+    round_timeout: float
+    checkpoint_every: int
+    distill: dict[str, Any]
+    aggregation: dict[str, Any]
+
+
 @dataclass
 class RunPlan:
-    """A validated run: the plain config and everything built from it on the server."""
+    """A validated run: the plain config, its typed options and everything built from them
+    on the server."""
 
     config: dict[str, Any]
+    options: RunOptions
     assets: RunAssets
     strategy: FedKDStrategy
 
 
-def build_setup(cfg: dict[str, Any], privacy: PrivacySpec | None = None) -> FederationSetup:
-    """The client-facing part of the config."""
+def build_options(cfg: dict[str, Any], strategy_cls: type) -> RunOptions:
+    """Parse and check every block of the composed ``cfg`` (cheap: no data is built), in
+    the order their errors surface; ``strategy_cls`` tells whether the run has clients."""
+    faults = FaultSpec.from_config(cfg.get("faults"))
+    faults.check_backend(str(cfg["backend"]["name"]))
+    attack = AttackSpec.from_config(cfg.get("attack"))
+    if (faults.enabled or attack.enabled) and not getattr(strategy_cls, "has_clients", True):
+        raise ConfigError(
+            f"faults/attack act on clients, but strategy {cfg['strategy']['name']!r} has none"
+        )
+    round_timeout = cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)
+    if not isinstance(round_timeout, int | float) or round_timeout <= 0:
+        raise ConfigError(f"round_timeout must be > 0 seconds, got {round_timeout!r}")
+    every = checkpoint_every(cfg)
+    report = ReportSpec.from_config(cfg.get("report"))  # and tensorboard installed when asked
+    encoding = EncodingSpec.from_config(cfg.get("encoding"))
+    distill = resolve_distill(dict(cfg["distill"]))
+    privacy = PrivacySpec.from_config(cfg.get("privacy"))
+    setup = build_setup({**cfg, "distill": distill}, privacy, encoding=encoding)
+    return RunOptions(
+        setup=setup,
+        privacy=privacy,
+        encoding=encoding,
+        faults=faults,
+        attack=attack,
+        report=report,
+        num_rounds=cfg["num_rounds"],
+        round_timeout=float(round_timeout),
+        checkpoint_every=every,
+        distill=distill,
+        aggregation=dict(cfg.get("aggregation") or {"name": "mean"}),
+    )
+
+
+def build_setup(
+    cfg: dict[str, Any],
+    privacy: PrivacySpec | None = None,
+    *,
+    encoding: EncodingSpec | None = None,
+) -> FederationSetup:
+    """The client-facing part of the config (``privacy`` and ``encoding`` when already
+    parsed; the ``encoding`` block is parsed here otherwise)."""
+    if encoding is None:
+        encoding = EncodingSpec.from_config(cfg.get("encoding"))
     data_cfg = cfg.get("data", {})
     backend = cfg["backend"]
     try:
@@ -68,7 +159,7 @@ def build_setup(cfg: dict[str, Any], privacy: PrivacySpec | None = None) -> Fede
         distill=dict(cfg["distill"]),
         augment=_augment_config(cfg),
         privacy=privacy.to_dict() if privacy is not None and privacy.enabled else None,
-        encoding=EncodingSpec.from_config(cfg.get("encoding")).to_dict(),
+        encoding=encoding.to_dict(),
     )
 
 
@@ -107,12 +198,9 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     cls = strategy_class(cfg["strategy"])
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
-    faults, attack, round_timeout = _reliability(cfg, cls)  # cheap: before building data
-    ReportSpec.from_config(cfg.get("report"))  # and tensorboard installed when asked for
-    encoding = EncodingSpec.from_config(cfg.get("encoding"))
-    cfg["distill"] = resolve_distill(dict(cfg["distill"]))
-    privacy = PrivacySpec.from_config(cfg.get("privacy"))
-    setup = build_setup(cfg, privacy)
+    run_options = build_options(cfg, cls)  # cheap: before building data
+    cfg["distill"] = dict(run_options.distill)  # the config a run directory records, resolved
+    setup, privacy, encoding = run_options.setup, run_options.privacy, run_options.encoding
     if cls.requires_student_architecture and cfg["model"] != cfg["student"]:
         kind = "mixed architectures" if cfg["model"]["name"] == "hetero" else "another architecture"
         raise ConfigError(
@@ -125,28 +213,27 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         _build(spec, "model", data, setup.seed)
     for partition_id in range(setup.num_clients):  # and every client must have one
         architecture_index(setup.model, partition_id)
-    attack.check_classes(data.num_classes)
+    run_options.attack.check_classes(data.num_classes)
     encoding.check_classes(data.num_classes)
     student = _build(cfg["student"], "student", data, setup.seed)
     device = resolve_device(setup.device)
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
     augmentation = build_augmentation(setup.augment, data.input_shape)
     check_born_again(setup.local.born_again)
-    aggregation = dict(cfg.get("aggregation") or {"name": "mean"})
     assets = RunAssets(
         setup=setup,
         data=data,
         student=student.to(device),
         distill_loss=distill_loss,
         device=device,
-        aggregation=aggregation,
+        aggregation=dict(run_options.aggregation),
         student_config=dict(cfg["student"]),
         distill_config=dict(cfg["distill"]),
         augmentation=augmentation,
         privacy=privacy,
-        faults=faults,
-        attack=attack,
-        round_timeout=round_timeout,
+        faults=run_options.faults,
+        attack=run_options.attack,
+        round_timeout=run_options.round_timeout,
     )
     try:
         strategy = cls(assets, **options(cfg["strategy"]))
@@ -169,23 +256,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
             encoding.name,
             cfg["strategy"]["name"],
         )
-    return RunPlan(config=cfg, assets=assets, strategy=strategy)
-
-
-def _reliability(cfg: dict[str, Any], cls: type) -> tuple[FaultSpec, AttackSpec, float]:
-    """The ``faults``, ``attack``, ``round_timeout`` and ``checkpoint`` settings, checked."""
-    faults = FaultSpec.from_config(cfg.get("faults"))
-    faults.check_backend(str(cfg["backend"]["name"]))
-    attack = AttackSpec.from_config(cfg.get("attack"))
-    if (faults.enabled or attack.enabled) and not getattr(cls, "has_clients", True):
-        raise ConfigError(
-            f"faults/attack act on clients, but strategy {cfg['strategy']['name']!r} has none"
-        )
-    round_timeout = cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS)
-    if not isinstance(round_timeout, int | float) or round_timeout <= 0:
-        raise ConfigError(f"round_timeout must be > 0 seconds, got {round_timeout!r}")
-    checkpoint_every(cfg)
-    return faults, attack, float(round_timeout)
+    return RunPlan(config=cfg, options=run_options, assets=assets, strategy=strategy)
 
 
 def checkpoint_every(cfg: dict[str, Any]) -> int:

@@ -22,7 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedkd.apps.plan import (  # noqa: F401  (re-exported: the ServerApp's public names)
     DEFAULT_ROUND_TIMEOUT_SECONDS,
+    RunOptions,
     RunPlan,
+    build_options,
     build_setup,
     checkpoint_every,
     prepare_run,
@@ -64,10 +66,11 @@ def run_federation(
     student, the strategy, the generators, and every client's state through a
     ``state-import`` query) and the rounds after the checkpoint are run.
     """
-    cfg, assets, strategy = plan.config, plan.assets, plan.strategy
-    writer = RunWriter(run_dir, report=ReportSpec.from_config(cfg.get("report")))
+    cfg, run_options, assets, strategy = plan.config, plan.options, plan.assets, plan.strategy
+    writer = RunWriter(run_dir, report=run_options.report)
     first_round, initial_arrays, resumed_from = 1, student_arrays(assets.student), None
-    timeout = float(cfg.get("round_timeout", DEFAULT_ROUND_TIMEOUT_SECONDS))
+    timeout = run_options.round_timeout
+    num_rounds = run_options.num_rounds
     if resume:
         state = load_checkpoint(run_dir)
         check_resumable(state["config"], cfg, run_dir)
@@ -82,12 +85,12 @@ def run_federation(
         first_round, initial_arrays = resumed_from + 1, state["arrays"]
     else:
         writer.start(cfg)
-    every = checkpoint_every(cfg)
+    every = run_options.checkpoint_every
     validation_x, validation_y = validation_set(assets.data)
     started = last_round_end = time.perf_counter()
 
     def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
-        if every and (server_round % every == 0 or server_round == cfg["num_rounds"]):
+        if every and (server_round % every == 0 or server_round == num_rounds):
             write_checkpoint(plan, grid, run_dir, server_round, arrays, timeout=timeout)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -132,7 +135,7 @@ def run_federation(
         return MetricRecord({"student-accuracy": accuracy, "student-loss": loss})
 
     status, error = "completed", None
-    progress = RoundProgress(cfg["num_rounds"], enabled=show_progress)
+    progress = RoundProgress(num_rounds, enabled=show_progress)
     if resumed_from:
         progress.advance_to(resumed_from)
     privacy: dict[str, Any] | None = None
@@ -144,7 +147,7 @@ def run_federation(
                 strategy.start(
                     grid=grid,
                     initial_arrays=initial_arrays,
-                    num_rounds=cfg["num_rounds"],
+                    num_rounds=num_rounds,
                     timeout=timeout,
                     train_config=ConfigRecord(),
                     evaluate_fn=evaluate_fn,
@@ -241,12 +244,8 @@ def train_teacher(plan: RunPlan, *, epochs: int) -> FedKDModel:
         setup.model_for(0), input_shape=data.input_shape, num_classes=data.num_classes,
         seed=setup.seed,
     )  # fmt: skip
-    local = setup.local
-    train_local(
-        teacher, x, y, epochs=epochs, batch_size=local.batch_size, lr=local.lr,
-        optimizer=local.optimizer, momentum=local.momentum, weight_decay=local.weight_decay,
-        seed=setup.seed, device=resolve_device("cpu"),
-    )  # fmt: skip
+    settings = setup.local.train_settings(epochs=epochs)
+    train_local(teacher, x, y, settings=settings, seed=setup.seed, device=resolve_device("cpu"))
     return teacher.eval()
 
 

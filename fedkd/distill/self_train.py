@@ -14,6 +14,7 @@ from fedkd.distill.loop import distill
 from fedkd.distill.losses import KDLoss, build_loss
 from fedkd.distill.losses.base import check_temperature, check_unit
 from fedkd.errors import ConfigError
+from fedkd.setup import TrainSettings
 from fedkd.train import predict_probs, seeded_rng
 
 logger = logging.getLogger(__name__)
@@ -58,16 +59,14 @@ def train_self_distilled(
     y: np.ndarray,
     *,
     options: dict[str, Any],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str,
-    weight_decay: float = 0.0,
+    settings: TrainSettings,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> float:
     """Local training with BYOT self-distillation (the ``self`` loss on labels alone).
 
+    ``settings`` gives the epochs, batch size, learning rate, optimizer and weight decay;
+    the distillation loop's SGD uses its own momentum (0.9), not ``settings.momentum``.
     The early-exit heads live in a fresh loss object each call, so nothing one client
     learns leaks into another client's round in the same process. Returns the last
     epoch's mean loss.
@@ -78,14 +77,14 @@ def train_self_distilled(
         x,
         None,
         loss=loss,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        optimizer=settings.optimizer,
         proxy_y=y,
         seed=seed,
         device=device,
-        weight_decay=weight_decay,
+        weight_decay=settings.weight_decay,
     )
     return report.epoch_losses[-1]
 
@@ -107,11 +106,7 @@ def born_again(
     generations: int,
     temperature: float,
     alpha: float,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str,
-    weight_decay: float = 0.0,
+    settings: TrainSettings,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> float:
@@ -120,8 +115,9 @@ def born_again(
     Starting from the trained ``model`` (generation 0), each generation ``g = 1..G``
     records the previous generation's predictions ``p_{g-1}`` on ``x``, re-initialises the
     same architecture (seed ``seed + g``) and trains it with
-    ``alpha T^2 KL(p_{g-1,T} || q_T) + (1 - alpha) CE(q, y)`` (the ``kd`` loss). The model
-    ends as the last generation. Returns the last epoch's mean loss (NaN for ``G = 0``).
+    ``alpha T^2 KL(p_{g-1,T} || q_T) + (1 - alpha) CE(q, y)`` (the ``kd`` loss) with
+    ``settings`` (as in :func:`train_self_distilled`). The model ends as the last
+    generation. Returns the last epoch's mean loss (NaN for ``G = 0``).
     """
     last = float("nan")
     for generation in range(1, generations + 1):
@@ -132,14 +128,14 @@ def born_again(
             x,
             teacher,
             loss=KDLoss(temperature=temperature, alpha=alpha),
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            optimizer=settings.optimizer,
             proxy_y=y,
             seed=seed + generation,
             device=device,
-            weight_decay=weight_decay,
+            weight_decay=settings.weight_decay,
         )
         last = report.epoch_losses[-1]
         logger.debug("born-again generation %d: loss %.4f", generation, last)

@@ -36,12 +36,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedkd.errors import ConfigError
+from fedkd.setup import TrainSettings
 from fedkd.train import (
     as_float_tensor,
     as_label_tensor,
     check_hparams,
-    make_optimizer,
+    check_settings,
     seeded_rng,
+    settings_optimizer,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,12 +135,7 @@ def train_dpsgd(
     x: np.ndarray,
     y: np.ndarray,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str = "sgd",
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
+    settings: TrainSettings,
     noise_multiplier: float,
     max_grad_norm: float,
     delta: float,
@@ -166,14 +163,10 @@ def train_dpsgd(
         Inputs ``(N, *input_shape)``, converted to float32.
     y : np.ndarray
         Integer labels ``(N,)``.
-    epochs, batch_size : int
-        Passes and configured batch size; see :func:`dpsgd_schedule`.
-    lr : float
-        Learning rate.
-    optimizer : {"sgd", "adam"}
-        Wrapped by Opacus's ``DPOptimizer``; SGD uses ``momentum``.
-    momentum, weight_decay : float
-        Optimizer hyper-parameters.
+    settings : TrainSettings
+        Passes, configured batch size (see :func:`dpsgd_schedule`) and optimizer, which
+        Opacus's ``DPOptimizer`` wraps (SGD uses ``momentum``); a client's ``setup.local``
+        for this round's epochs.
     noise_multiplier : float
         Noise standard deviation over ``max_grad_norm`` (> 0).
     max_grad_norm : float
@@ -201,9 +194,7 @@ def train_dpsgd(
         For invalid hyper-parameters (``client.<key>``, ``privacy.<key>``) or a model
         that Opacus cannot train privately.
     """
-    check_hparams("client", epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or momentum < 0:
-        raise ConfigError(f"client.momentum must be a number >= 0, got {momentum!r}")
+    check_settings(settings)
     _check_privacy(noise_multiplier, max_grad_norm, delta, noise_seed)
     restored_history = _restore_history(history)
     num_examples = len(x)
@@ -218,13 +209,8 @@ def train_dpsgd(
     _check_opacus_compatible(private_copy)
     cpu = torch.device("cpu")
     dataset = TensorDataset(as_float_tensor(x, cpu), as_label_tensor(y, cpu))
-    base_optimizer = make_optimizer(
-        optimizer,
-        [p for p in private_copy.parameters() if p.requires_grad],
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        key="client.optimizer",
+    base_optimizer = settings_optimizer(
+        settings, [p for p in private_copy.parameters() if p.requires_grad]
     )
 
     with _quiet_opacus_warnings():
@@ -237,7 +223,7 @@ def train_dpsgd(
             module=private_copy,
             optimizer=base_optimizer,
             data_loader=DataLoader(
-                dataset, batch_size=batch_size, shuffle=False, generator=sampling_gen
+                dataset, batch_size=settings.batch_size, shuffle=False, generator=sampling_gen
             ),
             noise_multiplier=float(noise_multiplier),
             max_grad_norm=float(max_grad_norm),
@@ -250,7 +236,7 @@ def train_dpsgd(
         try:
             with seeded_rng(dropout_seed, dev):
                 last_loss, steps = _private_epochs(
-                    private_module, dp_optimizer, poisson_loader, epochs=epochs, device=dev
+                    private_module, dp_optimizer, poisson_loader, epochs=settings.epochs, device=dev
                 )
             epsilon = float(engine.accountant.get_epsilon(delta=delta))
         finally:

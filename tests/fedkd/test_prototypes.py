@@ -9,6 +9,7 @@ import torch
 
 from fedkd.models import MLP
 from fedkd.prototypes import aggregate_prototypes, class_prototypes, train_with_prototypes
+from fedkd.setup import TrainSettings
 from fedkd.train import train_local
 
 # A linear model (hidden=[]): the embedding is the flattened input, logits = x W^T + b.
@@ -95,9 +96,7 @@ def test_first_batch_loss_is_ce_plus_prototype_and_soft_terms(temperature: float
         proto_weight=proto_weight,
         soft_weight=soft_weight,
         temperature=temperature,
-        epochs=1,
-        batch_size=len(Y),
-        lr=0.1,
+        settings=TrainSettings(epochs=1, batch_size=len(Y), lr=0.1),
     )
     x = X.astype(np.float64)
     logits = x @ W.T + B
@@ -119,7 +118,7 @@ def test_zero_weights_reproduce_plain_local_training() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 5)).astype(np.float32)
     y = rng.integers(0, 3, size=40)
-    settings = dict(epochs=2, batch_size=8, lr=0.05, optimizer="sgd", momentum=0.9, seed=7)
+    settings = TrainSettings(epochs=2, batch_size=8, lr=0.05, optimizer="sgd", momentum=0.9)
     a = MLP(input_shape=(5,), num_classes=3, hidden=[6])
     b = MLP(input_shape=(5,), num_classes=3, hidden=[6])
     b.load_state_dict(a.state_dict())
@@ -132,9 +131,10 @@ def test_zero_weights_reproduce_plain_local_training() -> None:
         counts=np.ones(3, dtype=np.float32),
         proto_weight=0.0,
         soft_weight=0.0,
-        **settings,
+        settings=settings,
+        seed=7,
     )
-    report = train_local(b, x, y, **settings)
+    report = train_local(b, x, y, settings=settings, seed=7)
     assert loss == pytest.approx(report.loss, rel=1e-6)
     for name, value in a.state_dict().items():
         torch.testing.assert_close(value, b.state_dict()[name])
@@ -160,9 +160,7 @@ def test_proto_weight_pulls_embeddings_toward_prototypes() -> None:
             soft=soft,
             counts=counts,
             proto_weight=proto_weight,
-            epochs=5,
-            batch_size=16,
-            lr=0.05,
+            settings=TrainSettings(epochs=5, batch_size=16, lr=0.05),
             seed=3,
         )
         embeddings, _, _ = class_prototypes(model, x, y, num_classes=3)
@@ -172,7 +170,7 @@ def test_proto_weight_pulls_embeddings_toward_prototypes() -> None:
 
 
 def test_train_with_prototypes_rejects_mismatched_shapes() -> None:
-    kwargs = dict(epochs=1, batch_size=4, lr=0.1, proto_weight=1.0)
+    kwargs = dict(settings=TrainSettings(epochs=1, batch_size=4, lr=0.1), proto_weight=1.0)
     good = dict(
         prototypes=np.zeros((3, 2), dtype=np.float32),
         soft=np.zeros((3, 3), dtype=np.float32),

@@ -10,6 +10,7 @@ import torch
 
 from fedkd.errors import ConfigError
 from fedkd.models import build_model, get_weights
+from fedkd.setup import LocalTraining, TrainSettings
 from fedkd.train import evaluate, predict_probs, train_local
 
 
@@ -57,6 +58,34 @@ def test_train_local_deterministic() -> None:
     assert any(not np.array_equal(u, v) for u, v in zip(a, c, strict=True))
 
 
+def test_train_local_takes_settings_whole_or_field_by_field() -> None:
+    """A client's LocalTraining, TrainSettings and loose keywords train identically; loose
+    keywords replace fields of the settings (a route with other epochs)."""
+    x, y = _separable(n=100)
+    start = build_model("mlp", input_shape=(2,), num_classes=3, hidden=[8]).state_dict()
+
+    def weights(**kwargs: object) -> list[np.ndarray]:
+        model = build_model("mlp", input_shape=(2,), num_classes=3, hidden=[8])
+        model.load_state_dict(start)
+        train_local(model, x, y, seed=5, **kwargs)  # type: ignore[arg-type]
+        return get_weights(model)
+
+    local = LocalTraining(epochs=2, batch_size=16, lr=0.05, momentum=0.5, weight_decay=0.01)
+    loose = weights(epochs=2, batch_size=16, lr=0.05, momentum=0.5, weight_decay=0.01)
+    for trained in (
+        weights(settings=local),
+        weights(settings=local.train_settings()),
+        weights(settings=LocalTraining(epochs=5, batch_size=16, lr=0.05), momentum=0.5,
+                weight_decay=0.01, epochs=2),
+    ):  # fmt: skip
+        assert all(np.array_equal(u, v) for u, v in zip(loose, trained, strict=True))
+    other = weights(settings=local, epochs=1)
+    assert any(not np.array_equal(u, v) for u, v in zip(loose, other, strict=True))
+    assert local.train_settings(epochs=1) == TrainSettings(1, 16, 0.05, "sgd", 0.5, 0.01)
+    with pytest.raises(TypeError):
+        weights(settings=local, epoch=1)
+
+
 def test_train_local_validation() -> None:
     x, y = _separable(n=10)
     model = build_model("mlp", input_shape=(2,), num_classes=3)
@@ -68,6 +97,8 @@ def test_train_local_validation() -> None:
         train_local(model, x, y, epochs=1, batch_size=4, lr=0.1, optimizer="lbfgs")
     with pytest.raises(ConfigError, match=r"client\.batch_size"):
         train_local(model, x, y, epochs=1, batch_size=0, lr=0.1)
+    with pytest.raises(ConfigError, match=r"client\.momentum"):
+        train_local(model, x, y, settings=TrainSettings(1, 4, 0.1, momentum=-0.5))
 
 
 def test_predict_probs_rows_and_mode() -> None:

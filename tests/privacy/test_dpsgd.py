@@ -15,6 +15,7 @@ from torch import nn
 from fedkd.errors import ConfigError
 from fedkd.models import model_from_config
 from fedkd.privacy.dpsgd import DPSGDReport, dpsgd_schedule, opacus_epsilon, train_dpsgd
+from fedkd.setup import TrainSettings
 from fedkd.train import evaluate
 
 DELTA = 1e-5
@@ -74,7 +75,8 @@ def test_trains_and_leaves_no_opacus_traces_on_caller_model() -> None:
     x, y = _data(64)
     model = _mlp()
     before, traces = _weights(model), _opacus_traces(model)
-    report = train_dpsgd(model, x, y, epochs=2, batch_size=16, lr=0.1, noise_seed=0, **DP_KWARGS)
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.1)
+    report = train_dpsgd(model, x, y, settings=settings, noise_seed=0, **DP_KWARGS)
     assert isinstance(report, DPSGDReport)
     assert not _same_weights(before, _weights(model))
     assert _opacus_traces(model) == traces
@@ -92,9 +94,7 @@ def test_trains_and_leaves_no_opacus_traces_on_caller_model() -> None:
 def test_history_persists_across_calls() -> None:
     x, y = _data(100)  # q = 0.1 keeps Opacus's RDP computation cheap
     common: dict[str, Any] = {
-        "epochs": 1,
-        "batch_size": 10,
-        "lr": 0.05,
+        "settings": TrainSettings(epochs=1, batch_size=10, lr=0.05),
         "max_grad_norm": 1.0,
         "delta": DELTA,
     }
@@ -142,10 +142,8 @@ def test_schedule_matches_recorded_history(
 ) -> None:
     assert dpsgd_schedule(n, batch_size, epochs) == (sample_rate, steps)
     x, y = _data(n)
-    report = train_dpsgd(
-        _mlp(hidden=[4]), x, y, epochs=epochs, batch_size=batch_size, lr=0.05, noise_seed=0,
-        **DP_KWARGS,
-    )  # fmt: skip
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=0.05)
+    report = train_dpsgd(_mlp(hidden=[4]), x, y, settings=settings, noise_seed=0, **DP_KWARGS)
     assert report.history == [(1.0, sample_rate, steps)]
     assert (report.sample_rate, report.steps) == (sample_rate, steps)
 
@@ -160,8 +158,8 @@ def test_schedule_rejects_bad_sizes() -> None:
 def test_epsilon_matches_dp_accounting() -> None:
     x, y = _data(100)
     report = train_dpsgd(
-        _mlp(hidden=[4]), x, y, epochs=3, batch_size=10, lr=0.05, noise_seed=0,
-        noise_multiplier=1.1, max_grad_norm=1.0, delta=DELTA,
+        _mlp(hidden=[4]), x, y, settings=TrainSettings(epochs=3, batch_size=10, lr=0.05),
+        noise_seed=0, noise_multiplier=1.1, max_grad_norm=1.0, delta=DELTA,
     )  # fmt: skip
     q, steps = dpsgd_schedule(100, 10, 3)
     orders = [1 + i / 10 for i in range(1, 100)] + list(range(12, 256))
@@ -172,7 +170,10 @@ def test_epsilon_matches_dp_accounting() -> None:
 
 def test_noise_seed_reproducible_and_none_is_fresh() -> None:
     x, y = _data(50)
-    kwargs: dict[str, Any] = {"epochs": 1, "batch_size": 5, "lr": 0.1, **DP_KWARGS}
+    kwargs: dict[str, Any] = {
+        "settings": TrainSettings(epochs=1, batch_size=5, lr=0.1),
+        **DP_KWARGS,
+    }
 
     def trained(noise_seed: int | None) -> dict[str, torch.Tensor]:
         model = _mlp(hidden=[8], seed=3)
@@ -192,10 +193,7 @@ def test_noise_seed_reproducible_and_none_is_fresh() -> None:
 def test_noise_is_applied_and_small_noise_learns() -> None:
     x, y = _blobs(120)  # 6 classes: chance accuracy 1/6
     kwargs: dict[str, Any] = {
-        "epochs": 5,
-        "batch_size": 30,
-        "lr": 0.5,
-        "momentum": 0.0,
+        "settings": TrainSettings(epochs=5, batch_size=30, lr=0.5, momentum=0.0),
         "max_grad_norm": 1.0,
         "delta": DELTA,
         "noise_seed": 0,
@@ -215,9 +213,10 @@ def test_per_example_gradients_are_clipped() -> None:
     x, y = _data(n)
     model = _mlp()
     before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.0)
     report = train_dpsgd(
-        model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.0,
-        noise_multiplier=1e-3, max_grad_norm=clip, delta=DELTA, noise_seed=0,
+        model, x, y, settings=settings, noise_multiplier=1e-3, max_grad_norm=clip, delta=DELTA,
+        noise_seed=0,
     )  # fmt: skip
     moved = torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before
     bound = report.steps * lr * n * clip / batch_size * 1.01  # 1% for the tiny noise
@@ -229,12 +228,14 @@ def test_per_example_gradients_are_clipped() -> None:
 def test_empty_poisson_batches_do_not_crash() -> None:
     # q = 0.1 with 10 examples: about 35% of the 30 batches are empty (P(none) ~ 3e-6).
     x, y = _data(10)
-    report = train_dpsgd(_mlp(), x, y, epochs=3, batch_size=1, lr=0.1, noise_seed=0, **DP_KWARGS)
+    settings = TrainSettings(epochs=3, batch_size=1, lr=0.1)
+    report = train_dpsgd(_mlp(), x, y, settings=settings, noise_seed=0, **DP_KWARGS)
     assert report.steps == 30 and report.history == [(1.0, 0.1, 30)]
     # 49 examples at batch 1: Opacus's expected batch size int(49 * (1 / 49)) is 0.
     x, y = _data(49)
     model = _mlp()
-    train_dpsgd(model, x, y, epochs=1, batch_size=1, lr=0.1, noise_seed=0, **DP_KWARGS)
+    settings = TrainSettings(epochs=1, batch_size=1, lr=0.1)
+    train_dpsgd(model, x, y, settings=settings, noise_seed=0, **DP_KWARGS)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -258,9 +259,11 @@ def test_bad_config_raises_config_error(override: dict[str, Any], key: str) -> N
     x, y = _data(8)
     model = _mlp()
     before = _weights(model)
-    kwargs: dict[str, Any] = {"epochs": 1, "batch_size": 4, "lr": 0.1, **DP_KWARGS}
+    hparams = {k: v for k, v in override.items() if k in ("batch_size", "optimizer")}
+    settings = TrainSettings(**{"epochs": 1, "batch_size": 4, "lr": 0.1, **hparams})
+    kwargs = {**DP_KWARGS, **{k: v for k, v in override.items() if k not in hparams}}
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        train_dpsgd(model, x, y, **{**kwargs, **override})
+        train_dpsgd(model, x, y, settings=settings, **kwargs)
     assert _same_weights(before, _weights(model))
 
 
@@ -268,7 +271,9 @@ def test_batchnorm_model_is_rejected_with_opacus_reason() -> None:
     x, y = _data(8)
     model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     with pytest.raises(ConfigError, match=r"BatchNorm cannot support.*Hint"):
-        train_dpsgd(model, x, y, epochs=1, batch_size=4, lr=0.1, **DP_KWARGS)
+        train_dpsgd(
+            model, x, y, settings=TrainSettings(epochs=1, batch_size=4, lr=0.1), **DP_KWARGS
+        )
 
 
 def test_malformed_history_and_delta_for_opacus_epsilon() -> None:

@@ -15,26 +15,20 @@ from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.run.results import read_metrics
 from fedkd.wire import keys
+from fedkd.wire.payloads.label_logits import FDOptions
 from strategies.fd import global_label_logits
 
-SMALL = [
-    "dataset=synthetic",
-    "dataset.num_samples=300",
-    "dataset.num_features=6",
-    "dataset.num_classes=3",
-    "partition=iid",
-    "num_clients=2",
-    "model.hidden=[8]",
-    "student.hidden=[8]",
-    "client.epochs=1",
-    "data.proxy_labeled=true",
-    "data.proxy_size=4",
-    "++strategy.distill_epochs=1",
-]
+
+@pytest.fixture
+def small(small_overrides) -> list[str]:
+    """The small task on 2 clients with 8-unit models, a labeled proxy of 4 records and one
+    distillation epoch."""
+    proxy = ("data.proxy_labeled=true", "data.proxy_size=4", "++strategy.distill_epochs=1")
+    return small_overrides(2, "model.hidden=[8]", "student.hidden=[8]", *proxy)
 
 
-def _strategy(*extra: str):
-    return prepare_run(compose_config([*SMALL, *extra])).strategy
+def _strategy(small: list[str], *extra: str):
+    return prepare_run(compose_config([*small, *extra])).strategy
 
 
 def _requests(strategy) -> list[Message]:
@@ -61,8 +55,8 @@ P1 = np.array([[0.2, 0.7, 0.1], [0.0, 0.4, 0.6], [0.5, 0.3, 0.2], [0.0, 0.0, 1.0
 MEAN = np.array([[0.4, 0.5, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.5, 0.0, 0.5]])
 
 
-def test_fedmd_consensus_is_the_mean_and_is_sent_back_next_round(task_identity) -> None:
-    strategy = _strategy("strategy=fedmd")
+def test_fedmd_consensus_is_the_mean_and_is_sent_back_next_round(task_identity, small) -> None:
+    strategy = _strategy(small, "strategy=fedmd")
     requests = _requests(strategy)
     config = requests[0].content.config_records[keys.CONFIG]
     assert config[keys.KEEP_MODEL] is True
@@ -85,8 +79,8 @@ def test_fedmd_consensus_is_the_mean_and_is_sent_back_next_round(task_identity) 
     assert strategy.round_metrics[2]["downlink_bytes"] == 2 * targets_bytes
 
 
-def test_size_weighted_rule_applies_to_fedmd(task_identity) -> None:
-    strategy = _strategy("strategy=fedmd", "aggregation=size_weighted")
+def test_size_weighted_rule_applies_to_fedmd(task_identity, small) -> None:
+    strategy = _strategy(small, "strategy=fedmd", "aggregation=size_weighted")
     requests = _requests(strategy)
     replies = [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 30)]
     strategy.aggregate_train(1, replies)
@@ -96,8 +90,8 @@ def test_size_weighted_rule_applies_to_fedmd(task_identity) -> None:
     )
 
 
-def test_dsfl_sharpens_the_mean_with_era(task_identity) -> None:
-    strategy = _strategy("strategy=dsfl", "strategy.era_temperature=0.5")
+def test_dsfl_sharpens_the_mean_with_era(task_identity, small) -> None:
+    strategy = _strategy(small, "strategy=dsfl", "strategy.era_temperature=0.5")
     requests = _requests(strategy)
     strategy.aggregate_train(
         1, [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 10)]
@@ -113,8 +107,8 @@ def test_dsfl_sharpens_the_mean_with_era(task_identity) -> None:
     assert entropy(targets[0]) < entropy(soft)
 
 
-def test_fedet_weights_confident_clients_and_feeds_the_student_back(task_identity) -> None:
-    strategy = _strategy("strategy=fedet")
+def test_fedet_weights_confident_clients_and_feeds_the_student_back(task_identity, small) -> None:
+    strategy = _strategy(small, "strategy=fedet")
     requests = _requests(strategy)
     strategy.aggregate_train(
         1, [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 10)]
@@ -147,8 +141,17 @@ def test_fd_global_label_logits_by_hand() -> None:
     np.testing.assert_allclose(totals, [4.0, 2.0])
 
 
-def test_fd_shares_only_per_label_logits(task_identity, in_process_run, tmp_path) -> None:
-    summary = in_process_run([*SMALL, "strategy=fd", "num_rounds=2"], tmp_path)
+def test_fd_options_travel_as_sent_and_clients_keep_no_defaults(task_identity, small) -> None:
+    strategy = _strategy(small, "strategy=fd", "strategy.beta=0.25", "strategy.temperature=2.0")
+    config = _requests(strategy)[0].content.config_records[keys.CONFIG]
+    assert (config[keys.FD_BETA], config[keys.FD_TEMPERATURE]) == (0.25, 2.0)
+    assert FDOptions.from_config(config) == FDOptions(beta=0.25, temperature=2.0)
+    with pytest.raises(ConfigError, match="fd-beta"):
+        FDOptions.from_config(ConfigRecord({keys.FD_TEMPERATURE: 1.0}))
+
+
+def test_fd_shares_only_per_label_logits(task_identity, in_process_run, tmp_path, small) -> None:
+    summary = in_process_run([*small, "strategy=fd", "num_rounds=2"], tmp_path)
     rows = read_metrics(tmp_path)
     classes = 3
     per_client = (classes * classes + classes) * 4  # float32 payload, before record overhead
@@ -158,8 +161,10 @@ def test_fd_shares_only_per_label_logits(task_identity, in_process_run, tmp_path
 
 
 @pytest.mark.parametrize("method", ["fedmd", "dsfl", "fedet", "fd", "local_only"])
-def test_clients_keep_their_models_across_rounds(method, task_identity, in_process_grid) -> None:
-    plan = prepare_run(compose_config([*SMALL, f"strategy={method}"]))
+def test_clients_keep_their_models_across_rounds(
+    method, task_identity, in_process_grid, small
+) -> None:
+    plan = prepare_run(compose_config([*small, f"strategy={method}"]))
     grid = in_process_grid(client_app, 2)
     plan.strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=2)
     for context in grid.contexts.values():
@@ -175,28 +180,28 @@ def test_clients_keep_their_models_across_rounds(method, task_identity, in_proce
         assert 0.0 <= metrics["ensemble_accuracy"] <= 1.0
 
 
-def test_local_only_has_no_student(in_process_run, tmp_path) -> None:
-    summary = in_process_run([*SMALL, "strategy=local_only", "num_rounds=2"], tmp_path)
+def test_local_only_has_no_student(in_process_run, tmp_path, small) -> None:
+    summary = in_process_run([*small, "strategy=local_only", "num_rounds=2"], tmp_path)
     assert summary["final"]["student_accuracy"] is None
     assert summary["communication"]["uplink_bytes"] == 0
     assert 0.0 <= summary["final"]["client_accuracy_mean"] <= 1.0
 
 
-def test_centralized_trains_on_the_pooled_client_data(in_process_run, tmp_path) -> None:
-    plan = prepare_run(compose_config([*SMALL, "strategy=centralized"]))
+def test_centralized_trains_on_the_pooled_client_data(in_process_run, tmp_path, small) -> None:
+    plan = prepare_run(compose_config([*small, "strategy=centralized"]))
     data = plan.assets.data
     expected = sum(len(data.client_data(p).train_y) for p in range(data.num_clients))
     assert len(plan.strategy.pooled_y) == expected
-    summary = in_process_run([*SMALL, "strategy=centralized", "num_rounds=3"], tmp_path)
+    summary = in_process_run([*small, "strategy=centralized", "num_rounds=3"], tmp_path)
     rows = read_metrics(tmp_path)
     assert all(r["clients_sampled"] == 0 and r["uplink_bytes"] == 0 for r in rows[1:])
     assert summary["final"]["student_accuracy"] > rows[0]["student_accuracy"]
 
 
-def test_fedmd_warmup_on_the_labeled_proxy_changes_the_first_round(in_process_run, tmp_path):
-    plain = in_process_run([*SMALL, "strategy=fedmd", "num_rounds=1"], tmp_path / "a")
+def test_fedmd_warmup_on_the_labeled_proxy_changes_the_first_round(in_process_run, tmp_path, small):
+    plain = in_process_run([*small, "strategy=fedmd", "num_rounds=1"], tmp_path / "a")
     warm = in_process_run(
-        [*SMALL, "strategy=fedmd", "num_rounds=1", "strategy.warmup_public_epochs=3"],
+        [*small, "strategy=fedmd", "num_rounds=1", "strategy.warmup_public_epochs=3"],
         tmp_path / "b",
     )
     assert plain["final"]["train_loss"] != warm["final"]["train_loss"]
@@ -215,26 +220,28 @@ def test_fedmd_warmup_on_the_labeled_proxy_changes_the_first_round(in_process_ru
             "proxy_labeled",
         ),
         (["strategy=fd", "data.proxy_labeled=false"], "proxy_labeled"),
+        (["strategy=fd", "strategy.beta=1.5"], "strategy.beta"),
+        (["strategy=fedmd", "strategy.digest_epochs=-1"], "strategy.digest_epochs"),
         (["strategy=fedet", "strategy.weighting=vote"], "strategy.weighting"),
         (["strategy=fedmd", "data.proxy_classes=[7]"], "data.proxy_classes"),
     ],
 )
-def test_bad_method_settings_fail_before_ray(overrides, key) -> None:
+def test_bad_method_settings_fail_before_ray(overrides, key, small) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        prepare_run(compose_config([*SMALL, *overrides]))
+        prepare_run(compose_config([*small, *overrides]))
 
 
 def test_per_round_proxy_subsample_is_consistent_between_server_and_clients(
-    in_process_run, tmp_path
+    in_process_run, tmp_path, small
 ) -> None:
     """Clients score this round's subset and digest last round's: shapes must agree, and
     uplink shrinks with the subset."""
     full = in_process_run(
-        [*SMALL, "strategy=dsfl", "num_rounds=3", "data.proxy_size=20"], tmp_path / "full"
+        [*small, "strategy=dsfl", "num_rounds=3", "data.proxy_size=20"], tmp_path / "full"
     )
     sub = in_process_run(
         [
-            *SMALL,
+            *small,
             "strategy=dsfl",
             "num_rounds=3",
             "data.proxy_size=20",
@@ -247,49 +254,52 @@ def test_per_round_proxy_subsample_is_consistent_between_server_and_clients(
     assert sub["communication"]["uplink_bytes"] < full["communication"]["uplink_bytes"]
 
 
-def test_heterogeneous_clients_with_fedmd(in_process_run, tmp_path) -> None:
-    summary = in_process_run(
-        [
-            "dataset=digits",
-            "model=hetero",
-            "student=mlp",
-            "strategy=fedmd",
-            "num_clients=4",
-            "num_rounds=2",
-            "client.epochs=1",
-            "data.proxy_size=50",
-        ],
-        tmp_path,
-    )
+@pytest.mark.parametrize(
+    ("overrides", "clients"),
+    [
+        pytest.param(
+            [
+                "dataset=digits",
+                "model=hetero",
+                "student=mlp",
+                "strategy=fedmd",
+                "num_clients=4",
+                "num_rounds=2",
+                "client.epochs=1",
+                "data.proxy_size=50",
+            ],
+            4,
+            id="heterogeneous_clients_with_fedmd",
+        ),
+        pytest.param(
+            [
+                "dataset=breast_cancer",
+                "num_clients=3",
+                "num_rounds=2",
+                "client.epochs=1",
+                "partition=iid",
+                "strategy=feddf",
+                "+data.proxy_dataset={name: synthetic, num_samples: 200, num_features: 30}",
+            ],
+            3,
+            id="proxy_from_another_dataset",
+        ),
+    ],
+)
+def test_whole_runs_complete(in_process_run, tmp_path, overrides, clients) -> None:
+    summary = in_process_run(overrides, tmp_path)
     assert summary["status"] == "completed"
-    assert read_metrics(tmp_path)[-1]["clients_ok"] == 4
+    assert read_metrics(tmp_path)[-1]["clients_ok"] == clients
 
 
-def test_proxy_from_another_dataset(in_process_run, tmp_path) -> None:
-    summary = in_process_run(
-        [
-            "dataset=breast_cancer",
-            "num_clients=3",
-            "num_rounds=2",
-            "client.epochs=1",
-            "partition=iid",
-            "strategy=feddf",
-            "+data.proxy_dataset={name: synthetic, num_samples: 200, num_features: 30}",
-        ],
-        tmp_path,
-    )
-    assert summary["status"] == "completed"
-    assert read_metrics(tmp_path)[-1]["clients_ok"] == 3
-
-
-def test_centralized_on_the_labeled_proxy_alone() -> None:
-    plan = prepare_run(compose_config([*SMALL, "strategy=centralized", "strategy.train_on=proxy"]))
+def test_centralized_on_the_labeled_proxy_alone(small) -> None:
+    plan = prepare_run(compose_config([*small, "strategy=centralized", "strategy.train_on=proxy"]))
     np.testing.assert_array_equal(plan.strategy.pooled_y, plan.assets.data.proxy_y)
     with pytest.raises(ConfigError, match="proxy_labeled"):
         prepare_run(
             compose_config(
                 [
-                    *SMALL,
+                    *small,
                     "strategy=centralized",
                     "strategy.train_on=proxy",
                     "data.proxy_labeled=false",
@@ -297,13 +307,13 @@ def test_centralized_on_the_labeled_proxy_alone() -> None:
             )
         )
     with pytest.raises(ConfigError, match="train_on"):
-        prepare_run(compose_config([*SMALL, "strategy=centralized", "strategy.train_on=both"]))
+        prepare_run(compose_config([*small, "strategy=centralized", "strategy.train_on=both"]))
 
 
-def test_server_distillation_is_watched_on_a_held_out_proxy_split(in_process_run, tmp_path):
+def test_server_distillation_is_watched_on_a_held_out_proxy_split(in_process_run, tmp_path, small):
     in_process_run(
         [
-            *SMALL,
+            *small,
             "strategy=feddf",
             "num_rounds=2",
             "data.proxy_size=20",
@@ -320,13 +330,13 @@ def test_server_distillation_is_watched_on_a_held_out_proxy_split(in_process_run
     assert row["distill_stopped_early"] == stopped
 
 
-def test_early_stopping_without_a_validation_split_is_a_config_error() -> None:
+def test_early_stopping_without_a_validation_split_is_a_config_error(small) -> None:
     with pytest.raises(ConfigError, match="distill_validation_fraction"):
-        prepare_run(compose_config([*SMALL, "strategy=feddf", "strategy.distill_patience=2"]))
+        prepare_run(compose_config([*small, "strategy=feddf", "strategy.distill_patience=2"]))
 
 
-def test_validation_split_is_disjoint_and_seeded() -> None:
-    strategy = _strategy("strategy=feddf", "strategy.distill_validation_fraction=0.25")
+def test_validation_split_is_disjoint_and_seeded(small) -> None:
+    strategy = _strategy(small, "strategy=feddf", "strategy.distill_validation_fraction=0.25")
     train, held_out = strategy.validation_split(1, 20)
     assert len(held_out) == 5 and len(train) == 15
     assert not set(train) & set(held_out)

@@ -12,24 +12,16 @@ from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.run.results import read_metrics
 from fedkd.wire import keys
+from fedkd.wire.payloads.prototypes import PrototypeOptions
 
-# 3 classes, 6 features, embedding width D = 4
-SMALL = [
-    "dataset=synthetic",
-    "dataset.num_samples=300",
-    "dataset.num_features=6",
-    "dataset.num_classes=3",
-    "partition=iid",
-    "num_clients=2",
-    "model.hidden=[4]",
-    "client.epochs=1",
-    "strategy=fedproto",
-]
 DIGITS = ["dataset=digits", "client.epochs=1", "strategy=fedproto"]
 
 
-def _strategy(*extra: str):
-    return prepare_run(compose_config([*SMALL, *extra])).strategy
+def _strategy(small_overrides, *extra: str):
+    """FedProto on the small task (3 classes, 6 features) on 2 clients with an embedding
+    width D = 4."""
+    small = small_overrides(2, "model.hidden=[4]", "strategy=fedproto")
+    return prepare_run(compose_config([*small, *extra])).strategy
 
 
 def _requests(strategy, server_round: int = 1) -> list[Message]:
@@ -75,18 +67,28 @@ N0 = [2.0, 6.0, 0.0]
 N1 = [6.0, 0.0, 3.0]
 
 
-def test_configure_train_asks_for_prototypes_and_sends_no_weights(task_identity) -> None:
-    strategy = _strategy("strategy.proto_weight=0.5", "strategy.soft_weight=0.2")
+def test_configure_train_asks_for_prototypes_and_sends_no_weights(
+    task_identity, small_overrides
+) -> None:
+    strategy = _strategy(small_overrides, "strategy.proto_weight=0.5", "strategy.soft_weight=0.2")
     config = _requests(strategy)[0].content.config_records[keys.CONFIG]
     assert config[keys.KEEP_MODEL] is True
     assert config[keys.PAYLOADS] == "client-metrics,prototypes,test-predictions"
     assert (config[keys.PROTO_WEIGHT], config[keys.PROTO_SOFT_WEIGHT]) == (0.5, 0.2)
     assert config[keys.PROTO_TEMPERATURE] == 1.0
+    sent = PrototypeOptions.from_config(config)  # what a client reads: no defaults of its own
+    assert sent == strategy.prototype_options == PrototypeOptions(0.5, 0.2, 1.0)
+    with pytest.raises(ConfigError, match="proto-temperature"):
+        PrototypeOptions.from_config(
+            ConfigRecord({keys.PROTO_WEIGHT: 1.0, keys.PROTO_SOFT_WEIGHT: 0.0})
+        )
     assert strategy.embedding_width == 4 and not strategy.has_student
 
 
-def test_aggregate_is_count_weighted_per_class_and_sent_back(task_identity) -> None:
-    strategy = _strategy()
+def test_aggregate_is_count_weighted_per_class_and_sent_back(
+    task_identity, small_overrides
+) -> None:
+    strategy = _strategy(small_overrides)
     requests = _requests(strategy)
     replies = [
         _reply(requests[0], 8, **_shared(P0, S0, N0)),
@@ -120,8 +122,8 @@ def test_aggregate_is_count_weighted_per_class_and_sent_back(task_identity) -> N
     assert strategy.round_metrics[2]["downlink_bytes"] == 2 * targets.count_bytes()
 
 
-def test_a_class_nobody_holds_has_no_global_prototype(task_identity) -> None:
-    strategy = _strategy()
+def test_a_class_nobody_holds_has_no_global_prototype(task_identity, small_overrides) -> None:
+    strategy = _strategy(small_overrides)
     requests = _requests(strategy)
     absent = [2.0, 6.0, 0.0]
     strategy.aggregate_train(
@@ -153,9 +155,9 @@ GOOD = _shared(P0, S0, N0)
     ],
 )
 def test_invalid_prototype_replies_are_rejected_with_a_reason(
-    arrays, num_examples, reason, task_identity
+    arrays, num_examples, reason, task_identity, small_overrides
 ) -> None:
-    strategy = _strategy()
+    strategy = _strategy(small_overrides)
     requests = _requests(strategy)
     bad = _reply(requests[0], num_examples, **arrays)
     assert reason in (strategy.check_reply(bad) or "")
@@ -178,9 +180,9 @@ def test_invalid_prototype_replies_are_rejected_with_a_reason(
         ("strategy.temperature=0", "strategy.temperature"),
     ],
 )
-def test_bad_options_are_config_errors(override, key) -> None:
+def test_bad_options_are_config_errors(override, key, small_overrides) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        _strategy(override)
+        _strategy(small_overrides, override)
 
 
 def test_architectures_with_different_embedding_widths_are_rejected() -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedkd.errors import ConfigError
 from fedkd.reliability.attacks import LABEL_FLIP, poison_probs, poison_weights
 from fedkd.wire import keys
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from fedkd.distill.augment import Augmentation
     from fedkd.models import FedKDModel
     from fedkd.privacy import PrivacySpec
-    from fedkd.setup import FederationSetup
+    from fedkd.setup import FederationSetup, TrainSettings
     from fedkd.wire.encoding import EncodingSpec
 
 #: Largest absolute value accepted in shared weights or statistics: trained models of this
@@ -124,6 +125,11 @@ class ClientRound:
     #: Set by the ClientApp after local training (``ClientMetrics`` reports them).
     train_loss: float = float("nan")
     dp_epsilon: float | None = None
+
+    @property
+    def train_settings(self) -> TrainSettings:
+        """The client's optimizer settings with this round's local epochs."""
+        return self.setup.local.train_settings(epochs=self.local_epochs)
 
     @property
     def local_epochs(self) -> int:
@@ -257,6 +263,15 @@ class Payload:
         if record is None or not self.counted:
             return 0
         return sum(record_bytes(record, name) for name in self.keys if name in record)
+
+
+def sent_number(config: ConfigRecord, key: str) -> int | float:
+    """A number the strategy always sends in the round config; the client keeps no default
+    of its own, so a missing or non-numeric value is a :class:`ConfigError` naming the key."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"round config: {key!r} must be a number the server sends, got {value!r}")
+    return value
 
 
 def record_bytes(record: ArrayRecord, name: str) -> int:

@@ -23,6 +23,7 @@ from fedkd.wire.payloads.base import (
     Expectation,
     Payload,
     as_array,
+    sent_number,
 )
 from fedkd.wire.payloads.registry import register
 
@@ -94,23 +95,23 @@ class Features(Payload):
                 f"{SERVER_LOGITS} have shape {server_logits.shape}, "
                 f"expected {(len(y), client.data.num_classes)}"
             )
-        local = client.setup.local
+        settings = client.train_settings
         report = distill(
             client.model,
             x,
             torch.softmax(torch.from_numpy(server_logits).double(), dim=1).float().numpy(),
             loss=KDLoss(
-                temperature=client.float_option(GKT_TEMPERATURE, 1.0),
-                alpha=client.float_option(GKT_ALPHA, 0.5),
+                temperature=float(sent_number(client.config, GKT_TEMPERATURE)),
+                alpha=float(sent_number(client.config, GKT_ALPHA)),
             ),
-            epochs=client.local_epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            optimizer=settings.optimizer,
             proxy_y=y,
             seed=client.seed,
             device=client.device,
-            weight_decay=local.weight_decay,
+            weight_decay=settings.weight_decay,
         )
         return report.epoch_losses[-1]
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Array, RecordDict
+from flwr.app import Array, ConfigRecord, RecordDict
 
 from fedkd.distill import KDLoss, distill
+from fedkd.errors import ConfigError
 from fedkd.train import predict_logits
 from fedkd.wire import keys
 from fedkd.wire.payloads.base import (
@@ -17,8 +19,48 @@ from fedkd.wire.payloads.base import (
     Expectation,
     Payload,
     as_array,
+    sent_number,
 )
 from fedkd.wire.payloads.registry import register
+
+
+@dataclass(frozen=True)
+class FDOptions:
+    """FD's client regularizer: ``(1 - beta) CE + beta T^2 KL`` toward ``softmax(G[y] / T)``.
+
+    Built once by :class:`strategies.fd.FD` from ``strategy.beta`` and
+    ``strategy.temperature`` (``configs/strategy/fd.yaml`` holds the defaults) and sent with
+    every round config (``fd-beta``, ``fd-temperature``); clients read it back with
+    :meth:`from_config` and have no defaults of their own.
+
+    Parameters
+    ----------
+    beta : float
+        Weight of the distillation term, in [0, 1].
+    temperature : float
+        Softening ``T > 0`` of the global per-label logits.
+    """
+
+    beta: float
+    temperature: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"strategy.beta must be in [0, 1], got {self.beta}")
+        if not self.temperature > 0:
+            raise ConfigError(f"strategy.temperature must be > 0, got {self.temperature}")
+
+    def to_config(self) -> dict[str, float]:
+        """The round-config keys the server sends."""
+        return {keys.FD_BETA: self.beta, keys.FD_TEMPERATURE: self.temperature}
+
+    @staticmethod
+    def from_config(config: ConfigRecord) -> FDOptions:
+        """What the server sent; ConfigError naming the key when it sent none."""
+        return FDOptions(
+            beta=float(sent_number(config, keys.FD_BETA)),
+            temperature=float(sent_number(config, keys.FD_TEMPERATURE)),
+        )
 
 
 @register
@@ -45,28 +87,29 @@ class LabelLogits(Payload):
         targets = client.targets
         if targets is None or keys.LABEL_LOGITS not in targets:
             return None
-        local = client.setup.local
+        options = FDOptions.from_config(client.config)
         x, y = client.client_data.train_x, client.client_data.train_y
-        temperature = client.float_option(keys.FD_TEMPERATURE, 1.0)
+        temperature = options.temperature
         global_logits = targets[keys.LABEL_LOGITS].numpy()
         counts = targets[keys.LABEL_COUNTS].numpy()
         soft = torch.softmax(torch.from_numpy(global_logits) / temperature, dim=1).numpy()
         # Labels nobody reported have no global logits: their target is the hard label.
         onehot = np.eye(client.data.num_classes, dtype=np.float32)
         per_label = np.where((counts > 0)[:, None], soft, onehot).astype(np.float32)
+        settings = client.train_settings
         report = distill(
             client.model,
             x,
             per_label[y],
-            loss=KDLoss(temperature=temperature, alpha=client.float_option(keys.FD_BETA, 0.5)),
-            epochs=client.local_epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
+            loss=KDLoss(temperature=temperature, alpha=options.beta),
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            optimizer=settings.optimizer,
             proxy_y=y,
             seed=client.seed,
             device=client.device,
-            weight_decay=local.weight_decay,
+            weight_decay=settings.weight_decay,
         )
         return report.epoch_losses[-1]
 

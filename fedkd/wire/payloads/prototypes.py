@@ -3,11 +3,14 @@ predictions) of a client's private data."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from flwr.app import Array, RecordDict
+from flwr.app import Array, ConfigRecord, RecordDict
 
+from fedkd.errors import ConfigError
 from fedkd.prototypes import class_prototypes, train_with_prototypes
 from fedkd.wire import keys
 from fedkd.wire.payloads.base import (
@@ -16,8 +19,67 @@ from fedkd.wire.payloads.base import (
     Expectation,
     Payload,
     as_array,
+    sent_number,
 )
 from fedkd.wire.payloads.registry import register
+
+
+@dataclass(frozen=True)
+class PrototypeOptions:
+    """FedProto's (and FedHKD's) client regularizer weights.
+
+    Built once by :class:`strategies.fedproto.FedProto` from ``strategy.proto_weight``,
+    ``strategy.soft_weight`` and ``strategy.temperature`` (``configs/strategy/fedproto.yaml``
+    holds the defaults) and sent with every round config (``proto-weight``,
+    ``proto-soft-weight``, ``proto-temperature``); clients read it back with
+    :meth:`from_config` and have no defaults of their own. See
+    :func:`fedkd.prototypes.train_with_prototypes` for the loss.
+
+    Parameters
+    ----------
+    proto_weight : float
+        ``lambda``, weight of the prototype term (finite, >= 0).
+    soft_weight : float
+        ``gamma``, weight of the per-class soft-prediction term (finite, >= 0).
+    temperature : float
+        Softening ``T`` of the soft-prediction term (> 0).
+    """
+
+    proto_weight: float
+    soft_weight: float
+    temperature: float
+
+    def __post_init__(self) -> None:
+        for key in ("proto_weight", "soft_weight"):
+            value = getattr(self, key)
+            if not _is_number(value) or not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"strategy.{key} must be a finite number >= 0, got {value!r}")
+        temperature = self.temperature
+        if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"strategy.temperature must be a number > 0, got {temperature!r}")
+        for key in ("proto_weight", "soft_weight", "temperature"):  # YAML may give ints
+            object.__setattr__(self, key, float(getattr(self, key)))
+
+    def to_config(self) -> dict[str, float]:
+        """The round-config keys the server sends."""
+        return {
+            keys.PROTO_WEIGHT: self.proto_weight,
+            keys.PROTO_SOFT_WEIGHT: self.soft_weight,
+            keys.PROTO_TEMPERATURE: self.temperature,
+        }
+
+    @staticmethod
+    def from_config(config: ConfigRecord) -> PrototypeOptions:
+        """What the server sent; ConfigError naming the key when it sent none."""
+        proto_weight, soft_weight, temperature = (
+            float(sent_number(config, key))
+            for key in (keys.PROTO_WEIGHT, keys.PROTO_SOFT_WEIGHT, keys.PROTO_TEMPERATURE)
+        )
+        return PrototypeOptions(proto_weight, soft_weight, temperature)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @register
@@ -48,7 +110,7 @@ class Prototypes(Payload):
         targets = client.targets
         if targets is None or keys.PROTOTYPES not in targets:
             return None
-        local = client.setup.local
+        options = PrototypeOptions.from_config(client.config)
         return train_with_prototypes(
             client.model,
             client.client_data.train_x,
@@ -56,15 +118,10 @@ class Prototypes(Payload):
             prototypes=targets[keys.PROTOTYPES].numpy(),
             soft=targets[keys.PROTOTYPE_SOFT].numpy(),
             counts=targets[keys.PROTOTYPE_COUNTS].numpy(),
-            proto_weight=client.float_option(keys.PROTO_WEIGHT, 1.0),
-            soft_weight=client.float_option(keys.PROTO_SOFT_WEIGHT, 0.0),
-            temperature=client.float_option(keys.PROTO_TEMPERATURE, 1.0),
-            epochs=client.local_epochs,
-            batch_size=local.batch_size,
-            lr=local.lr,
-            optimizer=local.optimizer,
-            momentum=local.momentum,
-            weight_decay=local.weight_decay,
+            settings=client.train_settings,
+            proto_weight=options.proto_weight,
+            soft_weight=options.soft_weight,
+            temperature=options.temperature,
             seed=client.seed,
             device=client.device,
         )

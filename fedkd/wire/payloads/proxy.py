@@ -6,21 +6,29 @@ The downlink side lives here too: the consensus the server sends back (``targets
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ConfigRecord, RecordDict
 
 from fedkd.data import proxy_round_indices
 from fedkd.distill import build_loss, distill, loss_options
-from fedkd.distill.losses import DistillLoss
+from fedkd.distill.losses import SOFT_LOSSES, DistillLoss
+from fedkd.errors import ConfigError
 from fedkd.privacy import PrivacySpec
 from fedkd.privacy.mechanisms import clip_rows, local_release, noise_generator, one_hot_votes
 from fedkd.setup import FederationSetup
 from fedkd.train import predict_probs
 from fedkd.wire import keys
 from fedkd.wire.encoding import MalformedEncoding
-from fedkd.wire.payloads.base import ClientRound, Expectation, Payload, check_probability_rows
+from fedkd.wire.payloads.base import (
+    ClientRound,
+    Expectation,
+    Payload,
+    check_probability_rows,
+    sent_number,
+)
 from fedkd.wire.payloads.registry import register
 
 
@@ -51,6 +59,91 @@ def protect(
     return probs
 
 
+@dataclass(frozen=True)
+class DigestOptions:
+    """How clients of the FedMD family digest the server's consensus on the proxy.
+
+    Built once by :class:`strategies.fedmd.FedMD` (and DS-FL, FedET) from its
+    ``strategy.digest_*`` and ``strategy.warmup_public_epochs`` options (the strategy's YAML
+    holds the defaults) and sent with every round config (``digest-epochs``, ``digest-lr``,
+    ``digest-batch-size``, ``warmup-public-epochs``, and ``digest-temperature`` /
+    ``digest-soft-loss`` when set); clients read it back with :meth:`from_config` and have
+    no defaults of their own.
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the round's proxy rows fitting the consensus (>= 0; 0: no digest).
+    lr : float
+        Adam learning rate of the digest.
+    batch_size : int
+        Digest mini-batch size.
+    temperature : float or None
+        Replaces the ``distill`` loss's temperature in the digest (> 0); ``None``: the loss's.
+    soft_loss : str or None
+        Replaces the ``distill`` loss's soft term in the digest (one of ``SOFT_LOSSES``);
+        ``None``: the loss's.
+    warmup_public_epochs : int
+        Epochs on the labeled proxy before a client's first participation (>= 0).
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int
+    temperature: float | None
+    soft_loss: str | None
+    warmup_public_epochs: int
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"strategy.digest_epochs must be >= 0, got {self.epochs}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"strategy.digest_temperature must be > 0, got {self.temperature}")
+        if self.soft_loss is not None and self.soft_loss not in SOFT_LOSSES:
+            raise ConfigError(
+                f"strategy.digest_soft_loss must be one of {SOFT_LOSSES} or null, "
+                f"got {self.soft_loss!r}"
+            )
+        if self.warmup_public_epochs < 0:
+            raise ConfigError(
+                f"strategy.warmup_public_epochs must be >= 0, got {self.warmup_public_epochs}"
+            )
+
+    def to_config(self) -> dict[str, Any]:
+        """The round-config keys the server sends (the optional two only when set)."""
+        config: dict[str, Any] = {
+            keys.DIGEST_EPOCHS: self.epochs,
+            keys.DIGEST_LR: self.lr,
+            keys.DIGEST_BATCH_SIZE: self.batch_size,
+            keys.WARMUP_PUBLIC_EPOCHS: self.warmup_public_epochs,
+        }
+        if self.temperature is not None:
+            config[keys.DIGEST_TEMPERATURE] = self.temperature
+        if self.soft_loss is not None:
+            config[keys.DIGEST_SOFT_LOSS] = self.soft_loss
+        return config
+
+    @staticmethod
+    def from_config(config: ConfigRecord) -> DigestOptions | None:
+        """What the server sent, or None when its strategy has no digest (no
+        ``digest-epochs``); ConfigError naming a key the strategy must send but did not."""
+        if keys.DIGEST_EPOCHS not in config:
+            return None
+        soft_loss = config.get(keys.DIGEST_SOFT_LOSS)
+        return DigestOptions(
+            epochs=int(sent_number(config, keys.DIGEST_EPOCHS)),
+            lr=float(sent_number(config, keys.DIGEST_LR)),
+            batch_size=int(sent_number(config, keys.DIGEST_BATCH_SIZE)),
+            temperature=(
+                None
+                if keys.DIGEST_TEMPERATURE not in config
+                else float(sent_number(config, keys.DIGEST_TEMPERATURE))
+            ),
+            soft_loss=None if soft_loss is None else str(soft_loss),
+            warmup_public_epochs=int(sent_number(config, keys.WARMUP_PUBLIC_EPOCHS)),
+        )
+
+
 @register
 class ProxyPredictions(Payload):
     """Softmax rows of the client's model on this round's proxy rows, ``(rows, classes)``.
@@ -77,8 +170,13 @@ class ProxyPredictions(Payload):
         """Fit the server's consensus on the proxy rows it was computed on (FedMD's digest),
         with the run's ``distill`` loss and ``augment`` transforms."""
         targets = client.targets
-        epochs = client.int_option(keys.DIGEST_EPOCHS)
-        if targets is None or epochs <= 0 or keys.PROXY_PROBS not in targets:
+        options = DigestOptions.from_config(client.config)
+        if (
+            targets is None
+            or options is None
+            or options.epochs <= 0
+            or keys.PROXY_PROBS not in targets
+        ):
             return
         indices = round_rows(
             len(client.data.proxy_x),
@@ -96,10 +194,10 @@ class ProxyPredictions(Payload):
             client.model,
             client.data.proxy_x[indices],
             consensus,
-            loss=digest_loss(client.setup, client.config),
-            epochs=epochs,
-            batch_size=client.int_option(keys.DIGEST_BATCH_SIZE, 32),
-            lr=client.float_option(keys.DIGEST_LR, 1e-3),
+            loss=digest_loss(client.setup, options),
+            epochs=options.epochs,
+            batch_size=options.batch_size,
+            lr=options.lr,
             optimizer="adam",
             seed=(client.seed + 1) % 2**32,
             device=client.device,
@@ -167,16 +265,15 @@ class ProxyPredictions(Payload):
         return values / values.sum(axis=1, keepdims=True)
 
 
-def digest_loss(setup: FederationSetup, config: ConfigRecord) -> DistillLoss:
+def digest_loss(setup: FederationSetup, options: DigestOptions) -> DistillLoss:
     """A fresh loss per digest (learned parts never pass between clients); the strategy's
-    ``digest-temperature`` and ``digest-soft-loss``, when sent, replace the loss's own."""
+    digest ``temperature`` and ``soft_loss``, when set, replace the loss's own."""
     spec = dict(setup.distill)
     name = str(spec.pop("name"))
-    if keys.DIGEST_TEMPERATURE in config and "temperature" in loss_options(name):
-        value = config[keys.DIGEST_TEMPERATURE]
-        spec["temperature"] = float(value) if isinstance(value, int | float) else 1.0
-    if keys.DIGEST_SOFT_LOSS in config and "soft_loss" in loss_options(name):
-        spec["soft_loss"] = str(config[keys.DIGEST_SOFT_LOSS])
+    if options.temperature is not None and "temperature" in loss_options(name):
+        spec["temperature"] = options.temperature
+    if options.soft_loss is not None and "soft_loss" in loss_options(name):
+        spec["soft_loss"] = options.soft_loss
     return build_loss(name, **spec)
 
 

@@ -98,23 +98,45 @@ def test_fedmd_digests_with_the_papers_l1_and_dsfl_follows_the_loss() -> None:
 
 
 def test_client_digest_loss_follows_the_run_and_the_strategy_overrides() -> None:
+    from fedkd.wire.payloads.proxy import DigestOptions
+    from fedkd.wire.payloads.proxy import digest_loss as _digest_loss
+
+    def digest(temperature: float | None = None, soft_loss: str | None = None) -> DigestOptions:
+        return DigestOptions(2, 1e-3, 32, temperature, soft_loss, 0)
+
+    setup = _prepare("distill.temperature=2.5", "distill.soft_loss=mse").assets.setup
+    plain = _digest_loss(setup, digest())
+    assert (plain.temperature, plain.soft_loss) == (2.5, "mse")  # type: ignore[attr-defined]
+    overridden = _digest_loss(setup, digest(temperature=4.0, soft_loss="mae"))
+    assert (overridden.temperature, overridden.soft_loss) == (4.0, "mae")  # type: ignore[attr-defined]
+    assert _digest_loss(setup, digest()) is not plain  # fresh per digest
+    self_setup = _prepare("distill=self").assets.setup
+    assert _digest_loss(self_setup, digest(soft_loss="mae")).loss_name == "self"
+
+
+def test_digest_options_travel_as_sent_and_clients_keep_no_defaults() -> None:
+    """The strategy's DigestOptions (from its YAML) is what a client reads back from the
+    round config; a round config without the digest keys has no digest, and one that lacks
+    a key the strategy sends fails naming it."""
     from flwr.app import ConfigRecord
 
     from fedkd.wire import keys
-    from fedkd.wire.payloads.proxy import digest_loss as _digest_loss
+    from fedkd.wire.payloads.proxy import DigestOptions
 
-    setup = _prepare("distill.temperature=2.5", "distill.soft_loss=mse").assets.setup
-    plain = _digest_loss(setup, ConfigRecord({}))
-    assert (plain.temperature, plain.soft_loss) == (2.5, "mse")  # type: ignore[attr-defined]
-    overridden = _digest_loss(
-        setup, ConfigRecord({keys.DIGEST_SOFT_LOSS: "mae", keys.DIGEST_TEMPERATURE: 4.0})
+    strategy = _prepare(
+        "strategy=fedmd", "strategy.digest_lr=0.002", "strategy.digest_temperature=3"
+    ).strategy
+    config = ConfigRecord(strategy.train_config(1))
+    sent = DigestOptions.from_config(config)
+    assert sent == DigestOptions(2, 0.002, 32, 3.0, "mae", 0) == strategy.digest  # type: ignore[attr-defined]
+    assert DigestOptions.from_config(ConfigRecord({})) is None
+    del config[keys.DIGEST_BATCH_SIZE]
+    with pytest.raises(ConfigError, match="digest-batch-size"):
+        DigestOptions.from_config(config)
+    dsfl = DigestOptions.from_config(
+        ConfigRecord(_prepare("strategy=dsfl").strategy.train_config(1))
     )
-    assert (overridden.temperature, overridden.soft_loss) == (4.0, "mae")  # type: ignore[attr-defined]
-    assert _digest_loss(setup, ConfigRecord({})) is not plain  # fresh per digest
-    self_setup = _prepare("distill=self").assets.setup
-    assert (
-        _digest_loss(self_setup, ConfigRecord({keys.DIGEST_SOFT_LOSS: "mae"})).loss_name == "self"
-    )
+    assert dsfl is not None and (dsfl.temperature, dsfl.soft_loss) == (None, None)
 
 
 def test_self_distillation_with_a_regularizing_method_warns(

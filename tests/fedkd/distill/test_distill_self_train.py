@@ -8,6 +8,7 @@ import pytest
 from fedkd.distill.self_train import born_again, check_born_again
 from fedkd.errors import ConfigError
 from fedkd.models import build_model, get_weights
+from fedkd.setup import TrainSettings
 from fedkd.train import evaluate, train_local
 
 
@@ -16,7 +17,7 @@ def _trained() -> tuple[object, np.ndarray, np.ndarray]:
     x = rng.normal(size=(200, 6)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     model = build_model("mlp", input_shape=(6,), num_classes=2, seed=0, hidden=[16])
-    train_local(model, x, y, epochs=10, batch_size=32, lr=0.05)
+    train_local(model, x, y, settings=TrainSettings(epochs=10, batch_size=32, lr=0.05))
     return model, x, y
 
 
@@ -29,10 +30,7 @@ def _generation(generations: int, seed: int = 0) -> tuple[list[np.ndarray], floa
         generations=generations,
         temperature=2.0,
         alpha=0.5,
-        epochs=10,
-        batch_size=32,
-        lr=0.05,
-        optimizer="sgd",
+        settings=TrainSettings(epochs=10, batch_size=32, lr=0.05, optimizer="sgd"),
         seed=seed,
     )
     return get_weights(model), evaluate(model, x, y)[1]
