@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedkd.distill.loop import distill
 from fedkd.errors import ConfigError
 from fedkd.reliability.attacks import LABEL_FLIP, poison_probs, poison_weights
 from fedkd.wire import keys
@@ -135,6 +136,27 @@ class ClientRound:
     def local_epochs(self) -> int:
         """Local epochs this round (``local-epochs`` when the server sets it)."""
         return self.int_option(keys.LOCAL_EPOCHS, self.setup.local.epochs)
+
+    def distill_private(self, targets: np.ndarray, loss: torch.nn.Module) -> float:
+        """Train the model on its private records toward per-example ``targets`` with
+        ``loss`` (the labels as its hard targets) and this round's settings; returns the last
+        epoch's loss. The routes of payloads that train with a loss of their own use it."""
+        settings = self.train_settings
+        report = distill(
+            self.model,
+            self.client_data.train_x,
+            targets,
+            loss=loss,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            optimizer=settings.optimizer,
+            proxy_y=self.client_data.train_y,
+            seed=self.seed,
+            device=self.device,
+            weight_decay=settings.weight_decay,
+        )
+        return report.epoch_losses[-1]
 
     def int_option(self, key: str, default: int = 0) -> int:
         """An integer round-config value (``default`` when absent or not a number)."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from flwr.app import Array, RecordDict
 
-from fedkd.distill import KDLoss, distill
+from fedkd.distill import KDLoss
 from fedkd.models import FedKDModel
 from fedkd.train import as_float_tensor
 from fedkd.wire import keys
@@ -88,32 +88,20 @@ class Features(Payload):
         targets = client.targets
         if targets is None or SERVER_LOGITS not in targets:
             return None
-        x, y = client.client_data.train_x, client.client_data.train_y
+        y = client.client_data.train_y
         server_logits = targets[SERVER_LOGITS].numpy()
         if server_logits.shape != (len(y), client.data.num_classes):
             raise ValueError(
                 f"{SERVER_LOGITS} have shape {server_logits.shape}, "
                 f"expected {(len(y), client.data.num_classes)}"
             )
-        settings = client.train_settings
-        report = distill(
-            client.model,
-            x,
+        return client.distill_private(
             torch.softmax(torch.from_numpy(server_logits).double(), dim=1).float().numpy(),
-            loss=KDLoss(
+            KDLoss(
                 temperature=float(sent_number(client.config, GKT_TEMPERATURE)),
                 alpha=float(sent_number(client.config, GKT_ALPHA)),
             ),
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            optimizer=settings.optimizer,
-            proxy_y=y,
-            seed=client.seed,
-            device=client.device,
-            weight_decay=settings.weight_decay,
         )
-        return report.epoch_losses[-1]
 
     def compute(self, client: ClientRound) -> dict[str, Array]:
         embeddings, logits = embed(client.model, client.client_data.train_x, device=client.device)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ConfigRecord, RecordDict
 
-from fedkd.distill import KDLoss, distill
+from fedkd.distill import KDLoss
 from fedkd.errors import ConfigError
 from fedkd.train import predict_logits
 from fedkd.wire import keys
@@ -88,7 +88,7 @@ class LabelLogits(Payload):
         if targets is None or keys.LABEL_LOGITS not in targets:
             return None
         options = FDOptions.from_config(client.config)
-        x, y = client.client_data.train_x, client.client_data.train_y
+        y = client.client_data.train_y
         temperature = options.temperature
         global_logits = targets[keys.LABEL_LOGITS].numpy()
         counts = targets[keys.LABEL_COUNTS].numpy()
@@ -96,22 +96,9 @@ class LabelLogits(Payload):
         # Labels nobody reported have no global logits: their target is the hard label.
         onehot = np.eye(client.data.num_classes, dtype=np.float32)
         per_label = np.where((counts > 0)[:, None], soft, onehot).astype(np.float32)
-        settings = client.train_settings
-        report = distill(
-            client.model,
-            x,
-            per_label[y],
-            loss=KDLoss(temperature=temperature, alpha=options.beta),
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            optimizer=settings.optimizer,
-            proxy_y=y,
-            seed=client.seed,
-            device=client.device,
-            weight_decay=settings.weight_decay,
+        return client.distill_private(
+            per_label[y], KDLoss(temperature=temperature, alpha=options.beta)
         )
-        return report.epoch_losses[-1]
 
     def compute(self, client: ClientRound) -> dict[str, Array]:
         logits, counts = label_logits(client)
