@@ -71,9 +71,9 @@ class LabelLogits(Payload):
     Downlink: the server's count-weighted global per-label logits (``targets``); the client
     then trains with FD's regularizer, ``(1 - beta) CE + beta T^2 KL`` toward
     ``softmax(G[y] / T)`` (labels nobody reported: the hard label). The server checks
-    shapes, float dtypes, finiteness, non-negative counts and magnitudes within
-    :data:`MAX_ABS_VALUE`. Counts are exact: no privacy mechanism covers this payload
-    (``privacy=dpsgd`` is refused for FD).
+    shapes, float dtypes, finiteness, non-negative counts summing to at most the reply's
+    ``num-examples``, and magnitudes within :data:`MAX_ABS_VALUE`. Counts are exact: no
+    privacy mechanism covers this payload (``privacy=dpsgd`` is refused for FD).
     """
 
     name: ClassVar[str] = "label-logits"
@@ -121,6 +121,8 @@ class LabelLogits(Payload):
             return "label logits: not finite or negative counts"
         if np.abs(logits).max(initial=0.0) > MAX_ABS_VALUE:
             return "label logits: absurd magnitude"
+        if counts.sum() > expect.num_examples:
+            return "label logits: counts exceed num-examples"
         return None
 
     def decode(self, content: RecordDict, expect: Expectation) -> tuple[np.ndarray, np.ndarray]:
