@@ -57,7 +57,8 @@ class ClientMetrics(Payload):
         return metrics
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
-        """Present, for this round, with a plausible example count."""
+        """Present, for this round, with a plausible example count and numeric metrics
+        (``train-loss`` always; ``local-accuracy``, ``dp-epsilon`` when sent)."""
         if keys.METRICS not in content.metric_records:
             return "missing metrics"
         metrics = content.metric_records[keys.METRICS]
@@ -71,6 +72,12 @@ class ClientMetrics(Payload):
             return "implausible num-examples"
         if expect.declared_examples and num_examples > expect.declared_examples:
             return "implausible num-examples"
+        for key in (keys.TRAIN_LOSS, keys.LOCAL_ACCURACY, keys.DP_EPSILON):
+            value = metrics.get(key)
+            if value is None and key != keys.TRAIN_LOSS:
+                continue  # optional: only some runs report them
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"{key}: missing or not a number"
         return None
 
     def decode(self, content: RecordDict, expect: Expectation) -> dict[str, Any]:

@@ -65,8 +65,9 @@ def test_label_logits_unusable_replies_name_the_problem(arrays, reason: str) -> 
 
 
 def test_client_metrics_cap_the_example_count_at_what_discovery_declared() -> None:
-    def content(n: int, round_: int = 2) -> RecordDict:
-        record = MetricRecord({keys.NUM_EXAMPLES: n, keys.SERVER_ROUND: round_})
+    def content(n: int, round_: int = 2, **extra) -> RecordDict:
+        values = {keys.NUM_EXAMPLES: n, keys.SERVER_ROUND: round_, keys.TRAIN_LOSS: 0.5}
+        record = MetricRecord({**values, **extra})
         return RecordDict({keys.METRICS: record})
 
     expect = Expectation(num_classes=C, server_round=2, declared_examples=30)
@@ -75,6 +76,14 @@ def test_client_metrics_cap_the_example_count_at_what_discovery_declared() -> No
     assert ClientMetrics().validate(content(0), expect) == "implausible num-examples"
     assert ClientMetrics().validate(content(30, 1), expect) == "reply for another round"
     assert ClientMetrics().validate(RecordDict(), expect) == "missing metrics"
+    # a loss or accuracy that is not a number would crash the bookkeeping: a reason instead
+    no_loss = RecordDict({keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 5, keys.SERVER_ROUND: 2})})
+    assert ClientMetrics().validate(no_loss, expect) == "train-loss: missing or not a number"
+    listed = content(5, **{keys.TRAIN_LOSS: [0.1, 0.2]})
+    assert ClientMetrics().validate(listed, expect) == "train-loss: missing or not a number"
+    accuracy = content(5, **{keys.LOCAL_ACCURACY: [1.0]})
+    assert ClientMetrics().validate(accuracy, expect) == "local-accuracy: missing or not a number"
+    assert ClientMetrics().validate(content(5, **{keys.TRAIN_LOSS: float("nan")}), expect) is None
 
 
 @pytest.mark.parametrize("name", ["float32", "float16", "int8", "topk"])
