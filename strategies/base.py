@@ -32,6 +32,7 @@ from fedkd.models import FedKDModel
 from fedkd.privacy import PrivacyController
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec
+from fedkd.wire.ledger import ReleaseLedger
 from fedkd.wire.payloads import (
     MAX_ABS_VALUE,
     ClientMetrics,
@@ -200,6 +201,8 @@ class FedKDStrategy(MethodToolkit, Strategy):
         )
         #: The last weights each client returned (kept for the membership audit only).
         self.last_client_weights: dict[int, ArrayRecord] = {}
+        #: Every key clients sent and what protected it (``privacy.releases``).
+        self.ledger = ReleaseLedger(assets.privacy)
         #: Partitions that poison what they share (``attack``), fixed for the run.
         self.malicious = assets.attack.malicious(assets.setup.num_clients, assets.setup.seed)
 
@@ -281,6 +284,9 @@ class FedKDStrategy(MethodToolkit, Strategy):
         replies, resent = transport.send_and_receive(
             grid, messages, timeout=timeout, server_round=server_round
         )
+        for reply in replies:
+            if not reply.has_error():
+                self.ledger.record(reply.metadata.message_type, reply.content)
         if resent:
             metrics = self.round_metrics.setdefault(server_round, {})
             metrics["messages_resent"] = metrics.get("messages_resent", 0) + resent
@@ -313,7 +319,11 @@ class FedKDStrategy(MethodToolkit, Strategy):
     ) -> dict[int, dict[str, Any]]:
         """Every discovered client's ``context.state`` records, by partition id."""
         return transport.export_client_states(
-            grid, self.node_of_partition, setup_json=self._setup_json, timeout=timeout
+            grid,
+            self.node_of_partition,
+            setup_json=self._setup_json,
+            timeout=timeout,
+            observe=lambda r: self.ledger.record("state-export", r.content, simulation_only=True),
         )
 
     def import_client_states(
@@ -335,6 +345,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
             setup_json=self._setup_json,
             expected=self.assets.setup.num_clients,
             timeout=timeout,
+            observe=lambda r: self.ledger.record("discovery", r.content),
         )
 
     def sample_partitions(self, server_round: int, fraction: float, *, stream: int) -> list[int]:
@@ -537,10 +548,8 @@ class FedKDStrategy(MethodToolkit, Strategy):
     def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:
         """Turn one round's valid replies into the next global ArrayRecord."""
 
-    # ------------------------------------------------------------------ privacy
     def check_privacy(self) -> None:
-        """Fail before Ray when the ``privacy`` mechanism cannot protect what this method
-        shares, or its delta is not meaningful for the privacy unit."""
+        """Fail before Ray when ``privacy`` cannot protect what this method shares."""
         checks.check_privacy(
             self.assets,
             method=type(self).__name__,
@@ -558,24 +567,16 @@ class FedKDStrategy(MethodToolkit, Strategy):
         if self.fraction_evaluate == 0.0:
             return []
         partitions = self.sample_partitions(server_round, self.fraction_evaluate, stream=1)
-        eval_config = ConfigRecord(
-            {
-                **dict(config),
-                keys.SERVER_ROUND: server_round,
-                keys.SETUP: self._setup_json,
-                keys.KEEP_MODEL: self.keeps_client_models,
-            }
-        )
-        # Evaluation traffic is reported apart: it measures the run, not the method.
-        self.round_metrics.setdefault(server_round, {})["evaluation_downlink_bytes"] = (
-            arrays.count_bytes() * len(partitions) if self.sends_weights else 0
-        )
-        return evaluate_messages(
+        messages, sent_bytes = evaluate_messages(
             partitions,
             self.node_of_partition,
-            config=eval_config,
+            config={**dict(config), keys.SERVER_ROUND: server_round, keys.SETUP: self._setup_json},
+            keep_model=self.keeps_client_models,
             arrays=arrays if self.sends_weights else None,
         )
+        # Evaluation traffic is reported apart: it measures the run, not the method.
+        self.round_metrics.setdefault(server_round, {})["evaluation_downlink_bytes"] = sent_bytes
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -68,7 +68,10 @@ def client_models(plan: RunPlan, grid: Grid) -> dict[int, FedKDModel]:
             for p in wanted
         ]
         for reply in grid.send_and_receive(messages, timeout=600):
-            if reply.has_error() or keys.ARRAYS not in reply.content.array_records:
+            if reply.has_error():
+                continue
+            strategy.ledger.record("audit-model", reply.content, simulation_only=True)
+            if keys.ARRAYS not in reply.content.array_records:
                 continue
             partition = int(reply.content.metric_records[keys.METRICS][keys.PARTITION_ID])  # type: ignore[arg-type]
             records[partition] = reply.content.array_records[keys.ARRAYS]

@@ -289,11 +289,11 @@ def write_checkpoint(
     return True
 
 
-def privacy_summary(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any] | None:
-    """The ``privacy`` entry of ``summary.json``: accounting, and the audit when asked."""
+def privacy_summary(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
+    """The ``privacy`` entry of ``summary.json``: accounting, the audit when asked, and for
+    every run the release ledger (``releases``: every key clients sent and what protected
+    it, :mod:`fedkd.wire.ledger`)."""
     spec, strategy = plan.assets.privacy, plan.strategy
-    if not spec.enabled and not spec.audit:
-        return None
     summary: dict[str, Any] = (
         strategy.privacy.summary(proxy_rows=len(strategy.proxy_indices))
         if strategy.privacy is not None
@@ -303,6 +303,7 @@ def privacy_summary(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any] 
         from fedkd.apps.audit import run_audit
 
         summary["audit"] = run_audit(plan, grid, run_dir)
+    summary["releases"] = strategy.ledger.entries()
     return summary
 
 

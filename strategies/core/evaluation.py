@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
@@ -13,20 +14,24 @@ def evaluate_messages(
     partitions: Sequence[int],
     node_of_partition: dict[int, int],
     *,
-    config: ConfigRecord,
+    config: dict[str, Any],
+    keep_model: bool,
     arrays: ArrayRecord | None,
-) -> list[Message]:
-    """One ``evaluate`` message per partition (the same content: the global weights when
-    the method sends them)."""
-    content = RecordDict({keys.CONFIG: config})
+) -> tuple[list[Message], int]:
+    """One ``evaluate`` message per partition (the same content: the round ``config`` plus
+    ``keep-model``, and the global weights when the method sends them), and the bytes of
+    the weights they carry."""
+    record = ConfigRecord({**config, keys.KEEP_MODEL: keep_model})
+    content = RecordDict({keys.CONFIG: record})
     if arrays is not None:
         content[keys.ARRAYS] = arrays
-    return [
+    messages = [
         Message(
             content=content, message_type=MessageType.EVALUATE, dst_node_id=node_of_partition[p]
         )
         for p in partitions
     ]
+    return messages, (arrays.count_bytes() * len(partitions) if arrays is not None else 0)
 
 
 def mean_client_accuracy(replies: Iterable[Message]) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,9 +69,16 @@ class Federation:
 
 
 def discover(
-    grid: Grid, federation: Federation, *, setup_json: str, expected: int, timeout: float | None
+    grid: Grid,
+    federation: Federation,
+    *,
+    setup_json: str,
+    expected: int,
+    timeout: float | None,
+    observe: Callable[[Message], None] | None = None,
 ) -> None:
-    """Ask every node for its partition id and declared data (once), filling ``federation``."""
+    """Ask every node for its partition id and declared data (once), filling ``federation``;
+    ``observe`` sees every reply that is not an error (the release ledger)."""
     node_ids = wait_for_nodes(grid, expected=expected, timeout=timeout)
     content = RecordDict({keys.CONFIG: ConfigRecord({keys.SETUP: setup_json})})
     messages = [
@@ -83,6 +90,8 @@ def discover(
         if reply.has_error():
             logger.warning("node %s failed discovery: %s", node_id, first_line(reply))
             continue
+        if observe is not None:
+            observe(reply)
         try:
             found = Discovery.decode(reply.content)
         except ValueError as exc:
@@ -190,7 +199,12 @@ def send_and_receive(
 
 
 def export_client_states(
-    grid: Grid, node_of_partition: dict[int, int], *, setup_json: str, timeout: float | None
+    grid: Grid,
+    node_of_partition: dict[int, int],
+    *,
+    setup_json: str,
+    timeout: float | None,
+    observe: Callable[[Message], None] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Every discovered client's ``context.state`` records, by partition id (checkpoints).
 
@@ -214,6 +228,8 @@ def export_client_states(
         node_id = reply.metadata.src_node_id
         if reply.has_error() or node_id not in partitions:
             raise RuntimeError(f"node {node_id} could not export its state")
+        if observe is not None:
+            observe(reply)
         states[partitions[node_id]] = {
             name[len(keys.STATE_PREFIX) :]: record
             for name, record in reply.content.items()

@@ -263,6 +263,16 @@ class Payload:
         arrays, or metric values for a payload whose record is ``metrics``."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ privacy
+    #: The payload is an output of the client's model on public inputs, so ``privacy=dpsgd``
+    #: (which protects the model) covers it as post-processing.
+    model_output: ClassVar[bool] = False
+
+    def protection(self, key: str, privacy: PrivacySpec) -> str:
+        """How ``key`` leaves the client under ``privacy`` (see :mod:`fedkd.wire.ledger`):
+        ``dp`` when DP-SGD covers this model output, else ``none``."""
+        return "dp" if privacy.name == "dpsgd" and self.model_output else "none"
+
     # ------------------------------------------------------------------ server side
     def arrays(self, content: RecordDict) -> dict[str, np.ndarray] | None:
         """This payload's arrays in a reply (None when its record is missing)."""

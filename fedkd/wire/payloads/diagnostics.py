@@ -33,6 +33,7 @@ class TestPredictions(Payload):
     """
 
     __test__ = False  # not a pytest class
+    model_output: ClassVar[bool] = True
     name: ClassVar[str] = "test-predictions"
     order: ClassVar[int] = 90
     record: ClassVar[str] = keys.EVALUATION

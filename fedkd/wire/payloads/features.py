@@ -153,6 +153,7 @@ class TestFeatures(Payload):
     never counted as uplink; an unusable one leaves that client out of the evaluation."""
 
     __test__ = False  # not a pytest class
+    model_output: ClassVar[bool] = True
     name: ClassVar[str] = "test-features"
     order: ClassVar[int] = 91
     record: ClassVar[str] = keys.EVALUATION

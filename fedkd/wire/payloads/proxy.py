@@ -155,6 +155,7 @@ class ProxyPredictions(Payload):
     PATE's one-hot votes are probability rows too.
     """
 
+    model_output: ClassVar[bool] = True
     name: ClassVar[str] = "proxy-predictions"
     order: ClassVar[int] = 20
     keys: ClassVar[tuple[str, ...]] = (
@@ -164,6 +165,16 @@ class ProxyPredictions(Payload):
         keys.PROXY_PROBS_IDX,
         keys.PROXY_PROBS_VAL,
     )
+
+    def protection(self, key: str, privacy: PrivacySpec) -> str:
+        """``dp`` when noised on the client (local ``logit_dp``) or computed by a DP-SGD
+        model; ``central_dp`` when sent in the clear to a server that adds the noise
+        (central ``logit_dp``, PATE's votes): that guarantee assumes an honest server."""
+        if privacy.name == "logit_dp":
+            return "dp" if privacy.mode == "local" else "central_dp"
+        if privacy.name == "pate":
+            return "central_dp"
+        return super().protection(key, privacy)
 
     # ------------------------------------------------------------------ client
     def digest(self, client: ClientRound) -> None:

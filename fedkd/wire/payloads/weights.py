@@ -23,6 +23,7 @@ class ModelWeights(Payload):
     Privacy: only ``privacy=dpsgd`` covers weights (the model is trained with DP-SGD).
     """
 
+    model_output: ClassVar[bool] = True
     name: ClassVar[str] = "weights"
     order: ClassVar[int] = 10
     record: ClassVar[str] = keys.ARRAYS
