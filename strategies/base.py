@@ -279,8 +279,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
     def send_and_receive(
         self, grid: Grid, messages: Iterable[Message], *, timeout: float, server_round: int
     ) -> list[Message]:
-        """Send and collect, resending once what failed transiently
-        (:func:`strategies.core.transport.send_and_receive`)."""
+        """Send and collect, resending once what failed transiently (``transport``)."""
         replies, resent = transport.send_and_receive(
             grid, messages, timeout=timeout, server_round=server_round
         )
@@ -344,6 +343,8 @@ class FedKDStrategy(MethodToolkit, Strategy):
             self.federation,
             setup_json=self._setup_json,
             expected=self.assets.setup.num_clients,
+            num_classes=self.assets.data.num_classes,
+            num_architectures=len(self.assets.setup.architectures),
             timeout=timeout,
             observe=lambda r: self.ledger.record("discovery", r.content),
         )

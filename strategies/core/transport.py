@@ -74,11 +74,15 @@ def discover(
     *,
     setup_json: str,
     expected: int,
+    num_classes: int,
+    num_architectures: int,
     timeout: float | None,
     observe: Callable[[Message], None] | None = None,
 ) -> None:
-    """Ask every node for its partition id and declared data (once), filling ``federation``;
-    ``observe`` sees every reply that is not an error (the release ledger)."""
+    """Ask every node for its partition id and declared data (once), filling ``federation``
+    with the answers that fit the run (``expected`` partitions, ``num_classes``,
+    ``num_architectures``); ``observe`` sees every reply that is not an error (the release
+    ledger)."""
     node_ids = wait_for_nodes(grid, expected=expected, timeout=timeout)
     content = RecordDict({keys.CONFIG: ConfigRecord({keys.SETUP: setup_json})})
     messages = [
@@ -93,7 +97,12 @@ def discover(
         if observe is not None:
             observe(reply)
         try:
-            found = Discovery.decode(reply.content)
+            found = Discovery.decode(
+                reply.content,
+                num_classes=num_classes,
+                num_partitions=expected,
+                num_architectures=num_architectures,
+            )
         except ValueError as exc:
             logger.warning("node %s sent an unusable discovery answer: %s", node_id, exc)
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
@@ -43,8 +43,15 @@ class Discovery:
         )
 
     @staticmethod
-    def decode(content: RecordDict, *, num_classes: int | None = None) -> Discovery:
-        """The server's view of a discovery reply.
+    def decode(
+        content: RecordDict,
+        *,
+        num_classes: int | None = None,
+        num_partitions: int | None = None,
+        num_architectures: int | None = None,
+    ) -> Discovery:
+        """The server's view of a discovery reply, checked against the run's classes,
+        partitions and client architectures when given.
 
         Raises
         ------
@@ -55,19 +62,30 @@ class Discovery:
             raise ValueError("missing metrics")
         metrics: dict[str, Any] = dict(content.metric_records[keys.METRICS])
         partition_id = metrics.get(keys.PARTITION_ID)
-        if not isinstance(partition_id, int):
+        if not _is_int(partition_id):
             raise ValueError("missing partition-id")
+        if num_partitions is not None and not 0 <= partition_id < num_partitions:
+            raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
         histogram = metrics.get(keys.LABEL_HISTOGRAM)
-        if not isinstance(histogram, list):
-            raise ValueError("missing label-histogram")
-        counts = tuple(int(c) for c in histogram)
+        if not isinstance(histogram, list) or not all(_is_int(c) for c in histogram):
+            raise ValueError("missing label-histogram or not integer counts")
+        counts = tuple(histogram)
         if num_classes is not None and len(counts) != num_classes:
             raise ValueError(f"label-histogram has {len(counts)} classes, not {num_classes}")
         if any(c < 0 for c in counts):
             raise ValueError("label-histogram has negative counts")
+        architecture = metrics.get(keys.ARCHITECTURE, 0)
+        if not _is_int(architecture) or (
+            num_architectures is not None and not 0 <= architecture < num_architectures
+        ):
+            raise ValueError(f"architecture {architecture!r} is not one of the run's")
         return Discovery(
             partition_id=partition_id,
             num_examples=sum(counts),
             label_histogram=counts,
-            architecture=int(metrics.get(keys.ARCHITECTURE, 0)),
+            architecture=architecture,
         )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -155,3 +155,15 @@ def test_discovery_round_trips_and_rejects_unusable_answers() -> None:
         Discovery.decode(RecordDict({keys.METRICS: negative}))
     with pytest.raises(ValueError, match="classes"):
         Discovery.decode(RecordDict({keys.METRICS: record}), num_classes=C + 1)
+    # values that would crash the server later (an unknown architecture indexes the run's
+    # models; a float count cannot become an int) are refused here, naming the problem
+    with pytest.raises(ValueError, match="architecture"):
+        Discovery.decode(RecordDict({keys.METRICS: record}), num_architectures=1)
+    listed = MetricRecord({keys.PARTITION_ID: 0, keys.LABEL_HISTOGRAM: [1], keys.ARCHITECTURE: [0]})
+    with pytest.raises(ValueError, match="architecture"):
+        Discovery.decode(RecordDict({keys.METRICS: listed}))
+    infinite = MetricRecord({keys.PARTITION_ID: 0, keys.LABEL_HISTOGRAM: [1.0, float("inf")]})
+    with pytest.raises(ValueError, match="integer counts"):
+        Discovery.decode(RecordDict({keys.METRICS: infinite}))
+    with pytest.raises(ValueError, match="outside"):
+        Discovery.decode(RecordDict({keys.METRICS: record}), num_partitions=3)
