@@ -283,9 +283,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         replies, resent = transport.send_and_receive(
             grid, messages, timeout=timeout, server_round=server_round
         )
-        for reply in replies:
-            if not reply.has_error():
-                self.ledger.record(reply.metadata.message_type, reply.content)
+        self.ledger.record_replies(replies)
         if resent:
             metrics = self.round_metrics.setdefault(server_round, {})
             metrics["messages_resent"] = metrics.get("messages_resent", 0) + resent

@@ -8,9 +8,10 @@ replies), never from a list kept by hand: each key is looked up in the payload t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
 
 from fedkd.privacy import PrivacySpec
 from fedkd.wire import keys
@@ -51,6 +52,15 @@ class ReleaseLedger:
 
     privacy: PrivacySpec
     _rows: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (message, record, key, simulation_only) already classified: replies repeat the same
+    #: keys every round, so each is looked up once per run, not once per reply
+    _seen: set[tuple[str, str, str, bool]] = field(default_factory=set)
+
+    def record_replies(self, replies: Iterable[Message]) -> None:
+        """Add every key of the replies that are not errors, under their message type."""
+        for reply in replies:
+            if not reply.has_error():
+                self.record(reply.metadata.message_type, reply.content)
 
     def record(self, message: str, content: RecordDict, *, simulation_only: bool = False) -> None:
         """Add every key of one reply's ``content``. ``message`` names the exchange
@@ -61,6 +71,10 @@ class ReleaseLedger:
         for record_name, record in content.items():
             whole = record_name == ModelWeights.record or record_name.startswith(keys.STATE_PREFIX)
             for key in ["*"] if whole else list(record.keys()):
+                seen = (message, record_name, key, simulation_only)
+                if seen in self._seen:
+                    continue
+                self._seen.add(seen)
                 label = (
                     "simulation_only"
                     if simulation_only
