@@ -52,7 +52,7 @@ from strategies.core.evaluation import evaluate_messages, mean_client_accuracy
 from strategies.core.harness import harness_config
 from strategies.core.loop import run_rounds
 from strategies.core.options import RoundOptions, alias
-from strategies.core.validation import ClientReply, RoundState, check_reply, validate_replies
+from strategies.core.validation import ClientReply, RoundState, validate_replies
 from strategies.toolkit import MethodToolkit
 
 logger = logging.getLogger(__name__)
@@ -477,13 +477,8 @@ class FedKDStrategy(MethodToolkit, Strategy):
 
     def check_reply(self, reply: Message) -> str | None:
         """Why a training reply of the current round is unusable, or None."""
-        state = self.current
-        return check_reply(
-            reply,
-            state,
-            self.wire_payloads(),
-            lambda partition_id, count: self.expectation(state, partition_id, count),
-        )
+        _, reason = self._validate([reply])
+        return next(iter(reason), None)
 
     def decode(self, replies: Sequence[Message]) -> list[ClientReply]:
         """The current round's valid replies, validated and decoded (in partition order)."""

@@ -92,67 +92,55 @@ def uplink_bytes(message: Message) -> int:
     )
 
 
-def check_reply(
+_METRICS = ClientMetrics()
+
+
+def read_reply(
     reply: Message,
     state: RoundState,
     payloads: Sequence[Payload],
     expectation: Callable[[int, int], Expectation],
-) -> str | None:
-    """Why a training reply is unusable, or None when it is fine.
+    architecture_of: Callable[[int], int],
+) -> tuple[ClientReply | None, str | None]:
+    """A training reply checked and decoded: ``(ClientReply, None)``, or ``(None, reason)``
+    when it is unusable.
 
-    ``expectation(partition_id, num_examples)`` gives the checks' reference for the client.
-    Client errors are reduced to their first line: full tracebacks stay on the client.
+    ``expectation(partition_id, num_examples)`` gives the checks' reference for the client
+    (the example count is 0 until the client metrics are checked). Client errors are
+    reduced to their first line: full tracebacks stay on the client. Optional payloads
+    (evaluation-only outputs) that fail their checks decode to ``None`` instead.
     """
     if reply.has_error():
-        return f"client error: {first_line(reply)}"
+        return None, f"client error: {first_line(reply)}"
     if reply.metadata.src_node_id not in state.sent_to:
-        return "reply from a node that was not sampled this round"
+        return None, "reply from a node that was not sampled this round"
     partition_id = state.sent_to[reply.metadata.src_node_id]
-    expect = expectation(partition_id, 0)
-    reason = ClientMetrics().validate(reply.content, expect)
+    reason = _METRICS.validate(reply.content, expectation(partition_id, 0))
     if reason is not None:
-        return reason
-    num_examples = int(reply.content.metric_records[keys.METRICS][keys.NUM_EXAMPLES])  # type: ignore[arg-type]
-    expect = expectation(partition_id, num_examples)
-    for payload in payloads:
-        if payload.required and not isinstance(payload, ClientMetrics):
-            reason = payload.validate(reply.content, expect)
-            if reason is not None:
-                return reason
-    return None
-
-
-def decode_reply(
-    reply: Message,
-    state: RoundState,
-    payloads: Sequence[Payload],
-    expectation: Callable[[int, int], Expectation],
-    *,
-    architecture: int,
-) -> ClientReply:
-    """A reply that passed :func:`check_reply`, decoded."""
-    partition_id = state.sent_to[reply.metadata.src_node_id]
-    metrics = ClientMetrics().decode(reply.content, expectation(partition_id, 0))
+        return None, reason
+    metrics = _METRICS.decode(reply.content, expectation(partition_id, 0))
     num_examples = int(metric(metrics, keys.NUM_EXAMPLES))
     expect = expectation(partition_id, num_examples)
+    others = [p for p in payloads if not isinstance(p, ClientMetrics)]
+    for payload in others:
+        if payload.required and (reason := payload.validate(reply.content, expect)) is not None:
+            return None, reason
     values: dict[str, Any] = {}
-    for payload in payloads:
-        if isinstance(payload, ClientMetrics):
-            continue
+    for payload in others:
         if not payload.required and payload.validate(reply.content, expect) is not None:
             values[payload.name] = None
-            continue
-        values[payload.name] = payload.decode(reply.content, expect)
+        else:
+            values[payload.name] = payload.decode(reply.content, expect)
     return ClientReply(
         partition_id=partition_id,
         node_id=reply.metadata.src_node_id,
-        architecture=architecture,
+        architecture=architecture_of(partition_id),
         num_examples=num_examples,
         metrics=metrics,
         values=values,
         uplink_bytes=uplink_bytes(reply),
         message=reply,
-    )
+    ), None
 
 
 def validate_replies(
@@ -167,15 +155,11 @@ def validate_replies(
     valid: list[ClientReply] = []
     failures: Counter[str] = Counter()
     for reply in replies:
-        reason = check_reply(reply, state, payloads, expectation)
-        if reason is None:
-            partition_id = state.sent_to[reply.metadata.src_node_id]
-            valid.append(
-                decode_reply(
-                    reply, state, payloads, expectation, architecture=architecture_of(partition_id)
-                )
-            )
+        decoded, reason = read_reply(reply, state, payloads, expectation, architecture_of)
+        if decoded is not None:
+            valid.append(decoded)
         else:
+            assert reason is not None
             failures[reason] += 1
             logger.debug(
                 "round %s: rejected reply from node %s: %s",
