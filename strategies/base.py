@@ -582,6 +582,11 @@ class FedKDStrategy(MethodToolkit, Strategy):
         self.round_metrics.setdefault(server_round, {})["client_accuracy"] = accuracy
         return MetricRecord({"client-accuracy": accuracy})
 
+    def global_accuracy(self, server_round: int) -> float | None:
+        """``student_accuracy`` of a method whose global model is not the student (FedGKT's
+        server model on the clients' extractors); None: no such model."""
+        return None
+
     def summary(self) -> None:
         """Log the strategy settings (Flower calls this at start)."""
         logger.info(

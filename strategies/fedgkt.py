@@ -116,6 +116,8 @@ class FedGKT(FedKDStrategy):
         )
         #: Each partition's latest server logits (sent back until it trains again).
         self.server_logits: dict[int, np.ndarray] = {}
+        #: Per round: the server model on each client's test-set embedding, mean over clients.
+        self.combined_accuracy: dict[int, float] = {}
 
     @property
     def server_state(self) -> dict[str, torch.Tensor]:
@@ -166,8 +168,13 @@ class FedGKT(FedKDStrategy):
         self._record_combined_accuracy(state, replies)
         return ArrayRecord()
 
+    def global_accuracy(self, server_round: int) -> float | None:
+        """The combined model's test accuracy this round (``student_accuracy``)."""
+        return self.combined_accuracy.get(server_round)
+
     def _record_combined_accuracy(self, state: RoundState, replies: list[ClientReply]) -> None:
-        """``student_accuracy``: the server model on each client's test-set embedding."""
+        """The server model on each client's test-set embedding: the mean for
+        :meth:`global_accuracy`, the spread in the round's metrics."""
         test_y = self.assets.data.test_y
         accuracies = [
             float(
@@ -182,7 +189,7 @@ class FedGKT(FedKDStrategy):
             if test_features is not None
         ]
         if accuracies:
-            state.metrics["student_accuracy"] = float(np.mean(accuracies))
+            self.combined_accuracy[state.server_round] = float(np.mean(accuracies))
             state.metrics["combined_accuracy_min"] = min(accuracies)
             state.metrics["combined_accuracy_max"] = max(accuracies)
 

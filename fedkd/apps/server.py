@@ -108,6 +108,8 @@ def run_federation(
                 _, validation_accuracy = evaluate(
                     assets.student, validation_x, validation_y, device=assets.device
                 )
+        else:  # a global model that is not the student (FedGKT), or none
+            accuracy = strategy.global_accuracy(server_round)
         now = time.perf_counter()
         row: dict[str, Any] = {
             "round": server_round,
