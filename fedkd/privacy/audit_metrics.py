@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,9 @@ logger = logging.getLogger(__name__)
 
 #: False-positive rate at which :attr:`AttackResult.tpr_at_1pct_fpr` is read off the ROC.
 LOW_FPR = 0.01
+#: Fewest non-members that resolve :data:`LOW_FPR`: with fewer, one false positive already
+#: exceeds it and the "TPR at 1% FPR" is an interpolation between the ROC's first points.
+MIN_NON_MEMBERS = math.ceil(round(1.0 / LOW_FPR, 9))
 #: Most points of the ROC curve kept in an :class:`AttackResult` (for plots and JSON).
 MAX_CURVE_POINTS = 200
 
@@ -31,9 +35,10 @@ class AttackResult:
         Name of the audited model, given by the caller (``"student"``, ``"client-0"``).
     auc : float
         ROC AUC of the member-vs-non-member scores (0.5 = chance).
-    tpr_at_1pct_fpr : float
+    tpr_at_1pct_fpr : float or None
         True-positive rate at a false-positive rate of 1%, linearly interpolated on the ROC
-        curve (chance = 0.01).
+        curve (chance = 0.01); ``None`` with fewer than :data:`MIN_NON_MEMBERS`
+        non-members, which cannot resolve that rate (:attr:`tpr_at_1pct_fpr_note` says so).
     members, non_members : int
         Number of member and non-member records scored.
     fpr, tpr : list of float
@@ -44,17 +49,30 @@ class AttackResult:
     attack: str
     target: str
     auc: float
-    tpr_at_1pct_fpr: float
+    tpr_at_1pct_fpr: float | None
     members: int
     non_members: int
     fpr: list[float]
     tpr: list[float]
 
-    def summary(self) -> dict[str, float | int]:
-        """Return ``{"auc", "tpr_at_1pct_fpr", "members", "non_members"}`` (JSON-ready)."""
+    @property
+    def tpr_at_1pct_fpr_note(self) -> str | None:
+        """Why :attr:`tpr_at_1pct_fpr` is ``None``; ``None`` when it is reported."""
+        if self.tpr_at_1pct_fpr is not None:
+            return None
+        return (
+            f"not resolvable: {self.non_members} non-members, FPR {LOW_FPR:g} needs at "
+            f"least {MIN_NON_MEMBERS}"
+        )
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        """Return ``{"auc", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_note", "members",
+        "non_members"}`` (JSON-ready; the TPR and its note are ``None`` when unset)."""
+        tpr = self.tpr_at_1pct_fpr
         return {
             "auc": float(self.auc),
-            "tpr_at_1pct_fpr": float(self.tpr_at_1pct_fpr),
+            "tpr_at_1pct_fpr": None if tpr is None else float(tpr),
+            "tpr_at_1pct_fpr_note": self.tpr_at_1pct_fpr_note,
             "members": int(self.members),
             "non_members": int(self.non_members),
         }
@@ -65,7 +83,7 @@ class AttackResult:
 
 def roc_metrics(
     scores: np.ndarray, is_member: np.ndarray
-) -> tuple[float, float, np.ndarray, np.ndarray]:
+) -> tuple[float, float | None, np.ndarray, np.ndarray]:
     """ROC AUC, TPR at 1% FPR and the ROC curve of membership scores.
 
     Parameters
@@ -79,9 +97,11 @@ def roc_metrics(
     -------
     auc : float
         :func:`sklearn.metrics.roc_auc_score` (ties count one half).
-    tpr_at_1pct_fpr : float
+    tpr_at_1pct_fpr : float or None
         TPR of the piecewise-linear ROC curve at FPR = :data:`LOW_FPR`; where the curve has a
-        vertical step at exactly that FPR, the highest TPR of the step.
+        vertical step at exactly that FPR, the highest TPR of the step. ``None`` with fewer
+        than :data:`MIN_NON_MEMBERS` non-members: the smallest non-zero FPR they can
+        measure is ``1 / non_members`` > :data:`LOW_FPR`.
     fpr, tpr : np.ndarray
         The full curve from :func:`sklearn.metrics.roc_curve`, from (0, 0) to (1, 1).
 
@@ -117,7 +137,8 @@ def roc_metrics(
 
     fpr, tpr, _ = roc_curve(label_arr, score_arr)
     auc = float(roc_auc_score(label_arr, score_arr))
-    return auc, _tpr_at_fpr(fpr, tpr, LOW_FPR), fpr, tpr
+    resolvable = len(label_arr) - num_members >= MIN_NON_MEMBERS
+    return auc, _tpr_at_fpr(fpr, tpr, LOW_FPR) if resolvable else None, fpr, tpr
 
 
 def _tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target_fpr: float) -> float:
@@ -158,11 +179,11 @@ def _result(attack: str, target: str, scores: np.ndarray, is_member: np.ndarray)
     fpr_points, tpr_points = _downsample_curve(fpr, tpr)
     num_members = int(np.sum(is_member))
     logger.info(
-        "membership audit %s/%s: AUC %.3f, TPR@1%%FPR %.3f (%d members, %d non-members)",
+        "membership audit %s/%s: AUC %.3f, TPR@1%%FPR %s (%d members, %d non-members)",
         target,
         attack,
         auc,
-        tpr_low,
+        "-" if tpr_low is None else f"{tpr_low:.3f}",
         num_members,
         len(is_member) - num_members,
     )

@@ -25,7 +25,7 @@ from fedkd.privacy.audit import (
     roc_metrics,
 )
 from fedkd.privacy.audit_lira import _lira_scores, _logit_confidence, _shadow_membership
-from fedkd.privacy.audit_metrics import _downsample_curve
+from fedkd.privacy.audit_metrics import LOW_FPR, MIN_NON_MEMBERS, _downsample_curve, _tpr_at_fpr
 from fedkd.train import train_local
 
 NUM_FEATURES = 20
@@ -83,16 +83,19 @@ def test_roc_metrics_perfect_separation() -> None:
     is_member = np.array([1, 1, 1, 0, 0, 0])
     auc, tpr_low, fpr, tpr = roc_metrics(scores, is_member)
     assert auc == 1.0
-    assert tpr_low == 1.0
+    assert tpr_low is None  # 3 non-members cannot resolve a 1% FPR
+    assert _tpr_at_fpr(fpr, tpr, LOW_FPR) == 1.0
     assert fpr[0] == 0.0 and tpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
 
 
 def test_roc_metrics_identical_scores_are_chance() -> None:
     is_member = np.array([True, False] * 10)
-    auc, tpr_low, _, _ = roc_metrics(np.zeros(20), is_member)
-    assert auc == 0.5
+    auc, tpr_low, fpr, tpr = roc_metrics(np.zeros(20), is_member)
+    assert auc == 0.5 and tpr_low is None
     # One diagonal segment from (0, 0) to (1, 1): interpolated TPR equals the FPR.
-    assert tpr_low == pytest.approx(0.01)
+    assert _tpr_at_fpr(fpr, tpr, LOW_FPR) == pytest.approx(0.01)
+    _, tpr_low, _, _ = roc_metrics(np.zeros(200), np.array([True, False] * 100))
+    assert tpr_low == pytest.approx(0.01)  # 100 non-members: reported
 
 
 def test_roc_metrics_small_case_by_hand() -> None:
@@ -102,13 +105,35 @@ def test_roc_metrics_small_case_by_hand() -> None:
     # FPR 0.01 the interpolated TPR is 0.01 (a step rule would give 0).
     scores = np.array([1.0, 0.5, 1.0, 0.0])
     is_member = np.array([1, 1, 0, 0])
-    auc, tpr_low, _, _ = roc_metrics(scores, is_member)
+    auc, _, fpr, tpr = roc_metrics(scores, is_member)
     assert auc == pytest.approx(0.625)
-    assert tpr_low == pytest.approx(0.01)
+    assert _tpr_at_fpr(fpr, tpr, LOW_FPR) == pytest.approx(0.01)
     # sklearn's classic example: AUC 0.75, and half the members lie above every non-member.
-    auc, tpr_low, _, _ = roc_metrics(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    auc, _, fpr, tpr = roc_metrics(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     assert auc == pytest.approx(0.75)
-    assert tpr_low == pytest.approx(0.5)
+    assert _tpr_at_fpr(fpr, tpr, LOW_FPR) == pytest.approx(0.5)
+
+
+def test_tpr_at_low_fpr_needs_enough_non_members() -> None:
+    assert MIN_NON_MEMBERS == 100  # ceil(1 / 1%)
+    # Members score 1..50; non-members 0, except one at 100: the first false positive, at
+    # FPR 1/n. With 100 non-members the ROC steps from (0.01, 0) up to (0.01, 1), so the
+    # TPR at 1% FPR is 1; with 99 the first step is past 1% FPR and the value would be an
+    # interpolation inside the first segment (0 here): not reported.
+    for non_members, expected in ((99, None), (100, 1.0)):
+        scores = np.concatenate([np.arange(1.0, 51.0), [100.0], np.zeros(non_members - 1)])
+        is_member = np.arange(50 + non_members) < 50
+        _, tpr_low, fpr, tpr = roc_metrics(scores, is_member)
+        assert tpr_low == expected
+        result = AttackResult("loss", "s", 0.99, tpr_low, 50, non_members, [], [])
+        if expected is None:
+            assert _tpr_at_fpr(fpr, tpr, LOW_FPR) == 0.0
+            assert result.summary()["tpr_at_1pct_fpr_note"] == (
+                "not resolvable: 99 non-members, FPR 0.01 needs at least 100"
+            )
+        else:
+            assert result.summary()["tpr_at_1pct_fpr"] == 1.0
+            assert result.tpr_at_1pct_fpr_note is None
 
 
 def test_roc_metrics_errors() -> None:
@@ -318,7 +343,17 @@ def test_audit_model_results_and_summary() -> None:
         assert isinstance(result, AttackResult)
         assert (result.members, result.non_members) == (12, 9)
         summary = result.summary()
-        assert set(summary) == {"auc", "tpr_at_1pct_fpr", "members", "non_members"}
+        assert set(summary) == {
+            "auc",
+            "tpr_at_1pct_fpr",
+            "tpr_at_1pct_fpr_note",
+            "members",
+            "non_members",
+        }
+        # 9 non-members cannot resolve a 1% FPR: no value, and the note says why.
+        assert summary["tpr_at_1pct_fpr"] is None and result.tpr_at_1pct_fpr is None
+        assert "9 non-members" in str(summary["tpr_at_1pct_fpr_note"])
+        assert "100" in str(summary["tpr_at_1pct_fpr_note"])
         assert isinstance(summary["auc"], float) and isinstance(summary["members"], int)
         assert 0.0 <= summary["auc"] <= 1.0
         assert len(result.fpr) == len(result.tpr) <= 200
