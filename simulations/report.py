@@ -6,7 +6,9 @@ With ``--html FILE``, also one page with the table, the plot and a link to each 
 Every directory given (or found below it, e.g. a Hydra ``multirun/`` folder) that holds a
 ``summary.json`` is one run. Runs are grouped by setting (dataset, partition and its
 parameter, number of clients, client model) and method; seeds are aggregated as
-mean ± standard deviation.
+mean ± standard deviation. A setting's table starts with the majority-class baseline (from
+``summary.json``'s ``majority_baseline``); on a binary task it also has the student's
+balanced accuracy and ROC-AUC.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ METRICS = (
     ("client_accuracy_mean", "clients (global test)"),
     ("personalized_accuracy_mean", "clients (own test)"),
 )
+#: Columns added for binary tasks (the AUC is not a percentage).
+BINARY_METRICS = (
+    ("student_balanced_accuracy", "student bal. acc"),
+    ("student_auc", "student AUC"),
+)
+MAJORITY_ROW = "majority class"
 METHOD_ORDER = (
     "local_only", "proxy_only", "fedmd", "dsfl", "fedet", "fd", "fedavg", "feddf", "centralized",
 )  # fmt: skip
@@ -93,13 +101,15 @@ def method_of(run: dict[str, Any]) -> str:
     return label
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def _mean_std(values: Sequence[float], *, percent: bool = True) -> str:
+    """``mean ± std`` in % (one decimal), or as a fraction (three decimals: AUCs)."""
     if not values:
         return "–"
-    mean = statistics.fmean(values)
+    scale, digits = (100.0, 1) if percent else (1.0, 3)
+    mean = scale * statistics.fmean(values)
     if len(values) == 1:
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
 def _final(run: dict[str, Any], key: str) -> float | None:
@@ -126,21 +136,50 @@ def comparison_tables(
     runs: Sequence[dict[str, Any]],
 ) -> list[tuple[str, list[str], list[list[str]]]]:
     """Per setting: its name, the column headers and one row per method (final accuracies
-    as mean ± std over seeds in %, total uplink per client and round)."""
+    as mean ± std over seeds in %, total uplink per client and round), after the
+    majority-class baseline's row. A binary task (runs with ``student_balanced_accuracy``)
+    adds the student's balanced accuracy (%) and ROC-AUC."""
     tables = []
-    header = ["method", "seeds", *(label for _, label in METRICS), "uplink / client / round"]
     for setting, methods in sorted(comparison(runs).items()):
+        group_runs = [run for group in methods.values() for run in group]
+        binary = any(_final(run, BINARY_METRICS[0][0]) is not None for run in group_runs)
+        columns = [*METRICS, *BINARY_METRICS] if binary else list(METRICS)
+        header = ["method", "seeds", *(label for _, label in columns), "uplink / client / round"]
         rows = []
+        baseline = _majority_row(group_runs, binary=binary)
+        if baseline is not None:
+            rows.append(baseline)
         for method in sorted(methods, key=_method_key):
             group = methods[method]
             cells = [method, str(len(group))]
-            for key, _ in METRICS:
+            for key, _ in columns:
                 values = [v for run in group if (v := _final(run, key)) is not None]
-                cells.append(_mean_std(values))
+                cells.append(_mean_std(values, percent=key != "student_auc"))
             cells.append(_uplink_per_client_round(group))
             rows.append(cells)
         tables.append((setting, header, rows))
     return tables
+
+
+def _majority_row(runs: Sequence[dict[str, Any]], *, binary: bool) -> list[str] | None:
+    """The majority-class baseline's row: its test accuracy (and on a binary task balanced
+    accuracy and AUC) over seeds, one value per seed (every method of a seed has the same
+    data); None when no run has ``majority_baseline``."""
+    per_seed: dict[Any, dict[str, Any]] = {}
+    for run in runs:
+        if isinstance(run.get("majority_baseline"), dict):
+            per_seed.setdefault(run.get("seed"), run["majority_baseline"])
+    if not per_seed:
+        return None
+
+    def cell(key: str, *, percent: bool = True) -> str:
+        values = [float(v) for b in per_seed.values() if isinstance(v := b.get(key), int | float)]
+        return _mean_std(values, percent=percent)
+
+    cells = [MAJORITY_ROW, str(len(per_seed)), cell("accuracy"), *["–"] * (len(METRICS) - 1)]
+    if binary:
+        cells += [cell("balanced_accuracy"), cell("auc", percent=False)]
+    return [*cells, "–"]
 
 
 def markdown_table(runs: Sequence[dict[str, Any]]) -> str:
@@ -222,8 +261,8 @@ def html_page(runs: Sequence[dict[str, Any]], path: Path, *, plot_path: Path | N
         "</head>",
         "<body>",
         "<h1>fedkd: comparison of runs</h1>",
-        f"<p>{len(runs)} run(s); final test accuracy in %, mean ± standard deviation over "
-        "seeds (completed runs only).</p>",
+        f"<p>{len(runs)} run(s); final test accuracy in % (ROC-AUC as a fraction), mean ± "
+        "standard deviation over seeds (completed runs only).</p>",
     ]
     for setting, header, rows in comparison_tables(runs):
         parts += html_table(setting, header, rows)

@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedkd.distill import KDLoss
 from fedkd.errors import ConfigError
+from fedkd.metrics import binary_scores
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.train import predict_logits
 from fedkd.wire.payloads.features import (
@@ -50,10 +51,11 @@ class FedGKT(FedKDStrategy):
     The global model is ``g`` on top of a client's extractor, so ``student_accuracy`` is
     the mean over the round's clients of ``g(e_k(x))`` on the server test set, from the
     clients' embeddings of that set (``test-features``, evaluation only, not uplink);
-    ``combined_accuracy_min``/``_max`` give the spread. Uplink per client and round is
-    ``n_k (D + C)`` floats plus ``n_k`` labels: it grows with the client's data, unlike
-    prediction sharing. Per-example features and labels leave the client unprotected: no
-    ``privacy`` mechanism applies (refused).
+    ``combined_accuracy_min``/``_max`` give the spread; on a binary task
+    ``student_balanced_accuracy`` and ``student_auc`` are such means too. Uplink per client
+    and round is ``n_k (D + C)`` floats plus ``n_k`` labels: it grows with the client's
+    data, unlike prediction sharing. Per-example features and labels leave the client
+    unprotected: no ``privacy`` mechanism applies (refused).
 
     Heterogeneous clients work when every architecture has the same embedding width.
 
@@ -174,24 +176,30 @@ class FedGKT(FedKDStrategy):
 
     def _record_combined_accuracy(self, state: RoundState, replies: list[ClientReply]) -> None:
         """The server model on each client's test-set embedding: the mean for
-        :meth:`global_accuracy`, the spread in the round's metrics."""
+        :meth:`global_accuracy`, the spread in the round's metrics, and on a binary task the
+        mean balanced accuracy and ROC-AUC (``student_balanced_accuracy``, ``student_auc``)."""
         test_y = self.assets.data.test_y
-        accuracies = [
-            float(
-                (
-                    predict_logits(
-                        self.server_model, test_features, device=self.assets.device
-                    ).argmax(axis=1)
-                    == test_y
-                ).mean()
-            )
+        logits = [
+            predict_logits(self.server_model, test_features, device=self.assets.device)
             for test_features in (r.values.get(TestFeatures.name) for r in replies)
             if test_features is not None
         ]
-        if accuracies:
-            self.combined_accuracy[state.server_round] = float(np.mean(accuracies))
-            state.metrics["combined_accuracy_min"] = min(accuracies)
-            state.metrics["combined_accuracy_max"] = max(accuracies)
+        if not logits:
+            return
+        accuracies = [float((z.argmax(axis=1) == test_y).mean()) for z in logits]
+        self.combined_accuracy[state.server_round] = float(np.mean(accuracies))
+        state.metrics["combined_accuracy_min"] = min(accuracies)
+        state.metrics["combined_accuracy_max"] = max(accuracies)
+        if self.assets.data.num_classes == 2:
+            scores = [
+                binary_scores(test_y, torch.softmax(torch.from_numpy(z).float(), dim=1).numpy())
+                for z in logits
+            ]
+            aucs = [s["auc"] for s in scores if s["auc"] is not None]
+            state.metrics["student_balanced_accuracy"] = float(
+                np.mean([s["balanced_accuracy"] for s in scores])
+            )
+            state.metrics["student_auc"] = float(np.mean(aucs)) if aucs else None
 
     def summary(self) -> None:
         """Log the strategy settings (Flower calls this at start)."""

@@ -3,7 +3,9 @@
 Usage: python docs/experiments/privacy_table.py OUT_DIR [--plot FILE.png]
 Prints a markdown table per preset: mechanism, noise, epsilon (delta), student and teacher
 ensemble test accuracy, and the membership-inference AUC of both attacks on the student and
-(mean over the audited clients) on the client models.
+(mean over the audited clients) on the client models. A binary preset (finance, healthcare)
+adds the student's balanced accuracy and ROC-AUC; every table starts with the majority-class
+baseline (always predicting the training data's most frequent class).
 """
 
 from __future__ import annotations
@@ -80,9 +82,14 @@ def rows(out: Path) -> list[dict[str, Any]]:
             },
         )
         row["seeds"] += 1
+        baseline = summary.get("majority_baseline")
+        if baseline:  # the same for every run of a seed: kept once per seed
+            row.setdefault("majority", {})[path.parent.parent.parent.name] = baseline
         values = {
             "epsilon": privacy.get("epsilon"),
             "student": summary["final"].get("student_accuracy"),
+            "student_bal": summary["final"].get("student_balanced_accuracy"),
+            "student_auc": summary["final"].get("student_auc"),
             "ensemble": summary["final"].get("ensemble_accuracy"),
             "clients": summary["final"].get("client_accuracy_mean"),
             "auc_student_loss": _auc(audit, "student", "loss"),
@@ -95,27 +102,64 @@ def rows(out: Path) -> list[dict[str, Any]]:
     return list(grouped.values())
 
 
+def _majority_row(selected: list[dict[str, Any]], *, binary: bool) -> str | None:
+    """The majority-class baseline's row of a preset's table (one value per seed), or None
+    when the runs predate ``majority_baseline``."""
+    per_seed: dict[str, dict[str, Any]] = {}
+    for r in selected:
+        for seed, baseline in r.get("majority", {}).items():
+            per_seed.setdefault(seed, baseline)
+    if not per_seed:
+        return None
+    baselines = list(per_seed.values())
+    classes = sorted({b["class"] for b in baselines})
+    cells = [
+        f"majority class ({', '.join(map(str, classes))})",
+        "-",
+        "-",
+        "-",
+        _fmt([b.get("accuracy") for b in baselines], True),
+    ]
+    if binary:
+        cells += [
+            _fmt([b.get("balanced_accuracy") for b in baselines], True),
+            _fmt([b.get("auc") for b in baselines]),
+        ]
+    cells += ["-", "-", "-", "-"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def table(found: list[dict[str, Any]]) -> str:
     lines = []
     for preset in sorted({r["preset"] for r in found}):
         seeds = max(r["seeds"] for r in found if r["preset"] == preset)
-        lines += [
-            f"**{preset}** ({seeds} seeds, mean ± std)",
-            "",
-            "| method | mechanism | noise | ε (δ = 1e-5) | student acc | ensemble acc "
-            "| client acc | MIA AUC student (loss / LiRA) | MIA AUC clients (loss / LiRA) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
         order = {"none": 0, "dpsgd": 1, "logit_dp (central)": 2, "logit_dp (local)": 3, "pate": 4}
         selected = sorted(
             (r for r in found if r["preset"] == preset),
             key=lambda r: (order.get(r["mechanism"], 9), r["method"], _level(r["run"])),
         )
+        # a binary task: accuracy alone flatters a skewed one (finance: 78 % for "no default")
+        binary = any(v is not None for r in selected for v in r["student_bal"])
+        lines += [
+            f"**{preset}** ({seeds} seeds, mean ± std)",
+            "",
+            "| method | mechanism | noise | ε (δ = 1e-5) | student acc "
+            + ("| student bal. acc | student AUC " if binary else "")
+            + "| ensemble acc "
+            "| client acc | MIA AUC student (loss / LiRA) | MIA AUC clients (loss / LiRA) |",
+            "|---|---|---|---:|---:|" + ("---:|---:|" if binary else "") + "---:|---:|---:|---:|",
+        ]
+        baseline = _majority_row(selected, binary=binary)
+        if baseline is not None:
+            lines.append(baseline)
         for r in selected:
             eps = "∞" if all(e is None for e in r["epsilon"]) else _fmt(r["epsilon"], spread=False)
+            scores = (
+                f"| {_fmt(r['student_bal'], True)} | {_fmt(r['student_auc'])} " if binary else ""
+            )
             lines.append(
                 f"| {r['method']} | {r['mechanism']} | {r['noise']} | {eps} "
-                f"| {_fmt(r['student'], True)} | {_fmt(r['ensemble'], True)} "
+                f"| {_fmt(r['student'], True)} {scores}| {_fmt(r['ensemble'], True)} "
                 f"| {_fmt(r['clients'], True)} "
                 f"| {_fmt(r['auc_student_loss'])} / {_fmt(r['auc_student_lira'])} "
                 f"| {_fmt(r['auc_clients_loss'])} / {_fmt(r['auc_clients_lira'])} |"

@@ -34,6 +34,7 @@ from fedkd.config import compose_config
 from fedkd.data import FederatedData
 from fedkd.devices import resolve_device
 from fedkd.errors import ConfigError
+from fedkd.metrics import binary_scores, majority_baseline
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
 from fedkd.privacy import PrivacyBudgetExhausted
 from fedkd.run.checkpoint import (
@@ -46,8 +47,8 @@ from fedkd.run.checkpoint import (
 from fedkd.run.progress import RoundProgress, summary_table
 from fedkd.run.report import ReportSpec
 from fedkd.run.results import RunWriter, summarize
-from fedkd.train import evaluate
-from strategies.base import RoundAborted, student_arrays
+from fedkd.train import evaluate, predict_probs
+from strategies.base import RoundAborted, RunAssets, student_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def run_federation(
         writer.start(cfg)
     every = run_options.checkpoint_every
     validation_x, validation_y = validation_set(assets.data)
+    baseline = majority_class_baseline(assets.data)
     started = last_round_end = time.perf_counter()
 
     def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
@@ -100,10 +102,13 @@ def run_federation(
         loss: float | None = None
         accuracy: float | None = None
         validation_accuracy: float | None = None
+        binary: dict[str, float | None] = {}
         if strategy.has_student:
             loss, accuracy = evaluate(
                 assets.student, assets.data.test_x, assets.data.test_y, device=assets.device
             )
+            if assets.data.num_classes == 2:  # accuracy alone flatters a skewed binary task
+                binary = student_binary_scores(assets)
             if len(validation_y):
                 _, validation_accuracy = evaluate(
                     assets.student, validation_x, validation_y, device=assets.device
@@ -114,6 +119,7 @@ def run_federation(
         row: dict[str, Any] = {
             "round": server_round,
             "student_accuracy": accuracy,
+            **binary,
             "student_loss": loss,
             "student_validation_accuracy": validation_accuracy,
         }
@@ -173,6 +179,7 @@ def run_federation(
             student_size_bytes=model_size_bytes(assets.student),
             status=status,
             error=error,
+            majority_baseline=baseline,
         )
         if stopped_reason is not None:
             summary["stopped_reason"] = stopped_reason
@@ -306,7 +313,31 @@ def privacy_summary(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
 
         summary["audit"] = run_audit(plan, grid, run_dir)
     summary["releases"] = strategy.ledger.entries()
+    if spec.enabled:
+        # what left the clients in the clear because the user allowed it (nothing else can)
+        summary["unprotected"] = strategy.ledger.unprotected()
+        summary["allow_unprotected"] = list(spec.allow_unprotected)
+    summary["client_test_predictions"] = plan.assets.client_test_predictions
     return summary
+
+
+def student_binary_scores(assets: RunAssets) -> dict[str, float | None]:
+    """``student_balanced_accuracy`` and ``student_auc`` (ROC-AUC of the class-1
+    probability; None when the test set holds one class) of the student on the server test
+    set, for a binary task's metrics row."""
+    probs = predict_probs(assets.student, assets.data.test_x, device=assets.device)
+    scores = binary_scores(assets.data.test_y, probs)
+    return {
+        "student_balanced_accuracy": scores["balanced_accuracy"],
+        "student_auc": scores["auc"],
+    }
+
+
+def majority_class_baseline(data: FederatedData) -> dict[str, Any]:
+    """``summary.json``'s ``majority_baseline``: always predicting the most frequent class
+    of the clients' training splits pooled, scored on the server test set."""
+    train_labels = np.concatenate([data.client_data(p).train_y for p in range(data.num_clients)])
+    return majority_baseline(train_labels, data.test_y, num_classes=data.num_classes)
 
 
 def validation_set(data: FederatedData) -> tuple[np.ndarray, np.ndarray]:

@@ -69,18 +69,23 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("final", justify="right")
     table.add_column("best (round)", justify="right")
-    for key, label in (
-        ("student_accuracy", "student test accuracy"),
-        ("ensemble_accuracy", "teacher ensemble test accuracy"),
-        ("client_accuracy", "clients' local test accuracy"),
+    for key, label, fmt in (
+        ("student_accuracy", "student test accuracy", _pct),
+        ("student_balanced_accuracy", "student balanced accuracy", _pct),  # binary tasks
+        ("student_auc", "student ROC-AUC", _auc),  # binary tasks
+        ("ensemble_accuracy", "teacher ensemble test accuracy", _pct),
+        ("client_accuracy", "clients' local test accuracy", _pct),
     ):
         if key in final or key in best:
             best_entry = best.get(key)
             table.add_row(
                 label,
-                _pct(final.get(key)),
-                f"{_pct(best_entry['value'])} ({best_entry['round']})" if best_entry else "-",
+                fmt(final.get(key)),
+                f"{fmt(best_entry['value'])} ({best_entry['round']})" if best_entry else "-",
             )
+    baseline = summary.get("majority_baseline")
+    if baseline:
+        table.add_row(f"majority class ({baseline['class']}) baseline", _baseline(baseline), "")
     comm = summary.get("communication", {})
     table.add_row("uplink, all rounds", _bytes(comm.get("uplink_bytes", 0)), "")
     table.add_row("downlink, all rounds", _bytes(comm.get("downlink_bytes", 0)), "")
@@ -100,11 +105,24 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
             table.add_row(
                 f"MIA {attack} on {target}",
                 f"AUC {result['auc']:.3f}",
-                f"TPR@1%FPR {100 * result['tpr_at_1pct_fpr']:.1f}%",
+                f"TPR@1%FPR {_pct(result.get('tpr_at_1pct_fpr'))}",  # "-" if unresolvable
             )
     if summary.get("stopped_reason"):
         table.add_row("stopped", str(summary["stopped_reason"]), "")
     return table
+
+
+def _baseline(baseline: Mapping[str, Any]) -> str:
+    """Always predicting the training data's majority class: its test accuracy, and for a
+    binary task its balanced accuracy and AUC."""
+    text = _pct(baseline.get("accuracy"))
+    if "balanced_accuracy" in baseline:
+        text += f" (bal. {_pct(baseline['balanced_accuracy'])}, AUC {_auc(baseline.get('auc'))})"
+    return text
+
+
+def _auc(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
 
 def _pct(value: Any) -> str:

@@ -68,13 +68,15 @@ def _finish_axes(
 
 
 def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
-    """Test accuracy per round: student, teacher ensemble, clients (mean on the server test
-    set, and on their own local test splits)."""
+    """Test accuracy per round: student (and its balanced accuracy on a binary task),
+    teacher ensemble, clients (mean on the server test set, and on their own local test
+    splits)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     try:
         for key, label in (
             ("student_accuracy", "student"),
+            ("student_balanced_accuracy", "student, balanced"),  # binary tasks
             ("ensemble_accuracy", "teacher ensemble"),
             ("client_accuracy_mean", "clients, mean (server test)"),
             ("client_accuracy", "clients (own local test)"),

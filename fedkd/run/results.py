@@ -26,6 +26,15 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PARTITIONS_FILE = "partitions.json"
 RESULT_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
+#: Row keys whose best value and round ``summary.json`` keeps (``best``); binary tasks add
+#: the student's balanced accuracy and ROC-AUC.
+BEST_KEYS = (
+    "student_accuracy",
+    "student_balanced_accuracy",
+    "student_auc",
+    "ensemble_accuracy",
+    "client_accuracy",
+)
 
 
 class RunWriter:
@@ -165,12 +174,17 @@ def summarize(
     student_size_bytes: int,
     status: str = "completed",
     error: str | None = None,
+    majority_baseline: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build ``summary.json`` from the per-round rows (round 0 is the initial evaluation)."""
+    """Build ``summary.json`` from the per-round rows (round 0 is the initial evaluation).
+
+    ``majority_baseline`` (:func:`fedkd.metrics.majority_baseline`) is written after
+    ``best`` when given.
+    """
     rounds = [r for r in rows if r.get("round", 0) >= 1]
     final = dict(rounds[-1]) if rounds else {}
     best: dict[str, Any] = {}
-    for key in ("student_accuracy", "ensemble_accuracy", "client_accuracy"):
+    for key in BEST_KEYS:
         values = [(r[key], r["round"]) for r in rounds if isinstance(r.get(key), int | float)]
         if values:
             value, at_round = max(values, key=lambda v: (v[0], -v[1]))
@@ -188,6 +202,7 @@ def summarize(
         "seed": config["seed"],
         "final": final,
         "best": best,
+        **({"majority_baseline": dict(majority_baseline)} if majority_baseline else {}),
         "communication": {
             "uplink_bytes": sum(int(r.get("uplink_bytes", 0)) for r in rounds),
             "downlink_bytes": sum(int(r.get("downlink_bytes", 0)) for r in rounds),

@@ -222,6 +222,38 @@ def test_page_table_is_the_end_of_run_table() -> None:
     assert '<td class="num">25.0%</td><td class="num">50.0% (1)</td>' in page
 
 
+def test_binary_task_table_shows_balanced_accuracy_auc_and_the_majority_class() -> None:
+    summary = _summary(
+        final={
+            "round": 2,
+            "student_accuracy": 0.8,
+            "student_balanced_accuracy": 0.7,
+            "student_auc": 0.8125,
+        },
+        best={
+            "student_accuracy": {"value": 0.8, "round": 2},
+            "student_balanced_accuracy": {"value": 0.75, "round": 1},
+            "student_auc": {"value": 0.8125, "round": 2},
+        },
+        majority_baseline={"class": 0, "accuracy": 0.78, "balanced_accuracy": 0.5, "auc": 0.5},
+    )
+    _, _, rows = summary_rows(summary)
+    assert rows[:4] == [
+        ["student test accuracy", "80.0%", "80.0% (2)"],
+        ["student balanced accuracy", "70.0%", "75.0% (1)"],
+        ["student ROC-AUC", "0.812", "0.812 (2)"],
+        ["majority class (0) baseline", "78.0% (bal. 50.0%, AUC 0.500)", ""],
+    ]
+    assert "student ROC-AUC" in report_html(summary, [])
+
+
+def test_multiclass_table_has_the_majority_class_without_binary_scores() -> None:
+    _, _, rows = summary_rows(_summary(majority_baseline={"class": 3, "accuracy": 0.1}))
+    labels = [row[0] for row in rows]
+    assert "student balanced accuracy" not in labels and "student ROC-AUC" not in labels
+    assert rows[1] == ["majority class (3) baseline", "10.0%", ""]
+
+
 def test_html_off_writes_plots_but_no_page(tmp_path) -> None:
     writer = RunWriter(tmp_path, report=ReportSpec(html=False))
     writer.start({"seed": 0})

@@ -46,6 +46,54 @@ def test_table_aggregates_seeds_per_method(tmp_path, in_process_run, capsys) -> 
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def _fake_run(method: str, seed: int, final: dict, baseline: dict) -> dict:
+    return {
+        "status": "completed",
+        "strategy": method,
+        "dataset": "credit",
+        "partition": "iid",
+        "model": "mlp",
+        "num_clients": 2,
+        "seed": seed,
+        "rounds_completed": 1,
+        "final": final,
+        "majority_baseline": baseline,
+        "communication": {"uplink_bytes": 0},
+        "config": {},
+        "run_dir": f"/runs/{method}-{seed}",
+    }
+
+
+def test_binary_setting_adds_balanced_accuracy_auc_and_the_majority_row() -> None:
+    baseline = {"class": 0, "accuracy": 0.78, "balanced_accuracy": 0.5, "auc": 0.5}
+    runs = [
+        _fake_run(
+            "fedavg",
+            seed,
+            {"student_accuracy": 0.8, "student_balanced_accuracy": bal, "student_auc": auc},
+            baseline,
+        )
+        for seed, bal, auc in ((0, 0.6, 0.70), (1, 0.7, 0.74))
+    ]
+    lines = markdown_table(runs).splitlines()
+    header = next(line for line in lines if line.startswith("| method |"))
+    assert "| student | ensemble | clients (global test) | clients (own test) " in header
+    assert "| student bal. acc | student AUC | uplink / client / round |" in header
+    majority = next(line for line in lines if line.startswith("| majority class |"))
+    expected = "| majority class | 2 | 78.0 ± 0.0 | – | – | – | 50.0 ± 0.0 | 0.500 ± 0.000 | – |"
+    assert majority == expected
+    fedavg = next(line for line in lines if line.startswith("| fedavg |"))
+    assert "| 80.0 ± 0.0 | – | – | – | 65.0 ± 7.1 | 0.720 ± 0.028 |" in fedavg
+    assert lines.index(majority) < lines.index(fedavg)
+
+
+def test_multiclass_setting_has_the_majority_row_and_no_binary_columns() -> None:
+    runs = [_fake_run("fedavg", 0, {"student_accuracy": 0.9}, {"class": 1, "accuracy": 0.1})]
+    table = markdown_table(runs)
+    assert "bal. acc" not in table and "AUC" not in table
+    assert "| majority class | 1 | 10.0 | – | – | – | – |" in table
+
+
 def test_report_rejects_paths_without_runs(tmp_path) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path)])

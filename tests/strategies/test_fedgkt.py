@@ -79,12 +79,12 @@ def _reply(request: Message, num_examples: int = 30, **arrays: np.ndarray) -> Me
     return Message(content, reply_to=request)
 
 
-def _shared(rows: int, seed: int, *, width: int = 4) -> dict[str, np.ndarray]:
+def _shared(rows: int, seed: int, *, width: int = 4, classes: int = 3) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         FEATURES: rng.normal(size=(rows, width)).astype(np.float32),
-        FEATURE_LOGITS: rng.normal(size=(rows, 3)).astype(np.float32),
-        FEATURE_LABELS: rng.integers(0, 3, size=rows).astype(np.int64),
+        FEATURE_LOGITS: rng.normal(size=(rows, classes)).astype(np.float32),
+        FEATURE_LABELS: rng.integers(0, classes, size=rows).astype(np.int64),
     }
 
 
@@ -140,6 +140,33 @@ def test_student_accuracy_is_the_server_model_on_each_clients_test_embedding(
     assert (metrics["combined_accuracy_min"], metrics["combined_accuracy_max"]) == (
         min(by_hand),
         max(by_hand),
+    )
+    assert "student_balanced_accuracy" not in metrics and "student_auc" not in metrics
+
+
+def test_binary_task_scores_are_means_over_each_clients_test_embedding(task_identity) -> None:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    strategy = _strategy("dataset.num_classes=2")
+    requests = _requests(strategy, 1)
+    test_y = strategy.assets.data.test_y
+    rng = np.random.default_rng(6)
+    test_features = [rng.normal(size=(len(test_y), 4)).astype(np.float32) for _ in range(2)]
+    replies = [
+        _reply(r, **_shared(30, i, classes=2), **{TEST_FEATURES: test_features[i]})
+        for i, r in enumerate(requests)
+    ]
+    strategy.aggregate_train(1, replies)
+    probs = [
+        torch.softmax(torch.from_numpy(predict_logits(strategy.server_model, f)), dim=1).numpy()
+        for f in test_features
+    ]
+    metrics = strategy.round_metrics[1]
+    assert metrics["student_balanced_accuracy"] == pytest.approx(
+        np.mean([balanced_accuracy_score(test_y, p.argmax(axis=1)) for p in probs])
+    )
+    assert metrics["student_auc"] == pytest.approx(
+        np.mean([roc_auc_score(test_y, p[:, 1]) for p in probs])
     )
 
 

@@ -77,6 +77,61 @@ def test_run_directory_contract(tmp_path, in_process_run) -> None:
     assert on_disk["seed"] == 3 and on_disk["num_rounds"] == 3
 
 
+BINARY_KEYS = ("student_balanced_accuracy", "student_auc")
+
+
+def test_binary_task_reports_balanced_accuracy_auc_and_the_majority_baseline(
+    tmp_path, in_process_run
+) -> None:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from fedkd.apps.server import prepare_run
+    from fedkd.config import compose_config
+    from fedkd.run.checkpoint import load_checkpoint
+    from fedkd.run.results import read_partitions
+    from fedkd.train import predict_probs
+
+    overrides = ["dataset=breast_cancer", "strategy=fedavg", "num_clients=3", "num_rounds=2",
+                 "client.epochs=1"]  # fmt: skip
+    summary = in_process_run(overrides, tmp_path)
+    rows = read_metrics(tmp_path)
+    for row in rows:  # round 0 (the initial student) too
+        assert list(row)[1:4] == ["student_accuracy", *BINARY_KEYS]  # next to the accuracy
+        assert all(0.0 <= row[key] <= 1.0 for key in BINARY_KEYS), row
+    for key in BINARY_KEYS:
+        assert summary["final"][key] == rows[-1][key]
+        best = max(r[key] for r in rows[1:])
+        assert summary["best"][key]["value"] == best
+    # the final student (the checkpoint after the last round) scored by scikit-learn
+    plan = prepare_run(compose_config([*overrides, "progress=false"]))
+    plan.assets.student.load_state_dict(load_checkpoint(tmp_path)["student"])
+    test_y = plan.assets.data.test_y
+    probs = predict_probs(plan.assets.student, plan.assets.data.test_x)
+    assert rows[-1]["student_balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(test_y, probs.argmax(axis=1)), abs=1e-12
+    )
+    assert rows[-1]["student_auc"] == pytest.approx(roc_auc_score(test_y, probs[:, 1]), abs=1e-12)
+    # the majority class of the clients' training labels, as they reported them at discovery
+    counts = np.sum(list(read_partitions(tmp_path).values()), axis=0)
+    majority = int(np.argmax(counts))
+    assert summary["majority_baseline"] == {
+        "class": majority,
+        "accuracy": pytest.approx(float(np.mean(test_y == majority))),
+        "balanced_accuracy": 0.5,
+        "auc": 0.5,
+    }
+
+
+def test_multiclass_rows_have_no_binary_scores(tmp_path, in_process_run) -> None:
+    overrides = ["dataset=synthetic", "dataset.num_samples=300", "num_clients=3", "num_rounds=1",
+                 "strategy=fedavg"]  # fmt: skip
+    summary = in_process_run(overrides, tmp_path)
+    for row in read_metrics(tmp_path):
+        assert not set(BINARY_KEYS) & set(row), row
+    assert not set(BINARY_KEYS) & set(summary["best"])
+    assert set(summary["majority_baseline"]) == {"class", "accuracy"}
+
+
 def test_feddf_learns_on_digits(tmp_path, in_process_run) -> None:
     summary = in_process_run(["num_rounds=5"], tmp_path)  # default: FedDF, digits, 10 clients
     assert summary["final"]["student_accuracy"] > 0.8
