@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedkd.distill import validate_target_rule
 from fedkd.errors import ConfigError, FedKDError
 from fedkd.models import FedKDModel
-from fedkd.privacy import PrivacyController
+from fedkd.privacy.controller import RoundPlan
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.ledger import ReleaseLedger
@@ -52,6 +52,12 @@ from strategies.core.evaluation import evaluate_messages, mean_client_accuracy
 from strategies.core.harness import harness_config
 from strategies.core.loop import run_rounds
 from strategies.core.options import RoundOptions, alias
+from strategies.core.private_rounds import (
+    controller_for,
+    evaluation_withheld,
+    round_plan,
+    sample_private,
+)
 from strategies.core.validation import ClientReply, RoundState, validate_replies
 from strategies.toolkit import MethodToolkit
 
@@ -194,11 +200,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         #: How clients encode the proxy predictions they upload (``encoding`` block).
         self.encoding = EncodingSpec.from_config(assets.setup.encoding)
         #: Accounting, budget and server-side release of the ``privacy`` mechanism.
-        self.privacy = (
-            PrivacyController(assets.privacy, seed=assets.setup.seed)
-            if assets.privacy.enabled
-            else None
-        )
+        self.privacy = controller_for(assets, fraction_train)
         #: The last weights each client returned (kept for the membership audit only).
         self.last_client_weights: dict[int, ArrayRecord] = {}
         #: Every key clients sent and what protected it (``privacy.releases``).
@@ -212,9 +214,10 @@ class FedKDStrategy(MethodToolkit, Strategy):
         return self.payloads
 
     def wire_payloads(self) -> list[Payload]:
-        """Every payload a train reply carries: client metrics, the requested payloads and
-        the evaluation-only test predictions, in compute order."""
-        return resolve([ClientMetrics.name, *self.requested_payloads(), TestPredictions.name])
+        """Every payload a train reply carries, in compute order: client metrics, the requested
+        payloads and the test predictions (``diagnostics.client_test_predictions``)."""
+        diagnostics = [TestPredictions.name] if self.assets.client_test_predictions else []
+        return resolve([ClientMetrics.name, *self.requested_payloads(), *diagnostics])
 
     @property
     def shares_weights(self) -> bool:
@@ -378,7 +381,13 @@ class FedKDStrategy(MethodToolkit, Strategy):
     ) -> Iterable[Message]:
         """Sample clients and send each the round config (and weights and/or targets)."""
         self.discover(grid)
+        round_config = self.train_config(server_round)
         partitions = self.sample_partitions(server_round, self.fraction_train, stream=0)
+        if self.privacy is not None:
+            plan = self.privacy_plan(round_config, server_round)
+            partitions = sample_private(
+                self.privacy, plan, partitions, list(self.node_of_partition)
+            )
         state = RoundState(
             server_round,
             partitions=partitions,
@@ -402,18 +411,6 @@ class FedKDStrategy(MethodToolkit, Strategy):
             seed=self.assets.setup.seed,
             server_round=server_round,
         )
-        round_config = self.train_config(server_round)
-        if self.privacy is not None:
-            self.privacy.charge_round(
-                server_round,
-                partitions,
-                proxy_rows=len(state.proxy_indices),
-                client_examples={p: self.federation.declared_examples(p) for p in partitions},
-                local_epochs=int(
-                    round_config.get(keys.LOCAL_EPOCHS, self.assets.setup.local.epochs)
-                ),
-                batch_size=self.assets.setup.local.batch_size,
-            )
         messages = []
         for partition_id in partitions:
             content = RecordDict(
@@ -442,6 +439,11 @@ class FedKDStrategy(MethodToolkit, Strategy):
             )
         state.metrics["downlink_bytes"] = bookkeeping.downlink_bytes([m.content for m in messages])
         return messages
+
+    def privacy_plan(self, round_config: dict[str, Any], server_round: int) -> RoundPlan:
+        """What a round releases, for the privacy accounting (partitions filled later)."""
+        examples = {p: self.federation.declared_examples(p) for p in self.node_of_partition}
+        return round_plan(self.assets, self.proxy_round_size, server_round, examples, round_config)
 
     def targets_for(self, partition_id: int) -> ArrayRecord | None:
         """What a client receives to learn from (``targets``): the same consensus for every
@@ -558,7 +560,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global weights to a fraction of clients for local-test evaluation."""
-        if self.fraction_evaluate == 0.0:
+        if self.fraction_evaluate == 0.0 or evaluation_withheld(self.assets.privacy):
             return []
         partitions = self.sample_partitions(server_round, self.fraction_evaluate, stream=1)
         messages, sent_bytes = evaluate_messages(

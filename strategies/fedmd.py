@@ -126,7 +126,9 @@ class FedMD(FedKDStrategy):
         client_probs = self.proxy_probs(replies)
         if self.privacy is not None and self.privacy.spec.name in ("logit_dp", "pate"):
             # the mechanism's release replaces the rule; sharpening is post-processing
-            release = self.privacy.release(server_round, client_probs)
+            release = self.privacy.release(
+                server_round, client_probs, [r.partition_id for r in replies]
+            )
             if release.rows is not None:
                 rows = release.rows
             if len(rows) == 0:  # PATE answered no query: nothing to learn this round

@@ -39,10 +39,13 @@ from flwr.clientapp import ClientApp
 from fedkd.apps.local_training import train_dpsgd, train_supervised, warm_up
 from fedkd.apps.runtime import client_runtime
 from fedkd.errors import FedKDError
+from fedkd.privacy import PrivacySpec
+from fedkd.privacy.config import public_examples
 from fedkd.reliability import faults
 from fedkd.reliability.attacks import LABEL_ATTACKS
 from fedkd.train import evaluate
 from fedkd.wire import keys
+from fedkd.wire.ledger import withhold
 from fedkd.wire.payloads import (
     ClientMetrics,
     ClientRound,
@@ -135,13 +138,24 @@ def query(message: Message, context: Context) -> Message:
             if name.startswith(keys.STATE_PREFIX):
                 context.state[name[len(keys.STATE_PREFIX) :]] = record
         return Message(RecordDict({keys.METRICS: identity}), reply_to=message)
+    train_y = runtime.client_data.train_y
     metrics = Discovery.compute(
         partition_id=runtime.partition_id,
-        train_y=runtime.client_data.train_y,
+        train_y=train_y,
         num_classes=runtime.data.num_classes,
         architecture=runtime.architecture,
+        num_examples=public_examples(runtime.privacy, len(train_y), runtime.setup.local.batch_size),
     )
-    return Message(RecordDict({keys.METRICS: metrics}), reply_to=message)
+    return _reply("discovery", RecordDict({keys.METRICS: metrics}), message, runtime.privacy)
+
+
+def _reply(kind: str, content: RecordDict, message: Message, privacy: PrivacySpec) -> Message:
+    """The reply, with every key the privacy mechanism does not protect withheld
+    (:func:`fedkd.wire.ledger.withhold`; nothing without a mechanism)."""
+    removed = withhold(kind, content, privacy)
+    if removed:
+        logger.debug("withheld under privacy=%s: %s", privacy.name, removed)
+    return Message(content, reply_to=message)
 
 
 @app.train()
@@ -214,7 +228,7 @@ def train(message: Message, context: Context) -> Message:
                 record[name] = array
         else:
             content[payload.record] = ArrayRecord(values)
-    return Message(content, reply_to=message)
+    return _reply("train", content, message, runtime.privacy)
 
 
 def requested_payloads(config: ConfigRecord) -> list[Payload]:
@@ -270,4 +284,4 @@ def evaluate_local(message: Message, context: Context) -> Message:
             keys.PARTITION_ID: runtime.partition_id,
         }
     )
-    return Message(RecordDict({keys.METRICS: metrics}), reply_to=message)
+    return _reply("evaluate", RecordDict({keys.METRICS: metrics}), message, runtime.privacy)

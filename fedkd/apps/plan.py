@@ -10,7 +10,7 @@ is the source of their defaults.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fedkd.config import check_top_level, options, strategy_class
@@ -22,11 +22,16 @@ from fedkd.distill.self_train import check_born_again
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacySpec
+from fedkd.privacy.config import public_examples
+from fedkd.privacy.guarantees import NOISE_PARAMETER, PlannedRun, calibrate, worst_case_epsilon
 from fedkd.reliability.attacks import AttackSpec
 from fedkd.reliability.faults import FaultSpec
 from fedkd.run.report import ReportSpec
 from fedkd.setup import FederationSetup, LocalTraining, architecture_index
+from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec
+from fedkd.wire.ledger import check_allowed
+from fedkd.wire.payloads import TestPredictions
 from strategies.base import FedKDStrategy, RunAssets
 
 logger = logging.getLogger(__name__)
@@ -220,6 +225,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     distill_loss = build_loss(cfg["distill"]["name"], **options(cfg["distill"]))
     augmentation = build_augmentation(setup.augment, data.input_shape)
     check_born_again(setup.local.born_again)
+    check_allowed(privacy)
     assets = RunAssets(
         setup=setup,
         data=data,
@@ -234,6 +240,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         faults=run_options.faults,
         attack=run_options.attack,
         round_timeout=run_options.round_timeout,
+        client_test_predictions=client_test_predictions(cfg, privacy),
     )
     try:
         strategy = cls(assets, **options(cfg["strategy"]))
@@ -241,6 +248,10 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
     strategy.check_distill_loss()
     strategy.check_privacy()
+    if privacy.enabled:
+        strategy = plan_privacy(cls, cfg, assets, strategy, run_options.num_rounds)
+        assets, privacy = strategy.assets, strategy.assets.privacy
+        run_options = replace(run_options, setup=assets.setup, privacy=privacy)
     if strategy.regularizes_local_training and (
         setup.local.self_distill is not None or setup.local.born_again is not None
     ):
@@ -268,3 +279,77 @@ def checkpoint_every(cfg: dict[str, Any]) -> int:
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ConfigError(f"checkpoint.every must be an integer >= 0 (0: off), got {every!r}")
     return every
+
+
+def client_test_predictions(cfg: dict[str, Any], privacy: PrivacySpec) -> bool:
+    """``diagnostics.client_test_predictions``: every client's predictions on the server
+    test set (the teacher ensemble's and each client model's test accuracy).
+
+    ``null`` (default): on unless a mechanism leaves them unprotected (on without one and
+    under ``dpsgd``, whose models' outputs are covered; off under ``logit_dp`` and
+    ``pate``). ``true`` under such a mechanism needs ``test-probs`` in
+    ``privacy.allow_unprotected``.
+    """
+    block = cfg.get("diagnostics") or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"diagnostics must be a mapping, got {block!r}")
+    unknown = sorted(set(block) - {"client_test_predictions"})
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {['diagnostics.' + k for k in unknown]}; "
+            "allowed: ['diagnostics.client_test_predictions']"
+        )
+    value = block.get("client_test_predictions")
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(
+            f"diagnostics.client_test_predictions must be true, false or null, got {value!r}"
+        )
+    protected = TestPredictions().protection(keys.TEST_PROBS, privacy) != "none"
+    allowed = protected or not privacy.enabled or keys.TEST_PROBS in privacy.allow_unprotected
+    if value is None:
+        return not privacy.enabled or protected
+    if value and not allowed:
+        raise ConfigError(
+            f"diagnostics.client_test_predictions=true sends every client's raw predictions "
+            f"on the server test set, which privacy={privacy.name} does not protect; add "
+            f"{keys.TEST_PROBS} to privacy.allow_unprotected to send them anyway"
+        )
+    return value
+
+
+def plan_privacy(
+    cls: type, cfg: dict[str, Any], assets: RunAssets, strategy: FedKDStrategy, num_rounds: int
+) -> FedKDStrategy:
+    """Calibrate ``privacy.target_epsilon`` into the noise (rebuilding the strategy with the
+    calibrated mechanism) and state the run's worst-case record-level epsilon, before any
+    client runs (:mod:`fedkd.privacy.guarantees`)."""
+    spec, data, local = assets.privacy, assets.data, assets.setup.local
+    clients = list(range(assets.setup.num_clients))
+    plan = strategy.privacy_plan(strategy.train_config(1), 1)
+    run = PlannedRun(
+        num_rounds=num_rounds,
+        clients=clients,
+        proxy_rows=plan.proxy_rows,
+        client_examples={
+            p: public_examples(spec, len(data.client_data(p).train_y), local.batch_size)
+            for p in clients
+        },
+        local_epochs=plan.local_epochs,
+        batch_size=local.batch_size,
+        sample_rate=strategy.fraction_train,
+    )
+    if spec.target_epsilon is not None:
+        spec = calibrate(spec, run)
+        name = NOISE_PARAMETER[spec.name]
+        logger.info(
+            "privacy.target_epsilon=%g: privacy.%s calibrated to %.6g",
+            spec.target_epsilon,
+            name,
+            getattr(spec, name),
+        )
+        setup = replace(assets.setup, privacy=spec.to_dict())
+        assets = replace(assets, setup=setup, privacy=spec)
+        strategy = cls(assets, **options(cfg["strategy"]))
+    assert strategy.privacy is not None
+    strategy.privacy.worst_case_epsilon = worst_case_epsilon(spec, run)
+    return strategy

@@ -1,14 +1,27 @@
-"""Privacy accounting with Google's dp-accounting library (Rényi DP, then converted to (ε, δ)).
+"""Privacy accounting with Google's dp-accounting: Rényi DP and privacy loss distributions.
 
-A :class:`PrivacyLedger` keeps, per privacy unit (one client for local mechanisms and DP-SGD,
-the whole federation for central ones), how often each kind of Gaussian event happened, and
-asks :class:`dp_accounting.rdp.RdpAccountant` for the composed epsilon at the run's delta.
-Events are kept as counts so an epsilon is one ``compose(event, count)`` per event kind
-(cached), and a projected epsilon ("what if this round ran") costs the same.
+A :class:`PrivacyLedger` keeps, per privacy unit, how often each kind of event happened.
+Units are named by the controller (:mod:`fedkd.privacy.controller`): ``record/client-<p>``
+for the record-level guarantee of one client's records, ``client/<...>`` for client-level
+guarantees. Events are kept as counts so an epsilon is one ``compose(event, count)`` per
+event kind (cached), and a projected epsilon ("what if this round ran") costs the same.
+
+Two accountants (``privacy.accountant``):
+
+* ``rdp``: :class:`dp_accounting.rdp.RdpAccountant` (default orders); milliseconds, so it
+  is used for every round's ``epsilon``, the budget and the noise calibration (an upper
+  bound, never below the true epsilon);
+* ``pld``: :class:`dp_accounting.pld.PLDAccountant` (privacy loss distributions, tight up to
+  its discretisation; about a second per composition), used for the final guarantee.
+
+``best`` (the default) reports, for the final guarantee, the smaller of the two with the
+accountant's name; both are valid upper bounds, so the smaller one is too.
 
 Event kinds
     ``("gaussian", z)``: a Gaussian mechanism with noise multiplier ``z`` (std / L2
-    sensitivity). ``("poisson", q, z)``: one DP-SGD step, Poisson sampling rate ``q``.
+    sensitivity). ``("poisson", q, z)``: a Gaussian mechanism whose unit takes part with
+    probability ``q`` (Poisson sampling: a DP-SGD step, or a round under Poisson client
+    sampling).
 """
 
 from __future__ import annotations
@@ -20,8 +33,15 @@ from functools import lru_cache
 from typing import Any
 
 EventKey = tuple[str, float] | tuple[str, float, float]
+Events = tuple[tuple[EventKey, int], ...]
 
-ACCOUNTANT = "dp-accounting RdpAccountant (Rényi DP, default orders)"
+ACCOUNTANTS = ("best", "rdp", "pld")
+NAMES = {
+    "rdp": "dp-accounting RdpAccountant (Rényi DP, default orders)",
+    "pld": "dp-accounting PLDAccountant (privacy loss distributions)",
+}
+#: Kept for callers that name the per-round accountant.
+ACCOUNTANT = NAMES["rdp"]
 
 
 def _quiet_absl() -> None:
@@ -43,12 +63,14 @@ def _dp_event(key: EventKey) -> Any:
     if key[0] == "gaussian":
         return dp_accounting.GaussianDpEvent(key[1])
     if key[0] == "poisson" and len(key) == 3:
+        if key[1] >= 1.0:  # always sampled: the plain Gaussian mechanism
+            return dp_accounting.GaussianDpEvent(key[2])
         return dp_accounting.PoissonSampledDpEvent(key[1], dp_accounting.GaussianDpEvent(key[2]))
     raise ValueError(f"unknown event kind {key!r}")
 
 
 @lru_cache(maxsize=4096)
-def composed_epsilon(events: tuple[tuple[EventKey, int], ...], delta: float) -> float:
+def composed_epsilon(events: Events, delta: float) -> float:
     """Epsilon at ``delta`` of composing each event ``count`` times (dp-accounting RDP)."""
     from dp_accounting import rdp
 
@@ -59,6 +81,37 @@ def composed_epsilon(events: tuple[tuple[EventKey, int], ...], delta: float) -> 
     for key, count in events:
         accountant.compose(_dp_event(key), int(count))
     return float(accountant.get_epsilon(delta))
+
+
+@lru_cache(maxsize=512)
+def pld_epsilon(events: Events, delta: float) -> float:
+    """Epsilon at ``delta`` of the same composition by privacy loss distributions."""
+    from dp_accounting.pld import pld_privacy_accountant
+
+    _quiet_absl()
+    if not events:
+        return 0.0
+    accountant = pld_privacy_accountant.PLDAccountant()
+    for key, count in events:
+        accountant.compose(_dp_event(key), int(count))
+    return float(accountant.get_epsilon(delta))
+
+
+def reported_epsilon(events: Events, delta: float, accountant: str) -> tuple[float, str]:
+    """``(epsilon, accountant name)`` of the final guarantee under ``privacy.accountant``."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+    candidates = []
+    if accountant in ("best", "rdp"):
+        candidates.append((composed_epsilon(events, delta), "rdp"))
+    if accountant in ("best", "pld"):
+        candidates.append((pld_epsilon(events, delta), "pld"))
+    epsilon, name = min(candidates)
+    return epsilon, name
+
+
+def freeze(events: Counter[EventKey]) -> Events:
+    return tuple(sorted((k, c) for k, c in events.items() if c > 0))
 
 
 class PrivacyLedger:
@@ -76,19 +129,22 @@ class PrivacyLedger:
         if count > 0:
             self._events[unit][key] += count
 
-    def epsilon(self, unit: str, extra: Iterable[tuple[EventKey, int]] = ()) -> float:
-        """Epsilon of ``unit`` so far, plus ``extra`` events if given (a projection)."""
+    def events(self, unit: str, extra: Iterable[tuple[EventKey, int]] = ()) -> Events:
+        """The frozen events of ``unit``, plus ``extra`` if given."""
         events = Counter(self._events.get(unit, Counter()))
         for key, count in extra:
             events[key] += count
-        frozen = tuple(sorted((k, c) for k, c in events.items() if c > 0))
-        return composed_epsilon(frozen, self.delta)
+        return freeze(events)
 
-    def max_epsilon(self) -> float:
-        return max((self.epsilon(u) for u in self._events), default=0.0)
+    def epsilon(self, unit: str, extra: Iterable[tuple[EventKey, int]] = ()) -> float:
+        """RDP epsilon of ``unit`` so far, plus ``extra`` events if given (a projection)."""
+        return composed_epsilon(self.events(unit, extra), self.delta)
 
-    def per_unit(self) -> dict[str, float]:
-        return {unit: self.epsilon(unit) for unit in self.units}
+    def max_epsilon(self, prefix: str = "") -> float:
+        return max((self.epsilon(u) for u in self._events if u.startswith(prefix)), default=0.0)
+
+    def per_unit(self, prefix: str = "") -> dict[str, float]:
+        return {unit: self.epsilon(unit) for unit in self.units if unit.startswith(prefix)}
 
     def state(self) -> dict[str, list[list[object]]]:
         """JSON-ready events per unit (for summaries and checkpoints)."""

@@ -27,8 +27,21 @@ _COMMON: dict[str, Any] = {
     "audit_shadows": 8,
     "audit_clients": 3,
     "audit_epochs": None,
+    "audit_canaries": 200,
 }
-_DP: dict[str, Any] = {"delta": 1e-5, "max_epsilon": None, "reproducible_noise": False}
+_DP: dict[str, Any] = {
+    "delta": 1e-5,
+    "max_epsilon": None,
+    "target_epsilon": None,
+    "budget": "federation",
+    "accountant": "best",
+    "client_sampling": "fixed",
+    "allow_unprotected": [],
+    "reproducible_noise": False,
+}
+ACCOUNTANTS: tuple[str, ...] = ("best", "rdp", "pld")
+BUDGETS: tuple[str, ...] = ("federation", "client")
+CLIENT_SAMPLING: tuple[str, ...] = ("fixed", "poisson")
 
 #: Allowed options and their defaults, per mechanism.
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -78,11 +91,30 @@ class PrivacySpec:
     delta : float
         Target delta of the reported (epsilon, delta).
     max_epsilon : float, optional
-        Budget: the run stops before a round that would exceed it.
+        Budget on the record-level epsilon: the run stops before a round that would exceed
+        it (``budget=federation``), or a client that would exceed it stops taking part
+        (``budget=client``).
+    target_epsilon : float, optional
+        Calibrate the noise (``noise_multiplier`` or ``sigma``) before the run so the
+        record-level epsilon after every planned round is this value
+        (:mod:`fedkd.privacy.calibration`).
+    budget : str
+        ``federation`` or ``client`` (see ``max_epsilon``).
+    accountant : str
+        ``best`` (the tighter of RDP and PLD, named), ``rdp`` or ``pld`` for the final
+        guarantees; rounds and budgets always use RDP (an upper bound).
+    client_sampling : str
+        ``fixed`` (``strategy.fraction_train`` of the clients each round; not credited) or
+        ``poisson`` (each client independently with probability ``fraction_train``;
+        amplification credited to the server-side mechanisms).
+    allow_unprotected : tuple of str
+        Wire keys a client may send in the clear under the mechanism (``train-loss``,
+        ``test-probs``, ...); every other unprotected key is withheld.
     reproducible_noise : bool
         Derive the noise from the run seed (research reruns); unsafe for real deployments.
-    audit, audit_attacks, audit_shadows, audit_clients, audit_epochs
-        Membership-inference audit after the run (see :mod:`fedkd.privacy.audit`).
+    audit, audit_attacks, audit_shadows, audit_clients, audit_epochs, audit_canaries
+        Audits after the run: membership inference (:mod:`fedkd.privacy.audit`) and the
+        one-run canary audit of what was released (:mod:`fedkd.privacy.canary`).
     """
 
     name: str = "none"
@@ -95,12 +127,18 @@ class PrivacySpec:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     max_epsilon: float | None = None
+    target_epsilon: float | None = None
+    budget: str = "federation"
+    accountant: str = "best"
+    client_sampling: str = "fixed"
+    allow_unprotected: tuple[str, ...] = ()
     reproducible_noise: bool = False
     audit: bool = False
     audit_attacks: tuple[str, ...] = ("loss", "lira")
     audit_shadows: int = 8
     audit_clients: int = 3
     audit_epochs: int | None = None
+    audit_canaries: int = 200
 
     @property
     def enabled(self) -> bool:
@@ -114,24 +152,26 @@ class PrivacySpec:
 
     @property
     def unit(self) -> str:
-        """What one (epsilon, delta) protects, in words."""
+        """What ``epsilon`` (the headline, record-level) protects, in words."""
         if self.name == "dpsgd":
-            return "example: one record of one client's private training data (add/remove)"
-        if self.name == "logit_dp" and self.mode == "local":
-            return (
-                "client: all private data of one client (its release, replaced by any other); "
-                "this bounds every single record too"
-            )
+            return "record: one training record of one client, added or removed"
         if self.name in ("logit_dp", "pate"):
             return (
-                "client: all private data of one client (add/remove for logit_dp central, "
-                "replace for pate); this bounds every single record too"
+                "record: one training record of one client, added, removed or changed "
+                "(client-level guarantee: epsilon_client)"
             )
         return "none"
+
+    @property
+    def server_side(self) -> bool:
+        """The server adds the noise (central ``logit_dp``, ``pate``): the guarantee assumes
+        an honest server."""
+        return self.name == "pate" or (self.name == "logit_dp" and self.mode == "central")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["audit_attacks"] = list(self.audit_attacks)
+        data["allow_unprotected"] = list(self.allow_unprotected)
         return data
 
     @staticmethod
@@ -139,7 +179,13 @@ class PrivacySpec:
         """Rebuild from :meth:`to_dict` (what clients receive); ``None`` is off."""
         if not data:
             return PrivacySpec()
-        return PrivacySpec(**{**data, "audit_attacks": tuple(data.get("audit_attacks", ()))})
+        return PrivacySpec(
+            **{
+                **data,
+                "audit_attacks": tuple(data.get("audit_attacks", ())),
+                "allow_unprotected": tuple(data.get("allow_unprotected", ())),
+            }
+        )
 
     @staticmethod
     def from_config(cfg: dict[str, Any] | None) -> PrivacySpec:
@@ -181,6 +227,7 @@ class PrivacySpec:
                     f"got {values['reproducible_noise']!r}"
                 )
             kwargs["reproducible_noise"] = values["reproducible_noise"]
+            kwargs.update(_budget_options(values))
         if name == "logit_dp":
             if values["mode"] not in LOGIT_DP_MODES:
                 raise ConfigError(
@@ -206,6 +253,35 @@ class PrivacySpec:
         return PrivacySpec(**kwargs)
 
 
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"privacy.{key} must be one of {list(choices)}, got {value!r}")
+    return str(value)
+
+
+def _budget_options(values: dict[str, Any]) -> dict[str, Any]:
+    target = _number("target_epsilon", values["target_epsilon"], optional=True)
+    budget = _number("max_epsilon", values["max_epsilon"], optional=True)
+    if target is not None and budget is not None and target > budget:
+        raise ConfigError(
+            f"privacy.target_epsilon={target:g} exceeds privacy.max_epsilon={budget:g}"
+        )
+    allowed = values["allow_unprotected"]
+    if isinstance(allowed, str):
+        allowed = [allowed]
+    if not isinstance(allowed, list | tuple) or not all(isinstance(k, str) for k in allowed):
+        raise ConfigError(f"privacy.allow_unprotected must be a list of wire keys, got {allowed!r}")
+    # Whether each key exists is checked against the payload layer in prepare_run
+    # (fedkd.wire.ledger.check_allowed).
+    return {
+        "target_epsilon": target,
+        "budget": _choice("budget", values["budget"], BUDGETS),
+        "accountant": _choice("accountant", values["accountant"], ACCOUNTANTS),
+        "client_sampling": _choice("client_sampling", values["client_sampling"], CLIENT_SAMPLING),
+        "allow_unprotected": tuple(dict.fromkeys(allowed)),
+    }
+
+
 def _audit_options(values: dict[str, Any]) -> dict[str, Any]:
     from fedkd.privacy.audit import ATTACKS
 
@@ -218,7 +294,7 @@ def _audit_options(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"privacy.audit_attacks must be a non-empty list of {list(ATTACKS)}, got {attacks!r}"
         )
-    for key, minimum in (("audit_shadows", 2), ("audit_clients", 0)):
+    for key, minimum in (("audit_shadows", 2), ("audit_clients", 0), ("audit_canaries", 0)):
         value = values[key]
         if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
             raise ConfigError(f"privacy.{key} must be an integer >= {minimum}, got {value!r}")
@@ -231,4 +307,21 @@ def _audit_options(values: dict[str, Any]) -> dict[str, Any]:
         "audit_shadows": int(values["audit_shadows"]),
         "audit_clients": int(values["audit_clients"]),
         "audit_epochs": None if epochs is None else int(epochs),
+        "audit_canaries": int(values["audit_canaries"]),
     }
+
+
+def public_examples(spec: PrivacySpec, num_examples: int, batch_size: int) -> int:
+    """The training example count a client reports under ``spec``.
+
+    Without a mechanism: the exact count. Under ``dpsgd``: ``batch_size * ceil(n /
+    batch_size)``, the dataset size implied by the sampling rate ``1 / ceil(n /
+    batch_size)`` that DP-SGD's accounting treats as public (as Opacus does). Under
+    ``logit_dp`` and ``pate``: 1 for every client (the release never depends on counts, so
+    every client weighs the same and nothing about its size leaves it).
+    """
+    if not spec.enabled:
+        return int(num_examples)
+    if spec.name == "dpsgd":
+        return int(batch_size * math.ceil(num_examples / batch_size))
+    return 1

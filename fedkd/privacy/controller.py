@@ -2,20 +2,37 @@
 
 :class:`PrivacyController` is plain numpy (no Flower): a strategy asks it, per round,
 
-1. :meth:`PrivacyController.charge_round` before sending the round, with the sampled
+1. :meth:`PrivacyController.eligible` which clients may still take part (``budget=client``:
+   those whose record-level epsilon stays within ``privacy.max_epsilon``);
+2. :meth:`PrivacyController.charge_round` before sending the round, with the sampled
    clients; it raises :class:`PrivacyBudgetExhausted` when the round's worst case would take
-   epsilon above ``privacy.max_epsilon`` (nothing of that round is sent), and otherwise
-   charges what clients release themselves (local ``logit_dp``, ``dpsgd``);
-2. :meth:`PrivacyController.release` with the clients' shared proxy outputs, for the
+   the record-level epsilon above ``privacy.max_epsilon`` (``budget=federation``; nothing of
+   that round is sent), and otherwise charges what clients release themselves (local
+   ``logit_dp``, ``dpsgd``);
+3. :meth:`PrivacyController.release` with the clients' shared proxy outputs, for the
    server-side mechanisms (central ``logit_dp``, ``pate``) and for local ``logit_dp``
    (averaging noisy rows, then projecting onto the simplex: post-processing);
-3. :meth:`PrivacyController.round_metrics` for ``metrics.jsonl``.
+4. :meth:`PrivacyController.round_metrics` for ``metrics.jsonl``.
 
-Privacy units: ``client-<partition id>`` for mechanisms each client applies itself (local
-``logit_dp`` and DP-SGD; ``epsilon`` is the largest over clients), ``federation`` for the
-server-side ones. Client sampling: DP-SGD's Poisson sampling of examples is accounted
-(``q = 1 / batches per epoch``); the fixed-size client sampling of ``fraction_train`` is
-not credited (no amplification), so central epsilons are upper bounds.
+Two guarantees are accounted side by side (docs/PRIVACY.md "Threat model"):
+
+* **record level** (``epsilon``; units ``record/client-<p>``): one training record of client
+  ``p`` added, removed or changed. A record only influences its own client's releases, so
+  each client is charged for the rounds it took part in; the headline epsilon is the
+  largest over clients. Central ``logit_dp`` charges a record at ``z / sqrt(2)`` (its
+  client's contribution moves by up to ``sqrt(2) clip sqrt(N)``); DP-SGD charges its
+  Poisson-sampled steps.
+* **client level** (``epsilon_client``; unit ``client/federation`` for server-side
+  mechanisms, ``client/client-<p>`` for local ``logit_dp``): all data of one client (added
+  or removed for central ``logit_dp``, replaced for local ``logit_dp`` and ``pate``). DP-SGD
+  bounds no client-level relation.
+
+Client sampling (``privacy.client_sampling``): ``fixed`` is not credited (the sample is a
+fixed-size draw, not the Poisson sampling amplification theorems need); ``poisson`` (each
+client takes part with probability ``q = fraction_train``) credits amplification to central
+``logit_dp``: every client is charged a Poisson-sampled Gaussian every round, at record and
+client level. PATE and the client-side mechanisms get no credit (the server sees who took
+part).
 """
 
 from __future__ import annotations
@@ -27,31 +44,39 @@ from typing import Any
 import numpy as np
 
 from fedkd.privacy.accounting import (
-    ACCOUNTANT,
+    NAMES,
     EventKey,
     PrivacyLedger,
     gaussian,
     poisson_gaussian,
+    reported_epsilon,
 )
 from fedkd.privacy.config import PrivacySpec
 from fedkd.privacy.mechanisms import (
     central_sum,
+    logit_dp_noise_std,
     logit_dp_sensitivity,
     noise_generator,
     pate_labels,
     project_to_simplex,
 )
 
-FEDERATION = "federation"
+FEDERATION = "client/federation"
 SQRT2 = float(np.sqrt(2.0))
+Plan = dict[str, list[tuple[EventKey, int]]]
 
 
 class PrivacyBudgetExhausted(RuntimeError):
     """The next round would exceed ``privacy.max_epsilon``; the run stops before it."""
 
 
+def record_unit(partition_id: int) -> str:
+    return f"record/client-{partition_id}"
+
+
 def client_unit(partition_id: int) -> str:
-    return f"client-{partition_id}"
+    """The client-level unit of a client-side mechanism (local ``logit_dp``)."""
+    return f"client/client-{partition_id}"
 
 
 def dpsgd_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
@@ -70,104 +95,188 @@ class Release:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class PrivacyController:
-    """Accounting, budget and server-side release for one run (see module docstring)."""
+@dataclass(frozen=True)
+class RoundPlan:
+    """What a round is planned with: the clients that take part and the release sizes."""
 
-    def __init__(self, spec: PrivacySpec, *, seed: int) -> None:
+    partitions: Sequence[int]
+    proxy_rows: int
+    client_examples: dict[int, int]
+    local_epochs: int
+    batch_size: int
+    server_round: int = 0
+
+
+class PrivacyController:
+    """Accounting, budget and server-side release for one run (see module docstring).
+
+    Parameters
+    ----------
+    spec : PrivacySpec
+        The mechanism.
+    seed : int
+        The run seed (reproducible noise only).
+    clients : sequence of int, optional
+        Every partition id of the federation (Poisson client sampling charges all).
+    sample_rate : float
+        ``q`` of Poisson client sampling (``strategy.fraction_train``).
+    """
+
+    def __init__(
+        self,
+        spec: PrivacySpec,
+        *,
+        seed: int,
+        clients: Sequence[int] = (),
+        sample_rate: float = 1.0,
+    ) -> None:
         if not spec.enabled:
             raise ValueError("PrivacyController needs a mechanism (privacy.name != none)")
         self.spec = spec
         self.seed = seed
+        self.clients = list(clients)
+        self.sample_rate = float(sample_rate)
         self.ledger = PrivacyLedger(spec.delta)
         self.stopped: str | None = None
         self.rounds_charged = 0
-        self.release_details: dict[str, Any] = {}
+        self.exhausted: list[int] = []  # clients whose own budget is spent (budget=client)
+        #: Record-level epsilon of the whole planned run in the worst case (set before it).
+        self.worst_case_epsilon: float | None = None
         self._round: dict[int, dict[str, Any]] = {}
 
-    # ------------------------------------------------------------------ planning
-    def round_events(
-        self,
-        partitions: Sequence[int],
-        *,
-        proxy_rows: int,
-        client_examples: dict[int, int],
-        local_epochs: int,
-        batch_size: int,
-    ) -> dict[str, list[tuple[EventKey, int]]]:
-        """Worst-case events of a round with these clients, per unit."""
+    @property
+    def poisson(self) -> bool:
+        """Central ``logit_dp`` credited with Poisson client sampling."""
         spec = self.spec
+        return (
+            spec.client_sampling == "poisson"
+            and spec.name == "logit_dp"
+            and spec.mode == "central"
+            and self.sample_rate < 1.0
+        )
+
+    # ------------------------------------------------------------------ planning
+    def round_events(self, plan: RoundPlan) -> Plan:
+        """Worst-case events of a round with these clients, per unit (every PATE query
+        answered and checked)."""
+        spec, events = self.spec, {}
         if spec.name == "dpsgd":
-            per_client: dict[str, list[tuple[EventKey, int]]] = {}
-            for p in partitions:
-                rate, steps = dpsgd_schedule(client_examples[p], batch_size, local_epochs)
-                event = poisson_gaussian(rate, spec.noise_multiplier)
-                per_client[client_unit(p)] = [(event, steps)]
-            return per_client
+            for p in plan.partitions:
+                rate, steps = dpsgd_schedule(
+                    plan.client_examples[p], plan.batch_size, plan.local_epochs
+                )
+                events[record_unit(p)] = [(poisson_gaussian(rate, spec.noise_multiplier), steps)]
+            return events
         if spec.name == "logit_dp" and spec.mode == "local":
             event = gaussian(spec.noise_multiplier)
-            return {client_unit(p): [(event, 1)] for p in partitions}
+            for p in plan.partitions:
+                events[record_unit(p)] = [(event, 1)]
+                events[client_unit(p)] = [(event, 1)]
+            return events
         if spec.name == "logit_dp":
-            return {FEDERATION: [(gaussian(spec.noise_multiplier), 1)]}
-        # pate: every query answered, and every query checked under confident GNMax
-        events: list[tuple[EventKey, int]] = [(gaussian(spec.sigma / SQRT2), proxy_rows)]
+            return self._central_events(plan.partitions)
+        per_query: list[tuple[EventKey, int]] = [(gaussian(spec.sigma / SQRT2), plan.proxy_rows)]
         if spec.confident:
             assert spec.sigma_threshold is not None
-            events.append((gaussian(spec.sigma_threshold), proxy_rows))
-        return {FEDERATION: events}
+            per_query.append((gaussian(spec.sigma_threshold), plan.proxy_rows))
+        events = {record_unit(p): list(per_query) for p in plan.partitions}
+        events[FEDERATION] = list(per_query)
+        return events
 
-    def charge_round(
-        self,
-        server_round: int,
-        partitions: Sequence[int],
-        *,
-        proxy_rows: int,
-        client_examples: dict[int, int],
-        local_epochs: int,
-        batch_size: int,
-    ) -> None:
-        """Check the budget for this round, then charge the client-side releases."""
-        planned = self.round_events(
-            partitions,
-            proxy_rows=proxy_rows,
-            client_examples=client_examples,
-            local_epochs=local_epochs,
-            batch_size=batch_size,
+    def _central_events(self, partitions: Sequence[int]) -> Plan:
+        z = self.spec.noise_multiplier
+        if self.poisson:
+            q = self.sample_rate
+            active = [p for p in self.clients if p not in self.exhausted]
+            events: Plan = {record_unit(p): [(poisson_gaussian(q, z / SQRT2), 1)] for p in active}
+            events[FEDERATION] = [(poisson_gaussian(q, z), 1)]
+            return events
+        events = {record_unit(p): [(gaussian(z / SQRT2), 1)] for p in partitions}
+        events[FEDERATION] = [(gaussian(z), 1)]
+        return events
+
+    def projected(self, plan: RoundPlan) -> float:
+        """The record-level epsilon (RDP) if this round ran as planned."""
+        events = self.round_events(plan)
+        units = set(events) | set(self.ledger.units)
+        return max(
+            (self.ledger.epsilon(u, events.get(u, ())) for u in units if u.startswith("record/")),
+            default=0.0,
         )
-        projected = max(
-            (self.ledger.epsilon(unit, extra) for unit, extra in planned.items()), default=0.0
-        )
+
+    def eligible(self, candidates: Sequence[int], plan: RoundPlan) -> list[int]:
+        """The candidates that may take part in the next round: all of them, except under
+        ``budget=client``, where a client whose own record-level epsilon would pass
+        ``privacy.max_epsilon`` with this round stops taking part for good."""
         budget = self.spec.max_epsilon
-        if budget is not None and projected > budget:
+        if self.spec.budget != "client" or budget is None:
+            return list(candidates)
+        keep = []
+        for p in candidates:
+            if p in self.exhausted:
+                continue
+            alone = RoundPlan(
+                [p], plan.proxy_rows, plan.client_examples, plan.local_epochs, plan.batch_size
+            )
+            extra = self.round_events(alone).get(record_unit(p), [])
+            if self.ledger.epsilon(record_unit(p), extra) > budget:
+                self.exhausted.append(p)
+            else:
+                keep.append(p)
+        return keep
+
+    def charge_round(self, server_round: int, plan: RoundPlan) -> None:
+        """Check the budget for this round, then charge the client-side releases."""
+        projected = self.projected(plan)
+        budget = self.spec.max_epsilon
+        if (not plan.partitions and not self.poisson) or (
+            budget is not None and self.spec.budget == "federation" and projected > budget
+        ):
+            why = (
+                "every client's budget is spent"
+                if not plan.partitions
+                else f"it would raise epsilon to {projected:.4g}"
+            )
             self.stopped = (
-                f"stopped before round {server_round}: it would raise epsilon to "
-                f"{projected:.4g} > privacy.max_epsilon={budget:g} (delta={self.spec.delta:g})"
+                f"stopped before round {server_round}: {why} > privacy.max_epsilon="
+                f"{budget:g} (record level, delta={self.spec.delta:g})"
+                if budget is not None
+                else f"stopped before round {server_round}: no client may take part"
             )
             raise PrivacyBudgetExhausted(self.stopped)
         self._round[server_round] = {"projected_epsilon": projected}
-        if self.spec.name == "dpsgd" or (
-            self.spec.name == "logit_dp" and self.spec.mode == "local"
-        ):
-            for unit, events in planned.items():
+        if (
+            self.poisson
+            or self.spec.name == "dpsgd"
+            or (self.spec.name == "logit_dp" and self.spec.mode == "local")
+        ):  # charged whether or not anyone replies (Poisson: whether or not anyone is sampled)
+            for unit, events in self.round_events(plan).items():
                 for key, count in events:
                     self.ledger.add(unit, key, count)
         self.rounds_charged += 1
 
     # ------------------------------------------------------------------ release
-    def release(self, server_round: int, shared: np.ndarray) -> Release:
-        """Targets from the clients' ``(K, N, C)`` shared outputs under the mechanism."""
+    def release(
+        self, server_round: int, shared: np.ndarray, partitions: Sequence[int] = ()
+    ) -> Release:
+        """Targets from the clients' ``(K, N, C)`` shared outputs under the mechanism;
+        ``partitions``: whose outputs they are (charged at record level)."""
         spec = self.spec
         shared = np.asarray(shared, dtype=np.float64)
         rng = noise_generator(spec.reproducible_noise, self.seed, server_round)
         if spec.name == "logit_dp" and spec.mode == "local":
             # rows are already noisy: averaging and projecting are post-processing
             release = Release(project_to_simplex(shared.mean(axis=0)))
-            std = spec.noise_multiplier * logit_dp_sensitivity(shared.shape[1], spec.clip, "local")
+            std = logit_dp_noise_std(shared.shape[1], spec.clip, "local", spec.noise_multiplier)
             release.details = {"noise_std": std}
         elif spec.name == "logit_dp":
             total, used = central_sum(
                 shared, clip=spec.clip, noise_multiplier=spec.noise_multiplier, rng=rng
             )
-            self.ledger.add(FEDERATION, gaussian(spec.noise_multiplier))
+            if not self.poisson:  # Poisson rounds are charged in charge_round
+                for unit, events in self._central_events(partitions).items():
+                    for key, count in events:
+                        self.ledger.add(unit, key, count)
             release = Release(project_to_simplex(total / len(shared)))
             release.details = {"noise_std": used.noise_std, "sensitivity": used.sensitivity}
         elif spec.name == "pate":
@@ -178,27 +287,32 @@ class PrivacyController:
                 threshold=spec.threshold,
                 sigma_threshold=spec.sigma_threshold,
             )
-            self.ledger.add(FEDERATION, gaussian(spec.sigma / SQRT2), len(answer.answered))
-            if spec.confident:
-                assert spec.sigma_threshold is not None
-                self.ledger.add(FEDERATION, gaussian(spec.sigma_threshold), answer.queries)
+            for unit in [FEDERATION, *(record_unit(p) for p in partitions)]:
+                self.ledger.add(unit, gaussian(spec.sigma / SQRT2), len(answer.answered))
+                if spec.confident:
+                    assert spec.sigma_threshold is not None
+                    self.ledger.add(unit, gaussian(spec.sigma_threshold), answer.queries)
             targets = np.zeros((len(answer.answered), shared.shape[2]), dtype=np.float32)
             targets[np.arange(len(answer.answered)), answer.labels] = 1.0
             release = Release(targets, rows=answer.answered)
-            release.details = {
-                "queries": answer.queries,
-                "answered": len(answer.answered),
-            }
+            release.details = {"queries": answer.queries, "answered": len(answer.answered)}
         else:
             raise ValueError(f"privacy={spec.name} has no server-side release")
         self._round.setdefault(server_round, {}).update(release.details)
         return release
 
     # ------------------------------------------------------------------ reporting
+    def client_level_bounded(self) -> bool:
+        return self.spec.name != "dpsgd"
+
     def round_metrics(self, server_round: int) -> dict[str, Any]:
-        """``epsilon`` (largest over units) and ``delta`` after this round, plus details."""
+        """``epsilon`` (record level, largest over clients), ``epsilon_client`` (client
+        level; ``None`` when the mechanism bounds none) and ``delta`` after this round."""
         metrics: dict[str, Any] = {
-            "epsilon": self.ledger.max_epsilon(),
+            "epsilon": self.ledger.max_epsilon("record/"),
+            "epsilon_client": (
+                self.ledger.max_epsilon("client/") if self.client_level_bounded() else None
+            ),
             "delta": self.spec.delta,
         }
         details = self._round.get(server_round, {})
@@ -207,47 +321,108 @@ class PrivacyController:
             metrics["pate_queries"] = details["queries"]
         return metrics
 
-    def sensitivity(self, proxy_rows: int) -> float | None:
+    def sensitivity(self, proxy_rows: int, relation: str = "client") -> float | None:
         spec = self.spec
         if spec.name == "logit_dp":
-            return logit_dp_sensitivity(proxy_rows, spec.clip, spec.mode)
+            return logit_dp_sensitivity(proxy_rows, spec.clip, spec.mode, relation)
         if spec.name == "pate":
             return SQRT2
+        if spec.name == "dpsgd" and relation == "record":
+            return spec.max_grad_norm
         return None
+
+    def guarantee(self, relation: str, *, proxy_rows: int) -> dict[str, Any]:
+        """One entry of ``privacy.guarantees`` (see :mod:`fedkd.privacy.guarantees`)."""
+        from fedkd.privacy.guarantees import neighbouring
+
+        prefix = f"{relation}/"
+        entry: dict[str, Any] = {
+            "relation": relation,
+            "neighbouring": neighbouring(self.spec, relation),
+            "bounded": relation == "record" or self.client_level_bounded(),
+            "epsilon": None,
+            "delta": self.spec.delta,
+            "accountant": None,
+            "sensitivity": self.sensitivity(proxy_rows, relation),
+        }
+        if not entry["bounded"]:
+            entry["sensitivity"] = None
+            return entry
+        epsilon, name = self.tightest(prefix)
+        entry["epsilon"], entry["accountant"] = epsilon, NAMES.get(name, name)
+        return entry
+
+    def tightest(self, prefix: str) -> tuple[float, str]:
+        """The largest over units of the smaller of each unit's RDP and PLD epsilons
+        (``privacy.accountant``), computing PLD only where it can change the answer."""
+        units = sorted(
+            (u for u in self.ledger.units if u.startswith(prefix)),
+            key=self.ledger.epsilon,
+            reverse=True,
+        )
+        best, best_name = 0.0, "rdp"
+        for unit in units:
+            if self.ledger.epsilon(unit) <= best:
+                break  # RDP bounds the rest: none can exceed what is reported
+            epsilon, name = reported_epsilon(
+                self.ledger.events(unit), self.spec.delta, self.spec.accountant
+            )
+            if epsilon > best:
+                best, best_name = epsilon, name
+        return best, best_name
 
     def summary(self, *, proxy_rows: int) -> dict[str, Any]:
         """The ``privacy`` entry of ``summary.json``."""
+        from fedkd.privacy.guarantees import describe
+
         spec = self.spec
-        per_unit = self.ledger.per_unit()
+        guarantees = [self.guarantee(r, proxy_rows=proxy_rows) for r in ("record", "client")]
+        record = guarantees[0]
         summary: dict[str, Any] = {
             "mechanism": spec.name,
             "unit": spec.unit,
-            "epsilon": max(per_unit.values(), default=0.0),
+            "epsilon": record["epsilon"],
+            "epsilon_client": guarantees[1]["epsilon"],
             "delta": spec.delta,
-            "accountant": ACCOUNTANT,
+            "accountant": record["accountant"],
+            "guarantees": guarantees,
             "rounds_accounted": self.rounds_charged,
             "max_epsilon": spec.max_epsilon,
+            "target_epsilon": spec.target_epsilon,
+            "budget": spec.budget,
             "stopped_by_budget": self.stopped is not None,
             "reproducible_noise": spec.reproducible_noise,
-            "client_sampling": "not credited (fixed-size sampling; epsilon is an upper bound)",
+            "noise_source": (
+                "numpy PCG64 seeded from the run seed (research reruns only)"
+                if spec.reproducible_noise
+                else "operating-system CSPRNG (os.urandom, Box-Muller)"
+            ),
+            "client_sampling": (
+                f"poisson (q={self.sample_rate:g}; amplification credited)"
+                if self.poisson
+                else f"{spec.client_sampling} (not credited: epsilon is an upper bound)"
+            ),
+            **describe(spec),
         }
+        if self.worst_case_epsilon is not None:
+            summary["worst_case_epsilon"] = self.worst_case_epsilon
+        if self.exhausted:
+            summary["clients_exhausted"] = sorted(self.exhausted)
         if self.stopped:
             summary["stopped_reason"] = self.stopped
-        if len(per_unit) > 1 or any(u.startswith("client-") for u in per_unit):
-            summary["epsilon_per_unit"] = per_unit
+        per_unit = self.ledger.per_unit("record/")
+        if per_unit:
+            summary["epsilon_per_client"] = {u.split("/", 1)[1]: e for u, e in per_unit.items()}
         if spec.name == "logit_dp":
-            sensitivity = self.sensitivity(proxy_rows)
-            assert sensitivity is not None
             summary.update(
                 {
                     "mode": spec.mode,
                     "clip": spec.clip,
                     "noise_multiplier": spec.noise_multiplier,
-                    "sensitivity": sensitivity,
-                    "sensitivity_formula": (
-                        "2 * clip * sqrt(rows)" if spec.mode == "local" else "clip * sqrt(rows)"
+                    "sensitivity": self.sensitivity(proxy_rows, "client"),
+                    "noise_std": logit_dp_noise_std(
+                        proxy_rows, spec.clip, spec.mode, spec.noise_multiplier
                     ),
-                    "noise_std": spec.noise_multiplier * sensitivity,
                     "rows_per_release": proxy_rows,
                 }
             )
@@ -258,16 +433,11 @@ class PrivacyController:
                     "threshold": spec.threshold,
                     "sigma_threshold": spec.sigma_threshold,
                     "sensitivity": SQRT2,
-                    "accounting": "data-independent (every check and answer charged)",
                 }
             )
         elif spec.name == "dpsgd":
             summary.update(
-                {
-                    "noise_multiplier": spec.noise_multiplier,
-                    "max_grad_norm": spec.max_grad_norm,
-                    "client_sampling": "examples: Poisson (accounted); clients: not credited",
-                }
+                {"noise_multiplier": spec.noise_multiplier, "max_grad_norm": spec.max_grad_norm}
             )
         summary["events"] = self.ledger.state()
         return summary

@@ -4,18 +4,23 @@ Notation: a client releases an ``(N, C)`` matrix (N proxy examples of this round
 whose rows are its predicted probability vectors.
 
 ``logit_dp`` (Gaussian mechanism on clipped predictions)
-    Every row is clipped to L2 norm ``clip``, so one client's whole release has L2 norm at
-    most ``clip * sqrt(N)``. The L2 sensitivity is
+    Every row is a probability vector (non-negative) clipped to L2 norm ``clip``; two such
+    rows differ by at most ``sqrt(2) * clip`` in L2 (``|u - v|^2 = |u|^2 + |v|^2 - 2 u.v``
+    and ``u.v >= 0``), and one client's whole release of N rows by ``sqrt(2) * clip *
+    sqrt(N)``. The L2 sensitivities, by neighbouring relation (:func:`logit_dp_sensitivity`):
 
-    * central (the server adds noise to the sum over clients, neighbouring = one client
-      added or removed): ``clip * sqrt(N)``;
-    * local (each client noises its own release, neighbouring = the client's data replaced
-      by anything): ``2 * clip * sqrt(N)``.
+    * local (each client noises its own release; any change of the client's data, one
+      record or all of them): ``sqrt(2) * clip * sqrt(N)``;
+    * central, client level (the server noises the sum over clients; one client added or
+      removed): ``clip * sqrt(N)``;
+    * central, record level (one record of one client added, removed or changed: that
+      client's contribution changes instead of disappearing): ``sqrt(2) * clip * sqrt(N)``.
 
-    The noise is ``N(0, (noise_multiplier * sensitivity)^2)`` per entry, so each release is
-    one Gaussian mechanism with that noise multiplier (RDP ``alpha / (2 z^2)``). A single
-    training record can change a client's model arbitrarily, so the privacy unit is the
-    whole client; that bounds every record too.
+    The noise std is ``noise_multiplier * sqrt(2) * clip * sqrt(N)`` per entry in local mode
+    and ``noise_multiplier * clip * sqrt(N)`` in central mode (the client-level
+    sensitivity), so a central release is a Gaussian mechanism with multiplier ``z`` for a
+    client and ``z / sqrt(2)`` for a record. A single training record can change a
+    client's model arbitrarily, so these bounds assume nothing about training.
 
 ``pate`` (Papernot et al., ICLR 2018)
     Clients vote with their argmax (one-hot rows). The server sums the votes per example,
@@ -25,17 +30,19 @@ whose rows are its predicted probability vectors.
     answers only the queries that pass. Accounting here is data-independent: every check
     and every answer is charged as a Gaussian mechanism.
 
-Noise comes from :func:`noise_generator`: seeded from the operating system's CSPRNG
-(:mod:`secrets`), or, with ``privacy.reproducible_noise=true``, derived from the run seed so
-research runs can be repeated. Reproducible noise is predictable to anyone who knows the
-seed: never use it in a real deployment.
+Noise comes from :func:`noise_generator`: by default :class:`SecureNormal`, Gaussian
+samples built from the operating system's CSPRNG (:func:`os.urandom`) by the Box-Muller
+transform; with ``privacy.reproducible_noise=true``, a numpy generator derived from the run
+seed so research runs can be repeated. Reproducible noise is predictable to anyone who knows
+the seed: never use it in a real deployment.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
+import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -43,17 +50,43 @@ import numpy as np
 NOISE_STREAM = 0x5EC0DE
 
 
-def noise_generator(reproducible: bool, seed: int, *stream: int) -> np.random.Generator:
-    """The generator for one release's noise.
+class NormalSource(Protocol):
+    """What a mechanism draws its noise from (``numpy.random.Generator`` has this method)."""
 
-    ``reproducible=False`` (the default of every mechanism): 128 bits from
-    :func:`secrets.randbits` seed a PCG64 generator, independent of the run seed and of
-    every other RNG in the run. ``True``: derived from ``(seed, NOISE_STREAM, *stream)``,
-    so a rerun with the same seed adds the same noise (unsafe outside research).
+    def normal(self, loc: float = ..., scale: float = ..., size: object = ...) -> np.ndarray: ...
+
+
+class SecureNormal:
+    """Gaussian noise from the operating system's CSPRNG.
+
+    Each sample uses two 53-bit uniforms from :func:`os.urandom` (``u1`` in ``(0, 1]``,
+    ``u2`` in ``[0, 1)``) and the Box-Muller transform ``sqrt(-2 ln u1) cos(2 pi u2)`` in
+    float64. Nothing about the noise is predictable from the run's seed or from any other
+    generator of the run. Floating-point artefacts of sampling (Mironov, CCS 2012) are not
+    mitigated beyond float64 precision.
+    """
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0, size: object = None) -> np.ndarray:
+        shape = () if size is None else tuple(np.atleast_1d(np.asarray(size, dtype=np.int64)))
+        count = int(np.prod(shape, dtype=np.int64))
+        bits = np.frombuffer(os.urandom(16 * count), dtype=np.uint64).reshape(2, count) >> 11
+        u1 = (bits[0].astype(np.float64) + 1.0) * 2.0**-53
+        u2 = bits[1].astype(np.float64) * 2.0**-53
+        samples = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        return (loc + scale * samples).reshape(shape)
+
+
+def noise_generator(reproducible: bool, seed: int, *stream: int) -> NormalSource:
+    """The noise source for one release.
+
+    ``reproducible=False`` (the default of every mechanism): :class:`SecureNormal`, the
+    operating system's CSPRNG, independent of the run seed and of every other RNG in the
+    run. ``True``: a numpy generator derived from ``(seed, NOISE_STREAM, *stream)``, so a
+    rerun with the same seed adds the same noise (unsafe outside research).
     """
     if reproducible:
         return np.random.default_rng(np.random.SeedSequence([seed, NOISE_STREAM, *stream]))
-    return np.random.default_rng(secrets.randbits(128))
+    return SecureNormal()
 
 
 def torch_noise_seed(reproducible: bool, seed: int, *stream: int) -> int | None:
@@ -73,10 +106,21 @@ def clip_rows(values: np.ndarray, clip: float) -> np.ndarray:
     return values * np.minimum(1.0, clip / np.maximum(norms, 1e-12))
 
 
-def logit_dp_sensitivity(num_rows: int, clip: float, mode: str) -> float:
-    """L2 sensitivity of one client's clipped ``(num_rows, C)`` release (see module doc)."""
+def logit_dp_sensitivity(num_rows: int, clip: float, mode: str, relation: str = "client") -> float:
+    """L2 sensitivity of a ``logit_dp`` release of ``num_rows`` clipped probability rows
+    per client, for neighbouring ``relation`` ``"record"`` or ``"client"`` (module doc)."""
+    if relation not in ("record", "client"):
+        raise ValueError(f"relation must be 'record' or 'client', got {relation!r}")
     base = clip * math.sqrt(num_rows)
-    return 2.0 * base if mode == "local" else base
+    if mode == "local" or relation == "record":
+        return math.sqrt(2.0) * base
+    return base
+
+
+def logit_dp_noise_std(num_rows: int, clip: float, mode: str, noise_multiplier: float) -> float:
+    """Noise std per entry: ``noise_multiplier`` times the sensitivity it is defined by
+    (local: any change of the client's data; central: one client added or removed)."""
+    return noise_multiplier * logit_dp_sensitivity(num_rows, clip, mode, "client")
 
 
 @dataclass(frozen=True)
@@ -89,24 +133,26 @@ class GaussianRelease:
 
 
 def local_release(
-    probs: np.ndarray, *, clip: float, noise_multiplier: float, rng: np.random.Generator
+    probs: np.ndarray, *, clip: float, noise_multiplier: float, rng: NormalSource
 ) -> tuple[np.ndarray, GaussianRelease]:
-    """A client's locally private release: clipped rows plus Gaussian noise."""
+    """A client's locally private release: clipped non-negative rows plus Gaussian noise."""
     sensitivity = logit_dp_sensitivity(len(probs), clip, "local")
     std = noise_multiplier * sensitivity
-    noisy = clip_rows(probs, clip) + rng.normal(0.0, std, size=np.shape(probs))
+    rows = clip_rows(np.clip(np.asarray(probs, dtype=np.float64), 0.0, None), clip)
+    noisy = rows + rng.normal(0.0, std, size=np.shape(probs))
     return noisy.astype(np.float32), GaussianRelease(sensitivity, std, noise_multiplier)
 
 
 def central_sum(
-    contributions: np.ndarray, *, clip: float, noise_multiplier: float, rng: np.random.Generator
+    contributions: np.ndarray, *, clip: float, noise_multiplier: float, rng: NormalSource
 ) -> tuple[np.ndarray, GaussianRelease]:
     """The noisy sum over clients of their clipped ``(K, N, C)`` contributions.
 
-    The server clips again, so the stated sensitivity holds even if a client did not.
+    The server drops negative parts and clips again, so the stated sensitivities hold even
+    if a client did neither. ``sensitivity`` is the client-level one (the noise's unit).
     """
-    contributions = np.asarray(contributions, dtype=np.float64)
-    sensitivity = logit_dp_sensitivity(contributions.shape[1], clip, "central")
+    contributions = np.clip(np.asarray(contributions, dtype=np.float64), 0.0, None)
+    sensitivity = logit_dp_sensitivity(contributions.shape[1], clip, "central", "client")
     std = noise_multiplier * sensitivity
     total = clip_rows(contributions, clip).sum(axis=0)
     noisy = total + rng.normal(0.0, std, size=total.shape)
@@ -143,7 +189,7 @@ def pate_labels(
     votes: np.ndarray,
     *,
     sigma: float,
-    rng: np.random.Generator,
+    rng: NormalSource,
     threshold: float | None = None,
     sigma_threshold: float | None = None,
 ) -> PateAnswer:

@@ -50,6 +50,10 @@ class RunAssets:
         Fault injection (``faults`` block): crashing, straggling and killed clients.
     attack : AttackSpec
         Poisoning simulation (``attack`` block): which clients are malicious and how.
+    client_test_predictions : bool
+        Clients send their predictions on the server test set
+        (``diagnostics.client_test_predictions``, resolved by
+        :func:`fedkd.apps.plan.client_test_predictions`).
     round_timeout : float
         Seconds the server waits for a round's replies (stragglers sleep past it).
     """
@@ -67,6 +71,7 @@ class RunAssets:
     faults: FaultSpec = field(default_factory=FaultSpec)
     attack: AttackSpec = field(default_factory=AttackSpec)
     round_timeout: float = 3600.0
+    client_test_predictions: bool = True
 
 
 def rule_options(spec: dict[str, Any]) -> dict[str, Any]:

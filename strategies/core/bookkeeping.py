@@ -42,10 +42,11 @@ def record_replies(
             dict(failures),
         )
     metrics["uplink_bytes"] = sum(reply.uplink_bytes for reply in valid)
-    if valid:
-        total = sum(r.num_examples for r in valid)
+    reported = [r for r in valid if keys.TRAIN_LOSS in r.metrics]  # withheld under privacy
+    if reported:
+        total = sum(r.num_examples for r in reported)
         metrics["train_loss"] = (
-            sum(r.metric(keys.TRAIN_LOSS) * r.num_examples for r in valid) / total
+            sum(r.metric(keys.TRAIN_LOSS) * r.num_examples for r in reported) / total
         )
 
 

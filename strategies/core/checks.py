@@ -14,8 +14,10 @@ import torch
 
 from fedkd.distill import build_loss
 from fedkd.distill.losses import DistillLoss
+from fedkd.distill.target_registry import TARGET_RULE_REGISTRY
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel
+from fedkd.wire import keys
 from fedkd.wire.payloads import ModelWeights, ProxyPredictions, resolve
 from strategies.core.assets import RunAssets, rule_options
 
@@ -68,6 +70,17 @@ def check_privacy(
         population = assets.setup.num_clients
         unit = f"1/num_clients = 1/{population}"
     else:  # dpsgd
+        rule = assets.aggregation.get("name", "mean")
+        if (
+            rule in TARGET_RULE_REGISTRY
+            and TARGET_RULE_REGISTRY[rule].needs_label_histograms
+            and keys.LABEL_HISTOGRAM not in spec.allow_unprotected
+        ):
+            raise ConfigError(
+                f"aggregation={rule} weighs clients by their label histograms, which "
+                f"privacy={spec.name} withholds (exact counts of private records); add "
+                f"{keys.LABEL_HISTOGRAM} to privacy.allow_unprotected to send them anyway"
+            )
         direct = [p.name for p in resolve(payloads) if p.from_private_records]
         if direct or trains_locally:
             raise ConfigError(

@@ -37,7 +37,12 @@ def evaluate_messages(
 def mean_client_accuracy(replies: Iterable[Message]) -> float | None:
     """Example-weighted mean of the replies' local test accuracy (None: no usable reply)."""
     ok = [r for r in replies if not r.has_error() and keys.METRICS in r.content.metric_records]
-    counted = [r for r in ok if num_examples(r) > 0]
+    reported = [  # under a privacy mechanism both are withheld unless allowed
+        r
+        for r in ok
+        if {keys.ACCURACY, keys.NUM_EXAMPLES} <= set(r.content.metric_records[keys.METRICS])
+    ]
+    counted = [r for r in reported if num_examples(r) > 0]
     if not counted:
         return None
     total = sum(num_examples(r) for r in counted)

@@ -40,7 +40,10 @@ class Federation:
         Partition id -> node id (Flower's node ids are random; sampling is keyed on
         partition ids so that it is reproducible).
     label_histograms : dict[int, list[int]]
-        Partition id -> the label counts it declared (its example count is their sum).
+        Partition id -> the label counts it declared (empty when withheld under a privacy
+        mechanism).
+    examples : dict[int, int]
+        Partition id -> the training example count it declared.
     architecture_of : dict[int, int]
         Partition id -> index of its client architecture.
     """
@@ -48,9 +51,13 @@ class Federation:
     node_of_partition: dict[int, int] = field(default_factory=dict)
     label_histograms: dict[int, list[int]] = field(default_factory=dict)
     architecture_of: dict[int, int] = field(default_factory=dict)
+    examples: dict[int, int] = field(default_factory=dict)
 
     def declared_examples(self, partition_id: int) -> int:
         """The training example count a partition declared at discovery (0: unknown)."""
+        examples = getattr(self, "examples", {})  # absent in checkpoints before counts
+        if partition_id in examples:
+            return examples[partition_id]
         return sum(self.label_histograms.get(partition_id, []))
 
     def add(self, node_id: int, found: Discovery) -> None:
@@ -65,6 +72,9 @@ class Federation:
             return
         self.node_of_partition[found.partition_id] = node_id
         self.label_histograms[found.partition_id] = list(found.label_histogram)
+        if not hasattr(self, "examples"):
+            self.examples = {}
+        self.examples[found.partition_id] = found.num_examples
         self.architecture_of[found.partition_id] = found.architecture
 
 
@@ -142,6 +152,17 @@ def sample_partitions(
         return ordered
     rng = np.random.default_rng([seed, server_round, stream])
     return sorted(int(p) for p in rng.choice(ordered, size=count, replace=False))
+
+
+def poisson_sample(
+    available: Iterable[int], rate: float, *, seed: int, server_round: int, stream: int
+) -> list[int]:
+    """Sorted partition ids, each taken independently with probability ``rate`` (Poisson
+    sampling, reproducible from ``(seed, round, stream)``; may be empty)."""
+    ordered = sorted(available)
+    rng = np.random.default_rng([seed, server_round, stream, 0x9015])
+    keep = rng.random(len(ordered)) < rate
+    return [p for p, k in zip(ordered, keep, strict=True) if k]
 
 
 def exchange(

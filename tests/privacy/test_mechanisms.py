@@ -42,9 +42,17 @@ def test_clipped_rows_respect_the_bound_and_short_rows_are_untouched(clip: float
     np.testing.assert_allclose(cosine, 1.0, atol=1e-12)
 
 
-def test_sensitivity_is_stated_per_mode() -> None:
-    assert logit_dp_sensitivity(100, 0.5, "central") == pytest.approx(5.0)
-    assert logit_dp_sensitivity(100, 0.5, "local") == pytest.approx(10.0)
+def test_sensitivity_is_stated_per_mode_and_relation() -> None:
+    # central: one client added or removed, or one record of a client changed
+    assert logit_dp_sensitivity(100, 0.5, "central", "client") == pytest.approx(5.0)
+    assert logit_dp_sensitivity(100, 0.5, "central", "record") == pytest.approx(5.0 * math.sqrt(2))
+    # local: any change of the client's non-negative clipped rows
+    for relation in ("client", "record"):
+        assert logit_dp_sensitivity(100, 0.5, "local", relation) == pytest.approx(
+            5.0 * math.sqrt(2)
+        )
+    with pytest.raises(ValueError, match="relation"):
+        logit_dp_sensitivity(100, 0.5, "central", "example")
 
 
 @pytest.mark.parametrize("noise_multiplier", [0.5, 2.0])
@@ -53,7 +61,7 @@ def test_local_noise_std_matches_the_configured_one(noise_multiplier: float) -> 
     noisy, used = local_release(
         probs, clip=0.5, noise_multiplier=noise_multiplier, rng=np.random.default_rng(3)
     )
-    expected_std = noise_multiplier * 2 * 0.5 * math.sqrt(400)
+    expected_std = noise_multiplier * math.sqrt(2) * 0.5 * math.sqrt(400)
     assert used.noise_std == pytest.approx(expected_std)
     residual = noisy.astype(np.float64) - clip_rows(probs, 0.5)
     assert residual.mean() == pytest.approx(0.0, abs=4 * expected_std / math.sqrt(residual.size))

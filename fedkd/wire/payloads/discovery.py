@@ -18,8 +18,10 @@ class Discovery:
 
     The server maps partition ids to node ids with it (sampling is keyed on partition ids),
     caps the example count every later reply may report, and keeps the histograms for
-    label-aware teacher rules and ``partitions.json``. The histogram is exact: no privacy
-    mechanism covers it (see docs/PRIVACY.md).
+    label-aware teacher rules and ``partitions.json``. Without a privacy mechanism both are
+    exact; under one, the count is a public bound (:func:`fedkd.privacy.public_examples`)
+    and the histogram is withheld unless ``privacy.allow_unprotected`` names
+    ``label-histogram`` (then ``label_histogram`` is empty; see docs/PRIVACY.md).
     """
 
     partition_id: int
@@ -29,14 +31,20 @@ class Discovery:
 
     @staticmethod
     def compute(
-        *, partition_id: int, train_y: np.ndarray, num_classes: int, architecture: int
+        *,
+        partition_id: int,
+        train_y: np.ndarray,
+        num_classes: int,
+        architecture: int,
+        num_examples: int | None = None,
     ) -> MetricRecord:
-        """The client's reply record (``metrics``)."""
+        """The client's reply record (``metrics``); ``num_examples``: the count to report
+        (default: the exact one)."""
         histogram = np.bincount(train_y, minlength=num_classes)
         return MetricRecord(
             {
                 keys.PARTITION_ID: partition_id,
-                keys.NUM_EXAMPLES: len(train_y),
+                keys.NUM_EXAMPLES: len(train_y) if num_examples is None else num_examples,
                 keys.LABEL_HISTOGRAM: [int(c) for c in histogram],
                 keys.ARCHITECTURE: architecture,
             }
@@ -67,13 +75,18 @@ class Discovery:
         if num_partitions is not None and not 0 <= partition_id < num_partitions:
             raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
         histogram = metrics.get(keys.LABEL_HISTOGRAM)
-        if not isinstance(histogram, list) or not all(_is_int(c) for c in histogram):
-            raise ValueError("missing label-histogram or not integer counts")
-        counts = tuple(histogram)
-        if num_classes is not None and len(counts) != num_classes:
-            raise ValueError(f"label-histogram has {len(counts)} classes, not {num_classes}")
-        if any(c < 0 for c in counts):
-            raise ValueError("label-histogram has negative counts")
+        count = metrics.get(keys.NUM_EXAMPLES)
+        if histogram is None and _is_int(count) and count >= 1:
+            counts: tuple[int, ...] = ()  # withheld under a privacy mechanism
+        else:
+            if not isinstance(histogram, list) or not all(_is_int(c) for c in histogram):
+                raise ValueError("missing label-histogram or not integer counts")
+            counts = tuple(histogram)
+            if num_classes is not None and len(counts) != num_classes:
+                raise ValueError(f"label-histogram has {len(counts)} classes, not {num_classes}")
+            if any(c < 0 for c in counts):
+                raise ValueError("label-histogram has negative counts")
+            count = sum(counts)
         architecture = metrics.get(keys.ARCHITECTURE, 0)
         if not _is_int(architecture) or (
             num_architectures is not None and not 0 <= architecture < num_architectures
@@ -81,7 +94,7 @@ class Discovery:
             raise ValueError(f"architecture {architecture!r} is not one of the run's")
         return Discovery(
             partition_id=partition_id,
-            num_examples=sum(counts),
+            num_examples=int(count),
             label_histogram=counts,
             architecture=architecture,
         )

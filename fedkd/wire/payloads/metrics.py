@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from flwr.app import RecordDict
 
+from fedkd.privacy.config import public_examples
 from fedkd.train import evaluate
 from fedkd.wire import keys
 from fedkd.wire.payloads.base import ClientRound, Expectation, Payload
@@ -41,7 +42,9 @@ class ClientMetrics(Payload):
     def compute(self, client: ClientRound) -> dict[str, Any]:
         """The metric values (after local training)."""
         metrics: dict[str, Any] = {
-            keys.NUM_EXAMPLES: len(client.client_data.train_y),
+            keys.NUM_EXAMPLES: public_examples(
+                client.privacy, len(client.client_data.train_y), client.setup.local.batch_size
+            ),
             keys.TRAIN_LOSS: float(client.train_loss),
             keys.PARTITION_ID: client.partition_id,
             keys.ARCHITECTURE: client.architecture,
@@ -50,7 +53,10 @@ class ClientMetrics(Payload):
         if client.dp_epsilon is not None:
             metrics[keys.DP_EPSILON] = float(client.dp_epsilon)
         test = client.client_data
-        if len(test.test_y):
+        withheld = (
+            client.privacy.enabled and keys.LOCAL_ACCURACY not in client.privacy.allow_unprotected
+        )
+        if len(test.test_y) and not withheld:
             _, metrics[keys.LOCAL_ACCURACY] = evaluate(
                 client.model, test.test_x, test.test_y, device=client.device
             )
@@ -58,7 +64,7 @@ class ClientMetrics(Payload):
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         """Present, for this round, with a plausible example count and numeric metrics
-        (``train-loss`` always; ``local-accuracy``, ``dp-epsilon`` when sent)."""
+        (``train-loss``, ``local-accuracy``, ``dp-epsilon`` when sent)."""
         if keys.METRICS not in content.metric_records:
             return "missing metrics"
         metrics = content.metric_records[keys.METRICS]
@@ -74,8 +80,8 @@ class ClientMetrics(Payload):
             return "implausible num-examples"
         for key in (keys.TRAIN_LOSS, keys.LOCAL_ACCURACY, keys.DP_EPSILON):
             value = metrics.get(key)
-            if value is None and key != keys.TRAIN_LOSS:
-                continue  # optional: only some runs report them
+            if value is None:
+                continue  # optional: withheld under a privacy mechanism, or not measured
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return f"{key}: missing or not a number"
         return None

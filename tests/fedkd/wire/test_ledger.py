@@ -51,9 +51,10 @@ def test_each_key_gets_its_payloads_protection(spec, proxy, weights, test_probs)
     assert found["predictions/proxy-probs"] == proxy
     assert found["arrays/*"] == weights  # the whole state dict, one row
     assert found["evaluation/test-probs"] == test_probs
-    # statistics computed on private records and exact counts: no mechanism covers them
+    # statistics computed on private records: no mechanism covers them
     assert found["predictions/label-logits"] == "none"
-    assert found["metrics/num-examples"] == "none"
+    # counts are exact without a mechanism, a public bound under one
+    assert found["metrics/num-examples"] == ("public" if spec.enabled else "none")
     assert found["metrics/partition-id"] == "public"
 
 
@@ -103,8 +104,13 @@ def test_a_run_reports_what_its_clients_actually_sent(in_process_run, tmp_path) 
     assert rows[("train", "predictions/proxy-probs-q")] == "central_dp"
     assert rows[("train", "predictions/proxy-probs-scale")] == "central_dp"
     assert ("train", "predictions/proxy-probs") not in rows
-    assert rows[("train", "evaluation/test-probs")] == "none"
-    assert rows[("discovery", "metrics/label-histogram")] == "none"
+    # under a mechanism nothing unprotected leaves a client: withheld, not sent
+    assert ("train", "evaluation/test-probs") not in rows
+    assert ("discovery", "metrics/label-histogram") not in rows
+    assert ("train", "metrics/train-loss") not in rows
+    assert rows[("train", "metrics/num-examples")] == "public"
+    assert "none" not in set(rows.values())
+    assert summary["privacy"]["unprotected"] == [] and not summary["privacy"]["client_test_predictions"]
     plain = in_process_run(SMALL, tmp_path / "plain")
     assert plain["privacy"]["mechanism"] == "none" and plain["privacy"]["epsilon"] is None
     plain_rows = {(r["message"], r["key"]): r["protection"] for r in plain["privacy"]["releases"]}
