@@ -53,6 +53,7 @@ from strategies.core.harness import harness_config
 from strategies.core.loop import run_rounds
 from strategies.core.options import RoundOptions, alias
 from strategies.core.private_rounds import (
+    canary_recorder,
     controller_for,
     evaluation_withheld,
     round_plan,
@@ -89,9 +90,8 @@ class FedKDStrategy(MethodToolkit, Strategy):
     assets : RunAssets
         Server-side data, student and loss.
     fraction_train : float
-        Fraction of clients sampled for training each round (default 1.0). Sampling is
-        seeded by ``(seed, round)`` over partition ids, so it does not depend on Flower's
-        random node ids.
+        Fraction of clients sampled for training each round (default 1.0), seeded by
+        ``(seed, round)`` over partition ids (not Flower's random node ids).
     fraction_evaluate : float
         Fraction of clients that evaluate the global model on their local test split each
         round (default 0.0: off).
@@ -142,6 +142,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         "targets_round",
         "last_client_weights",
         "privacy",
+        "canaries",
     )
 
     def __init__(
@@ -201,6 +202,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         self.encoding = EncodingSpec.from_config(assets.setup.encoding)
         #: Accounting, budget and server-side release of the ``privacy`` mechanism.
         self.privacy = controller_for(assets, fraction_train)
+        self.canaries = canary_recorder(assets)  # the one-run audit's observations
         #: The last weights each client returned (kept for the membership audit only).
         self.last_client_weights: dict[int, ArrayRecord] = {}
         #: Every key clients sent and what protected it (``privacy.releases``).
@@ -511,13 +513,9 @@ class FedKDStrategy(MethodToolkit, Strategy):
             test_labels=self.assets.data.test_y,
             ensemble=self.teacher_targets if self.forms_ensemble else None,
         )
+        audit = self.assets.privacy.audit and self.shares_weights
         bookkeeping.record_privacy(
-            state,
-            valid,
-            self.privacy,
-            audit_weights=self.last_client_weights
-            if self.assets.privacy.audit and self.shares_weights
-            else None,
+            state, valid, self.privacy, self.canaries, self.last_client_weights if audit else None
         )
         metrics = state.metrics
         if len(valid) < self.min_train_replies:

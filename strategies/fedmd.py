@@ -139,6 +139,8 @@ class FedMD(FedKDStrategy):
             consensus = self.consensus(client_probs, replies)
         self.targets_round = server_round
         indices = state.proxy_indices[rows]
+        if self.canaries is not None:  # the canary audit observes what is released
+            self.canaries.observe_release(indices, consensus)
         proxy_x = data.proxy_x[indices]
         proxy_y = None if data.proxy_y is None else data.proxy_y[indices]
         self.distill_student(state, proxy_x, consensus, labels=proxy_y)

@@ -163,7 +163,10 @@ def build_setup(
         torch_threads=int(backend.get("torch_threads", 1)),
         distill=dict(cfg["distill"]),
         augment=_augment_config(cfg),
-        privacy=privacy.to_dict() if privacy is not None and privacy.enabled else None,
+        # clients need the spec under a mechanism, and for the audit's canaries without one
+        privacy=privacy.to_dict()
+        if privacy is not None and (privacy.enabled or privacy.audit)
+        else None,
         encoding=encoding.to_dict(),
     )
 

@@ -28,6 +28,7 @@ from fedkd.distill.augment import Augmentation, build_augmentation
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.privacy import PrivacySpec
+from fedkd.privacy.canary_run import with_canaries
 from fedkd.reliability.attacks import poison_labels
 from fedkd.setup import FederationSetup, architecture_index
 from fedkd.wire import keys
@@ -129,8 +130,11 @@ def _client_data(
     """The client's private records: its own data file when the node config names one
     (``data-file``, deployment), else its partition of the run's dataset (simulation)."""
     spec = LocalDataSpec.from_node_config(context.node_config)
-    if spec is None:
-        return data.client_data(partition_id)
+    if spec is None:  # simulation: with the audit's canaries when it plants some
+        privacy = PrivacySpec.from_dict(setup.privacy)
+        return with_canaries(
+            data.client_data(partition_id), privacy, data, setup.seed, partition_id
+        )
     x, y = load_local_data(spec, input_shape=data.input_shape, num_classes=data.num_classes)
     return local_split(
         x, y, fraction=setup.local_test_fraction, seed=setup.seed, partition_id=partition_id

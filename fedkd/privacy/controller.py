@@ -232,17 +232,17 @@ class PrivacyController:
         if (not plan.partitions and not self.poisson) or (
             budget is not None and self.spec.budget == "federation" and projected > budget
         ):
-            why = (
-                "every client's budget is spent"
-                if not plan.partitions
-                else f"it would raise epsilon to {projected:.4g}"
-            )
-            self.stopped = (
-                f"stopped before round {server_round}: {why} > privacy.max_epsilon="
-                f"{budget:g} (record level, delta={self.spec.delta:g})"
-                if budget is not None
-                else f"stopped before round {server_round}: no client may take part"
-            )
+            if not plan.partitions:
+                self.stopped = (
+                    f"stopped before round {server_round}: every client's budget is spent "
+                    f"(privacy.max_epsilon={budget}, record level, budget=client)"
+                )
+            else:
+                self.stopped = (
+                    f"stopped before round {server_round}: it would raise epsilon to "
+                    f"{projected:.4g} > privacy.max_epsilon={budget:g} (record level, "
+                    f"delta={self.spec.delta:g})"
+                )
             raise PrivacyBudgetExhausted(self.stopped)
         self._round[server_round] = {"projected_epsilon": projected}
         if (

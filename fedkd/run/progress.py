@@ -96,9 +96,26 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     privacy = summary.get("privacy") or {}
     if privacy.get("epsilon") is not None:
         table.add_row(
-            f"privacy ({privacy['mechanism']})",
+            f"privacy ({privacy['mechanism']}), per record",
             f"ε = {privacy['epsilon']:.3g}, δ = {privacy['delta']:g}",
+            _accountant(privacy.get("accountant")),
+        )
+        client = privacy.get("epsilon_client")
+        table.add_row(
+            "privacy, per client",
+            "not bounded" if client is None else f"ε = {client:.3g}",
             "",
+        )
+        if privacy.get("trust"):
+            table.add_row("privacy assumes", privacy["trust"], "")
+        if privacy.get("unprotected"):
+            table.add_row("sent unprotected (allowed)", ", ".join(privacy["unprotected"]), "")
+    canary = (privacy.get("audit") or {}).get("canary")
+    if canary:
+        table.add_row(
+            "canary audit",
+            f"ε ≥ {canary['epsilon_lower_bound']:.3g}",
+            f"95% confidence, {canary['canaries']} canaries",
         )
     for target, attacks in (privacy.get("audit") or {}).get("targets", {}).items():
         for attack, result in attacks.items():
@@ -110,6 +127,12 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     if summary.get("stopped_reason"):
         table.add_row("stopped", str(summary["stopped_reason"]), "")
     return table
+
+
+def _accountant(name: str | None) -> str:
+    if not name:
+        return ""
+    return "PLD" if "PLD" in name else "RDP"
 
 
 def _baseline(baseline: Mapping[str, Any]) -> str:

@@ -158,9 +158,10 @@ def plot_label_distribution(histograms: Mapping[int, Sequence[int]], path: Path)
     needs a flwr-datasets ``Partitioner`` holding the dataset. The server has none: fedkd's
     partitioners only yield index sets in the data layer (and under ``flwr run`` the data
     lives on the SuperNodes), while the histograms the clients report at discovery are
-    always there. So this plots those histograms with matplotlib directly.
+    always there. So this plots those histograms with matplotlib directly. Under a privacy
+    mechanism the clients withhold them (empty histograms): no plot.
     """
-    if not histograms:
+    if not histograms or not any(len(h) for h in histograms.values()):
         return False
     partitions = sorted(histograms)
     counts = np.array([list(histograms[p]) for p in partitions], dtype=np.int64)

@@ -15,8 +15,9 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from fedkd.privacy import PrivacyController
+from fedkd.privacy.canary_run import CanaryRecorder
 from fedkd.wire import keys
-from fedkd.wire.payloads import ModelWeights, TestPredictions
+from fedkd.wire.payloads import ModelWeights, ProxyPredictions, TestPredictions
 from strategies.core.validation import ClientReply, RoundState
 
 logger = logging.getLogger(__name__)
@@ -107,14 +108,20 @@ def record_privacy(
     state: RoundState,
     valid: Sequence[ClientReply],
     privacy: PrivacyController | None,
-    *,
+    canaries: CanaryRecorder | None,
     audit_weights: dict[int, ArrayRecord] | None,
 ) -> None:
     """The privacy controller's round metrics and the clients' own DP-SGD epsilons; with
-    ``audit_weights``, each client's returned weights are kept for the membership audit."""
+    ``audit_weights``, each client's returned weights are kept for the membership audit;
+    with ``canaries``, each client's shared proxy rows are observed for the canary audit."""
     if audit_weights is not None:
         for reply in valid:
             audit_weights[reply.partition_id] = reply.values[ModelWeights.name]
+    if canaries is not None:
+        for reply in valid:
+            rows = reply.values.get(ProxyPredictions.name)
+            if rows is not None:
+                canaries.observe_client(reply.partition_id, state.proxy_indices, rows)
     if privacy is None:
         return
     state.metrics.update(privacy.round_metrics(state.server_round))

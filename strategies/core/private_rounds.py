@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from fedkd.privacy import PrivacyController, PrivacySpec
+from fedkd.privacy.canary_run import CanaryRecorder, canary_plan
 from fedkd.privacy.controller import RoundPlan
 from fedkd.wire import keys
 from fedkd.wire.payloads.proxy import round_rows
@@ -43,6 +44,16 @@ def round_plan(
         batch_size=local.batch_size,
         server_round=server_round,
     )
+
+
+def canary_recorder(assets: RunAssets) -> CanaryRecorder | None:
+    """What the one-run canary audit observes during the run (None: no canaries planted;
+    :mod:`fedkd.privacy.canary_run`)."""
+    plan = canary_plan(assets.privacy, assets.data, assets.setup.seed)
+    if plan is None:
+        return None
+    aggregate = assets.privacy.server_side
+    return CanaryRecorder(plan, assets.data.num_classes, aggregate=aggregate)
 
 
 def evaluation_withheld(privacy: PrivacySpec) -> bool:
@@ -76,10 +87,11 @@ def sample_private(
         sampled = transport.poisson_sample(
             candidates, fraction, seed=seed, server_round=server_round, stream=0
         )
-    elif len(candidates) < len(available):
+    elif len(candidates) < len(available):  # as many as usual, from those left
+        share = min(1.0, fraction * len(available) / max(1, len(candidates)))
         sampled = (
             transport.sample_partitions(
-                candidates, fraction, seed=seed, server_round=server_round, stream=0
+                candidates, share, seed=seed, server_round=server_round, stream=0
             )
             if candidates
             else []

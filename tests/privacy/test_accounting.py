@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from dp_accounting import rdp
 
-from fedkd.privacy import PrivacyBudgetExhausted, PrivacyController, PrivacySpec
 from fedkd.errors import ConfigError
+from fedkd.privacy import PrivacyBudgetExhausted, PrivacyController, PrivacySpec
 from fedkd.privacy.accounting import PrivacyLedger, gaussian, pld_epsilon, poisson_gaussian
 from fedkd.privacy.controller import RoundPlan
 from fedkd.privacy.guarantees import PlannedRun, calibrate, worst_case_epsilon

@@ -143,3 +143,22 @@ def test_noise_is_cryptographically_seeded_unless_reproducible() -> None:
     assert torch_noise_seed(False, 0, 1) is None
     assert torch_noise_seed(True, 0, 1) == torch_noise_seed(True, 0, 1)
     assert torch_noise_seed(True, 0, 1) != torch_noise_seed(True, 0, 2)
+
+
+def test_default_noise_comes_from_the_operating_systems_csprng() -> None:
+    from scipy import stats
+
+    from fedkd.privacy.mechanisms import SecureNormal, noise_generator
+
+    source = noise_generator(False, 0, 1)
+    assert isinstance(source, SecureNormal)
+    draws = source.normal(0.0, 2.0, size=(200, 50))
+    assert draws.shape == (200, 50)
+    # a standard normal after scaling (Kolmogorov-Smirnov), and never the same twice
+    assert stats.kstest(draws.ravel() / 2.0, "norm").pvalue > 1e-3
+    assert not np.array_equal(draws, source.normal(0.0, 2.0, size=(200, 50)))
+    assert np.isfinite(source.normal(size=100_000)).all()
+    assert source.normal(1.0, 0.0, size=3).tolist() == [1.0, 1.0, 1.0]
+    # reproducible noise: a seeded numpy generator, the same for the same seed and stream
+    a, b = noise_generator(True, 7, 1), noise_generator(True, 7, 1)
+    assert np.array_equal(a.normal(size=5), b.normal(size=5))

@@ -35,6 +35,32 @@ def _prepare(overrides: list[str]) -> None:
         (["privacy=none", "privacy.name=laplace"], "privacy.name must be one of"),
         (["privacy=none", "privacy.audit_shadows=1"], "privacy.audit_shadows must be"),
         (["privacy=none", "privacy.audit_attacks=[loss,mystery]"], "privacy.audit_attacks"),
+        (
+            ["privacy=logit_dp", "privacy.allow_unprotected=[train-loss,secret-sauce]"],
+            r"privacy.allow_unprotected names \['secret-sauce'\], which no client sends",
+        ),
+        (["privacy=logit_dp", "privacy.budget=hospital"], "privacy.budget must be one of"),
+        (["privacy=logit_dp", "privacy.accountant=moments"], "privacy.accountant must be one of"),
+        (["privacy=pate", "privacy.client_sampling=bernoulli"], "privacy.client_sampling must be"),
+        (["privacy=pate", "privacy.target_epsilon=-1"], "privacy.target_epsilon must be > 0"),
+        (
+            ["privacy=pate", "privacy.target_epsilon=9", "privacy.max_epsilon=8"],
+            "privacy.target_epsilon=9 exceeds privacy.max_epsilon=8",
+        ),
+        (
+            ["privacy=pate", "diagnostics.client_test_predictions=true"],
+            "diagnostics.client_test_predictions=true sends every client's raw predictions",
+        ),
+        (["diagnostics.client_test_predictions=maybe"], "diagnostics.client_test_predictions must"),
+        (
+            [
+                "privacy=pate",
+                "privacy.target_epsilon=0.5",
+                "privacy.threshold=5",
+                "privacy.sigma_threshold=0.3",
+            ],
+            r"privacy.target_epsilon=0.5 cannot be reached over 1 rounds",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
@@ -105,3 +131,38 @@ def test_options_of_another_mechanism_left_by_a_preset_are_ignored(caplog) -> No
     assert "privacy=pate ignores ['privacy.max_grad_norm', 'privacy.noise_multiplier']" in (
         caplog.text
     )
+
+
+def test_label_histograms_are_withheld_so_label_aware_rules_are_refused() -> None:
+    overrides = ["strategy=feddf", "privacy=dpsgd", "aggregation=label_aware", "privacy.delta=1e-3"]
+    with pytest.raises(ConfigError, match="aggregation=label_aware weighs clients by their label"):
+        _prepare(overrides)
+    _prepare([*overrides, "privacy.allow_unprotected=[label-histogram]"])  # named: allowed
+
+
+def test_target_epsilon_sets_the_noise_the_clients_receive() -> None:
+    plan = prepare_run(
+        compose_config([*DIGITS, "strategy=dsfl", "privacy=logit_dp", "privacy.target_epsilon=3"])
+    )
+    spec = plan.assets.privacy
+    assert spec.noise_multiplier != 1.0 and spec.target_epsilon == 3.0
+    # what travels to the clients is the calibrated mechanism
+    assert PrivacySpec.from_dict(plan.assets.setup.privacy) == spec
+    assert plan.strategy.privacy.spec == spec
+    assert plan.strategy.privacy.worst_case_epsilon == pytest.approx(3.0, rel=1e-3)
+
+
+def test_diagnostics_follow_the_mechanism() -> None:
+    def switch(*overrides: str) -> bool:
+        plan = prepare_run(compose_config([*DIGITS, "strategy=dsfl", *overrides]))
+        return plan.assets.client_test_predictions
+
+    assert switch()  # no mechanism: on
+    assert not switch("privacy=logit_dp")  # unprotected under logit_dp: off
+    assert switch("privacy=dpsgd", "privacy.delta=1e-3")  # DP-SGD model outputs: on
+    assert switch(
+        "privacy=logit_dp",
+        "diagnostics.client_test_predictions=true",
+        "privacy.allow_unprotected=[test-probs]",
+    )
+    assert not switch("diagnostics.client_test_predictions=false")

@@ -201,3 +201,90 @@ def test_dpsgd_on_ray_matches_the_in_process_engine(tmp_path, in_process_run) ->
     assert [{k: v for k, v in r.items() if k not in drop} for r in ray_rows] == [
         {k: v for k, v in r.items() if k not in drop} for r in inproc_rows
     ]
+
+
+def test_allowed_keys_are_sent_and_said_everything_else_is_withheld(
+    in_process_run, tmp_path
+) -> None:
+    summary = in_process_run(
+        [
+            *BASE,
+            "strategy=dsfl",
+            DISTILL,
+            "privacy=logit_dp",
+            "privacy.allow_unprotected=[train-loss]",
+            "strategy.fraction_evaluate=1.0",  # evaluation rounds: withheld, so not run
+        ],
+        tmp_path,
+    )
+    privacy = summary["privacy"]
+    rows = {(r["message"], r["key"]): r for r in privacy["releases"]}
+    assert rows[("train", "metrics/train-loss")] == {
+        "message": "train",
+        "key": "metrics/train-loss",
+        "protection": "none",
+        "allowed": True,
+    }
+    assert privacy["unprotected"] == ["train:metrics/train-loss"]
+    assert ("train", "metrics/local-accuracy") not in rows  # not named: withheld
+    assert not any(message == "evaluate" for message, _ in rows)
+    last = read_metrics(tmp_path)[-1]
+    assert "train_loss" in last and "client_accuracy" not in last
+    assert "ensemble_accuracy" not in last  # needs the clients' raw test predictions
+
+
+def test_poisson_client_sampling_is_credited(in_process_run, tmp_path) -> None:
+    summary = in_process_run(
+        [
+            "num_clients=6",
+            "num_rounds=4",
+            "client.epochs=1",
+            "strategy=dsfl",
+            DISTILL,
+            "strategy.fraction_train=0.5",
+            "privacy=logit_dp",
+            "privacy.mode=central",
+            "privacy.client_sampling=poisson",
+            "privacy.reproducible_noise=true",
+        ],
+        tmp_path,
+    )
+    assert summary["status"] == "completed"
+    rows = read_metrics(tmp_path)[1:]
+    assert len({r["clients_sampled"] for r in rows}) > 1  # Poisson: the count varies
+    sampled = dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(1.0))
+    accountant = rdp.RdpAccountant()
+    accountant.compose(sampled, 4)
+    assert rows[-1]["epsilon_client"] == pytest.approx(accountant.get_epsilon(1e-5))
+    assert summary["privacy"]["client_sampling"].startswith("poisson (q=0.5")
+
+
+def test_per_client_budget_retires_clients_and_the_federation_goes_on(
+    in_process_run, tmp_path
+) -> None:
+    one, two = _gaussian_epsilon(2.0, 1, 1e-3), _gaussian_epsilon(2.0, 2, 1e-3)
+    summary = in_process_run(
+        [
+            "num_clients=4",
+            "num_rounds=4",
+            "client.epochs=1",
+            "strategy=dsfl",
+            DISTILL,
+            "strategy.fraction_train=0.5",
+            "privacy=logit_dp",
+            "privacy.noise_multiplier=2",
+            "privacy.budget=client",
+            f"privacy.max_epsilon={(one + two) / 2}",
+            "privacy.delta=1e-3",
+        ],
+        tmp_path,
+    )
+    rows = read_metrics(tmp_path)[1:]
+    # every client can afford one round: two a round (half of 4), so rounds 1-2 run
+    assert [r["clients_sampled"] for r in rows] == [2, 2]
+    assert (
+        summary["status"] == "stopped"
+        and "every client's budget is spent" in summary["stopped_reason"]
+    )
+    assert sorted(summary["privacy"]["clients_exhausted"]) == [0, 1, 2, 3]
+    assert all(e <= (one + two) / 2 for e in summary["privacy"]["epsilon_per_client"].values())

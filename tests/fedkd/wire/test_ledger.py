@@ -110,7 +110,10 @@ def test_a_run_reports_what_its_clients_actually_sent(in_process_run, tmp_path) 
     assert ("train", "metrics/train-loss") not in rows
     assert rows[("train", "metrics/num-examples")] == "public"
     assert "none" not in set(rows.values())
-    assert summary["privacy"]["unprotected"] == [] and not summary["privacy"]["client_test_predictions"]
+    assert (
+        summary["privacy"]["unprotected"] == []
+        and not summary["privacy"]["client_test_predictions"]
+    )
     plain = in_process_run(SMALL, tmp_path / "plain")
     assert plain["privacy"]["mechanism"] == "none" and plain["privacy"]["epsilon"] is None
     plain_rows = {(r["message"], r["key"]): r["protection"] for r in plain["privacy"]["releases"]}
