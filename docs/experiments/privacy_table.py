@@ -1,9 +1,11 @@
 """Privacy-utility table and plot from the runs of docs/experiments/privacy_sweep.sh.
 
 Usage: python docs/experiments/privacy_table.py OUT_DIR [--plot FILE.png]
-Prints a markdown table per preset: mechanism, noise, epsilon (delta), student and teacher
-ensemble test accuracy, and the membership-inference AUC of both attacks on the student and
-(mean over the audited clients) on the client models. A binary preset (finance, healthcare)
+Prints a markdown table per preset: mechanism, noise, the record-level and client-level
+epsilon (delta), the canary audit's empirical lower bound on epsilon, student and teacher
+ensemble test accuracy ("-" where a mechanism withholds the clients' test predictions), and
+the membership-inference AUC of both attacks on the student and (mean over the audited
+clients) on the client models. A binary preset (finance, healthcare)
 adds the student's balanced accuracy and ROC-AUC; every table starts with the majority-class
 baseline (always predicting the training data's most frequent class).
 """
@@ -87,6 +89,8 @@ def rows(out: Path) -> list[dict[str, Any]]:
             row.setdefault("majority", {})[path.parent.parent.parent.name] = baseline
         values = {
             "epsilon": privacy.get("epsilon"),
+            "epsilon_client": privacy.get("epsilon_client"),
+            "canary": audit.get("epsilon_lower_bound"),
             "student": summary["final"].get("student_accuracy"),
             "student_bal": summary["final"].get("student_balanced_accuracy"),
             "student_auc": summary["final"].get("student_auc"),
@@ -118,6 +122,7 @@ def _majority_row(selected: list[dict[str, Any]], *, binary: bool) -> str | None
         "-",
         "-",
         "-",
+        "-",
         _fmt([b.get("accuracy") for b in baselines], True),
     ]
     if binary:
@@ -143,22 +148,35 @@ def table(found: list[dict[str, Any]]) -> str:
         lines += [
             f"**{preset}** ({seeds} seeds, mean ± std)",
             "",
-            "| method | mechanism | noise | ε (δ = 1e-5) | student acc "
+            "| method | mechanism | noise | ε record / client (δ = 1e-5) | canary ε ≥ "
+            "| student acc "
             + ("| student bal. acc | student AUC " if binary else "")
             + "| ensemble acc "
             "| client acc | MIA AUC student (loss / LiRA) | MIA AUC clients (loss / LiRA) |",
-            "|---|---|---|---:|---:|" + ("---:|---:|" if binary else "") + "---:|---:|---:|---:|",
+            "|---|---|---|---:|---:|---:|"
+            + ("---:|---:|" if binary else "")
+            + "---:|---:|---:|---:|",
         ]
         baseline = _majority_row(selected, binary=binary)
         if baseline is not None:
             lines.append(baseline)
         for r in selected:
-            eps = "∞" if all(e is None for e in r["epsilon"]) else _fmt(r["epsilon"], spread=False)
+            eps = (
+                "∞"
+                if all(e is None for e in r["epsilon"])
+                else f"{_fmt(r['epsilon'], spread=False)} / "
+                + (
+                    "not bounded"
+                    if all(e is None for e in r["epsilon_client"])
+                    else _fmt(r["epsilon_client"], spread=False)
+                )
+            )
             scores = (
                 f"| {_fmt(r['student_bal'], True)} | {_fmt(r['student_auc'])} " if binary else ""
             )
             lines.append(
                 f"| {r['method']} | {r['mechanism']} | {r['noise']} | {eps} "
+                f"| {_fmt(r['canary'])} "
                 f"| {_fmt(r['student'], True)} {scores}| {_fmt(r['ensemble'], True)} "
                 f"| {_fmt(r['clients'], True)} "
                 f"| {_fmt(r['auc_student_loss'])} / {_fmt(r['auc_student_lira'])} "
@@ -180,6 +198,8 @@ def plot(found: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(5.5 * len(presets), 4.2))
     for i, preset in enumerate(presets):
         ax = fig.add_subplot(1, len(presets), i + 1)
+        binary = any(_mean(r["student_bal"]) for r in found if r["preset"] == preset)
+        metric = "student_bal" if binary else "student"
         for mechanism, marker in (
             ("logit_dp (central)", "o"),
             ("logit_dp (local)", "v"),
@@ -187,16 +207,16 @@ def plot(found: list[dict[str, Any]], path: Path) -> None:
             ("dpsgd", "^"),
         ):
             points = sorted(
-                (_mean(r["epsilon"]), _mean(r["student"]))
+                (_mean(r["epsilon"]), _mean(r[metric]))
                 for r in found
-                if r["preset"] == preset and r["mechanism"] == mechanism and _mean(r["student"])
+                if r["preset"] == preset and r["mechanism"] == mechanism and _mean(r[metric])
             )
             if points:
                 ax.plot(
                     [p[0] for p in points], [p[1] for p in points], marker=marker, label=mechanism
                 )
         for r in found:
-            accuracy = _mean(r["student"])
+            accuracy = _mean(r[metric])
             if r["preset"] == preset and r["mechanism"] == "none" and accuracy:
                 ax.axhline(accuracy, linestyle="--", linewidth=1, color="grey")
                 ax.annotate(
@@ -207,8 +227,8 @@ def plot(found: list[dict[str, Any]], path: Path) -> None:
                     va="bottom",
                 )
         ax.set_xscale("log")
-        ax.set_xlabel("ε (δ = 1e-5)")
-        ax.set_ylabel("student test accuracy")
+        ax.set_xlabel("record-level ε (δ = 1e-5)")
+        ax.set_ylabel("student balanced accuracy" if binary else "student test accuracy")
         ax.set_title(preset)
         ax.legend(fontsize=8)
     save_figure(fig, path)

@@ -30,9 +30,11 @@ Two guarantees are accounted side by side (docs/PRIVACY.md "Threat model"):
 Client sampling (``privacy.client_sampling``): ``fixed`` is not credited (the sample is a
 fixed-size draw, not the Poisson sampling amplification theorems need); ``poisson`` (each
 client takes part with probability ``q = fraction_train``) credits amplification to central
-``logit_dp``: every client is charged a Poisson-sampled Gaussian every round, at record and
-client level. PATE and the client-side mechanisms get no credit (the server sees who took
-part).
+``logit_dp``'s client-level guarantee: a Poisson-sampled Gaussian every round (the
+adversary, who sees only the release, does not learn who took part). Record level is
+charged for the rounds a client took part in, as with fixed sampling: amplification for
+a changed (not removed) contribution is not the add/remove analysis. PATE and the
+client-side mechanisms get no credit (the server sees who took part).
 """
 
 from __future__ import annotations
@@ -184,15 +186,14 @@ class PrivacyController:
         return events
 
     def _central_events(self, partitions: Sequence[int]) -> Plan:
+        """Central ``logit_dp``: the records of the clients that take part at ``z/sqrt(2)``
+        (whether a client takes part does not depend on its records, so each is charged for
+        the rounds it took part in), the federation at ``z``, Poisson-sampled when credited
+        (the adversary, who sees only the release, does not learn who took part)."""
         z = self.spec.noise_multiplier
-        if self.poisson:
-            q = self.sample_rate
-            active = [p for p in self.clients if p not in self.exhausted]
-            events: Plan = {record_unit(p): [(poisson_gaussian(q, z / SQRT2), 1)] for p in active}
-            events[FEDERATION] = [(poisson_gaussian(q, z), 1)]
-            return events
-        events = {record_unit(p): [(gaussian(z / SQRT2), 1)] for p in partitions}
-        events[FEDERATION] = [(gaussian(z), 1)]
+        events: Plan = {record_unit(p): [(gaussian(z / SQRT2), 1)] for p in partitions}
+        federation = poisson_gaussian(self.sample_rate, z) if self.poisson else gaussian(z)
+        events[FEDERATION] = [(federation, 1)]
         return events
 
     def projected(self, plan: RoundPlan) -> float:
@@ -245,11 +246,12 @@ class PrivacyController:
                 )
             raise PrivacyBudgetExhausted(self.stopped)
         self._round[server_round] = {"projected_epsilon": projected}
-        if (
-            self.poisson
-            or self.spec.name == "dpsgd"
-            or (self.spec.name == "logit_dp" and self.spec.mode == "local")
-        ):  # charged whether or not anyone replies (Poisson: whether or not anyone is sampled)
+        if self.poisson:  # every round, whether or not anyone is sampled or replies
+            z = self.spec.noise_multiplier
+            self.ledger.add(FEDERATION, poisson_gaussian(self.sample_rate, z))
+        if self.spec.name == "dpsgd" or (
+            self.spec.name == "logit_dp" and self.spec.mode == "local"
+        ):  # charged whether or not anyone replies
             for unit, events in self.round_events(plan).items():
                 for key, count in events:
                     self.ledger.add(unit, key, count)
@@ -273,10 +275,11 @@ class PrivacyController:
             total, used = central_sum(
                 shared, clip=spec.clip, noise_multiplier=spec.noise_multiplier, rng=rng
             )
-            if not self.poisson:  # Poisson rounds are charged in charge_round
-                for unit, events in self._central_events(partitions).items():
-                    for key, count in events:
-                        self.ledger.add(unit, key, count)
+            for unit, events in self._central_events(partitions).items():
+                if unit == FEDERATION and self.poisson:
+                    continue  # charged in charge_round
+                for key, count in events:
+                    self.ledger.add(unit, key, count)
             release = Release(project_to_simplex(total / len(shared)))
             release.details = {"noise_std": used.noise_std, "sensitivity": used.sensitivity}
         elif spec.name == "pate":

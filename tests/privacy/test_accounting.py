@@ -221,8 +221,10 @@ def test_poisson_client_sampling_credits_amplification_every_round() -> None:
     controller.release(2, np.full((1, 50, 2), 0.5), [1])  # not charged twice
     sampled = dp_accounting.PoissonSampledDpEvent(0.3, dp_accounting.GaussianDpEvent(1.0))
     assert controller.round_metrics(2)["epsilon_client"] == pytest.approx(_direct(sampled, 2, 1e-5))
-    record = dp_accounting.PoissonSampledDpEvent(0.3, dp_accounting.GaussianDpEvent(1 / np.sqrt(2)))
-    assert controller.ledger.epsilon("record/client-5") == pytest.approx(_direct(record, 2, 1e-5))
+    # record level: only the rounds a client took part in, without amplification
+    record = dp_accounting.GaussianDpEvent(1 / np.sqrt(2))
+    assert controller.ledger.epsilon("record/client-1") == pytest.approx(_direct(record, 1, 1e-5))
+    assert "record/client-5" not in controller.ledger.units
     fixed = PrivacyController(
         PrivacySpec.from_config({"name": "logit_dp", "mode": "central"}),
         seed=0,
