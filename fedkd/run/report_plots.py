@@ -203,9 +203,13 @@ def plot_label_distribution(histograms: Mapping[int, Sequence[int]], path: Path)
 def plot_privacy(
     rows: Sequence[Mapping[str, Any]], path: Path, *, budget: float | None = None
 ) -> bool:
-    """Epsilon spent so far per round (and the clients' own DP-SGD accountants, and the
-    budget ``max_epsilon``). False when the run has no privacy accounting."""
+    """Epsilon spent so far per round: record level, client level (when it differs), the
+    clients' own DP-SGD accountants, and the budget ``max_epsilon``. False when the run has
+    no privacy accounting."""
     epsilon = _numbers(rows, "epsilon")
+    client_level = _numbers(rows, "epsilon_client")
+    if client_level == epsilon:  # local logit_dp: one line would hide the other
+        client_level = []
     client_epsilon = _numbers(rows, "client_epsilon_max")
     if not epsilon and not client_epsilon:
         return False
@@ -215,7 +219,12 @@ def plot_privacy(
     try:
         delta = f" (δ = {next(iter(deltas)):g})" if len(deltas) == 1 else ""
         if epsilon:
-            ax.plot(*zip(*epsilon, strict=True), marker="o", markersize=3, label=f"ε{delta}")
+            label = f"ε per record{delta}" if client_level else f"ε{delta}"
+            ax.plot(*zip(*epsilon, strict=True), marker="o", markersize=3, label=label)
+        if client_level:
+            ax.plot(
+                *zip(*client_level, strict=True), marker="v", markersize=3, label="ε per client"
+            )
         if client_epsilon:
             ax.plot(
                 *zip(*client_epsilon, strict=True),

@@ -57,10 +57,11 @@ def canary_recorder(assets: RunAssets) -> CanaryRecorder | None:
 
 
 def evaluation_withheld(privacy: PrivacySpec) -> bool:
-    """Under a mechanism, clients' accuracies on their private test splits are not sent
-    (and the evaluation round is not run) unless ``privacy.allow_unprotected`` names
-    ``accuracy``."""
-    return privacy.enabled and keys.ACCURACY not in privacy.allow_unprotected
+    """Under a mechanism, clients' accuracies on their private test splits (and the split
+    sizes they are weighted by) are not sent, and the evaluation round is not run, unless
+    ``privacy.allow_unprotected`` names both ``accuracy`` and ``num-examples``."""
+    needed = {keys.ACCURACY, keys.NUM_EXAMPLES}
+    return privacy.enabled and not needed <= set(privacy.allow_unprotected)
 
 
 def controller_for(assets: RunAssets, fraction_train: float) -> PrivacyController | None:

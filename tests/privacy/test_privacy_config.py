@@ -166,3 +166,17 @@ def test_diagnostics_follow_the_mechanism() -> None:
         "privacy.allow_unprotected=[test-probs]",
     )
     assert not switch("diagnostics.client_test_predictions=false")
+
+
+def test_evaluation_rounds_need_both_evaluation_keys_allowed() -> None:
+    from strategies.core.private_rounds import evaluation_withheld
+
+    assert not evaluation_withheld(PrivacySpec())  # no mechanism: evaluate as configured
+    spec = PrivacySpec.from_config({"name": "pate"})
+    assert evaluation_withheld(spec)
+    partly = PrivacySpec.from_config({"name": "pate", "allow_unprotected": ["accuracy"]})
+    assert evaluation_withheld(partly)
+    both = PrivacySpec.from_config(
+        {"name": "pate", "allow_unprotected": ["accuracy", "num-examples"]}
+    )
+    assert not evaluation_withheld(both)
