@@ -46,3 +46,16 @@ for seed in 0 1 2; do
   run overfit/local_only_none "${leaky[@]}" privacy=none
   run overfit/local_only_dpsgd_3 "${leaky[@]}" privacy=dpsgd privacy.noise_multiplier=3
 done
+# The canary audit's reference: DS-FL clients that memorise their data (20 epochs a round)
+# and share predictions on the whole proxy every round (tests/privacy/test_canary_runs.py).
+for seed in 0 1 2; do
+  leaky=(strategy=dsfl num_clients=5 num_rounds=3 client.epochs=20 strategy.distill_epochs=2
+         privacy.audit_clients=0 "privacy.audit_attacks=[loss]")
+  run canary/dsfl_none "${leaky[@]}" privacy=none
+  run canary/dsfl_logit_dp_local_5 "${leaky[@]}" privacy=logit_dp privacy.mode=local \
+    privacy.noise_multiplier=5
+  run canary/dsfl_logit_dp_local_0.5 "${leaky[@]}" privacy=logit_dp privacy.mode=local \
+    privacy.noise_multiplier=0.5
+  run canary/dsfl_logit_dp_2 "${leaky[@]}" privacy=logit_dp privacy.mode=central \
+    privacy.noise_multiplier=2
+done

@@ -102,6 +102,12 @@ def canary_audit(plan: RunPlan) -> dict[str, Any] | None:
         rows["student"] = predict_probs(assets.student, inputs, device=assets.device)
     confidence = 0.95
     delta = spec.delta if spec.enabled else 1e-5
+    if not rows:  # local-only: no client releases anything about the proxy, no student
+        return {
+            "canaries": len(canaries),
+            "epsilon_lower_bound": None,
+            "why": "nothing was released on the canary inputs and the run has no student",
+        }
     targets = {}
     for name, released in rows.items():
         scores = score_rows(canaries, released)
@@ -127,9 +133,7 @@ def canary_audit(plan: RunPlan) -> dict[str, Any] | None:
         "confidence": confidence,
         "delta": delta,
         "targets": targets,
-        "epsilon_lower_bound": max(
-            (t["epsilon_lower_bound"] for t in targets.values()), default=0.0
-        ),
+        "epsilon_lower_bound": max(t["epsilon_lower_bound"] for t in targets.values()),
     }
 
 

@@ -111,7 +111,7 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         if privacy.get("unprotected"):
             table.add_row("sent unprotected (allowed)", ", ".join(privacy["unprotected"]), "")
     canary = (privacy.get("audit") or {}).get("canary")
-    if canary:
+    if canary and canary.get("epsilon_lower_bound") is not None:
         table.add_row(
             "canary audit",
             f"ε ≥ {canary['epsilon_lower_bound']:.3g}",
