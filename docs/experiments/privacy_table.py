@@ -193,8 +193,9 @@ def _mean(values: list[float | None]) -> float | None:
 
 def plot(found: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    presets = sorted({r["preset"] for r in found if r["preset"] != "overfit"})
+    presets = sorted({r["preset"] for r in found if r["preset"] not in ("overfit", "canary")})
     fig = Figure(figsize=(5.5 * len(presets), 4.2))
     for i, preset in enumerate(presets):
         ax = fig.add_subplot(1, len(presets), i + 1)
@@ -227,6 +228,8 @@ def plot(found: list[dict[str, Any]], path: Path) -> None:
                     va="bottom",
                 )
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("record-level ε (δ = 1e-5)")
         ax.set_ylabel("student balanced accuracy" if binary else "student test accuracy")
         ax.set_title(preset)
