@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedkd.data import FederatedData
 from fedkd.data.federated_types import ClientData
 from fedkd.privacy.config import PrivacySpec
+
+if TYPE_CHECKING:  # scipy is imported with the audit only
+    from fedkd.privacy.canary import CanaryPlan
 
 
 def canary_count(spec: PrivacySpec, data: FederatedData) -> int:
@@ -39,7 +43,7 @@ def canary_count(spec: PrivacySpec, data: FederatedData) -> int:
     return min(spec.audit_canaries, len(data.proxy_x))
 
 
-def canary_plan(spec: PrivacySpec, data: FederatedData, seed: int):  # -> CanaryPlan | None
+def canary_plan(spec: PrivacySpec, data: FederatedData, seed: int) -> CanaryPlan | None:
     """The run's canaries (the same on the server and every client: seeded), or None."""
     count = canary_count(spec, data)
     if count == 0:
@@ -79,14 +83,16 @@ class CanaryRecorder:
         own client's rows.
     """
 
-    def __init__(self, plan, num_classes: int, *, aggregate: bool) -> None:
+    def __init__(self, plan: CanaryPlan, num_classes: int, *, aggregate: bool) -> None:
         self.plan = plan
         self.aggregate = aggregate
         self.sums = np.zeros((len(plan), num_classes))
         self.counts = np.zeros(len(plan), dtype=np.int64)
         self._where = {int(p): i for i, p in enumerate(plan.proxy_index)}
 
-    def _add(self, proxy_indices: Sequence[int], rows: np.ndarray, owner: int | None) -> None:
+    def _add(
+        self, proxy_indices: Sequence[int] | np.ndarray, rows: np.ndarray, owner: int | None
+    ) -> None:
         for position, index in enumerate(proxy_indices):
             canary = self._where.get(int(index))
             if canary is None or (owner is not None and self.plan.client[canary] != owner):
@@ -94,12 +100,14 @@ class CanaryRecorder:
             self.sums[canary] += np.asarray(rows[position], dtype=np.float64)
             self.counts[canary] += 1
 
-    def observe_client(self, partition_id: int, proxy_indices: Sequence[int], rows: np.ndarray):
+    def observe_client(
+        self, partition_id: int, proxy_indices: Sequence[int] | np.ndarray, rows: np.ndarray
+    ) -> None:
         """A client's shared rows on the round's proxy subset (kept for its own canaries)."""
         if not self.aggregate:
             self._add(proxy_indices, rows, partition_id)
 
-    def observe_release(self, proxy_indices: Sequence[int], rows: np.ndarray) -> None:
+    def observe_release(self, proxy_indices: Sequence[int] | np.ndarray, rows: np.ndarray) -> None:
         """The round's released targets on the given proxy rows."""
         if self.aggregate:
             self._add(proxy_indices, rows, None)

@@ -127,6 +127,13 @@ def worst_case_epsilon(spec: PrivacySpec, run: PlannedRun) -> float:
     )
 
 
+def with_noise(spec: PrivacySpec, value: float) -> PrivacySpec:
+    """``spec`` with its noise parameter (:data:`NOISE_PARAMETER`) set to ``value``."""
+    if NOISE_PARAMETER[spec.name] == "sigma":
+        return replace(spec, sigma=value)
+    return replace(spec, noise_multiplier=value)
+
+
 def calibrate(spec: PrivacySpec, run: PlannedRun) -> PrivacySpec:
     """``spec`` with the noise parameter whose worst case meets ``spec.target_epsilon``.
 
@@ -142,7 +149,7 @@ def calibrate(spec: PrivacySpec, run: PlannedRun) -> PrivacySpec:
     name = NOISE_PARAMETER[spec.name]
 
     def epsilon(value: float) -> float:
-        return worst_case_epsilon(replace(spec, **{name: value}), run)
+        return worst_case_epsilon(with_noise(spec, value), run)
 
     low, high = SEARCH_RANGE
     floor = epsilon(high)
@@ -154,7 +161,7 @@ def calibrate(spec: PrivacySpec, run: PlannedRun) -> PrivacySpec:
             "threshold checks)"
         )
     if epsilon(low) <= target:
-        return replace(spec, **{name: low})
+        return with_noise(spec, low)
     for _ in range(60):  # bisection on a log scale, to 1e-4 relative
         middle = math.sqrt(low * high)
         if epsilon(middle) > target:
@@ -163,4 +170,4 @@ def calibrate(spec: PrivacySpec, run: PlannedRun) -> PrivacySpec:
             high = middle
         if high / low < 1 + 1e-4:
             break
-    return replace(spec, **{name: high})
+    return with_noise(spec, high)

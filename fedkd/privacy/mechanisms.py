@@ -42,18 +42,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 #: SeedSequence stream tag of privacy noise (apart from every training stream).
 NOISE_STREAM = 0x5EC0DE
-
-
-class NormalSource(Protocol):
-    """What a mechanism draws its noise from (``numpy.random.Generator`` has this method)."""
-
-    def normal(self, loc: float = ..., scale: float = ..., size: object = ...) -> np.ndarray: ...
 
 
 class SecureNormal:
@@ -74,6 +67,10 @@ class SecureNormal:
         u2 = bits[1].astype(np.float64) * 2.0**-53
         samples = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
         return (loc + scale * samples).reshape(shape)
+
+
+#: What a mechanism draws its noise from: both have ``normal(loc, scale, size)``.
+NormalSource = SecureNormal | np.random.Generator
 
 
 def noise_generator(reproducible: bool, seed: int, *stream: int) -> NormalSource:
