@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from fedkd.errors import ConfigError
 from fedkd.privacy.accounting import (
     NAMES,
     EventKey,
@@ -145,6 +146,17 @@ class PrivacyController:
         #: Record-level epsilon of the whole planned run in the worst case (set before it).
         self.worst_case_epsilon: float | None = None
         self._round: dict[int, dict[str, Any]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint; one written before record-level accounting cannot
+        be continued (its events are per client only)."""
+        missing = sorted({"clients", "sample_rate", "exhausted", "worst_case_epsilon"} - set(state))
+        if missing:
+            raise ConfigError(
+                "this checkpoint's privacy accounting was written by an older fedkd (before "
+                f"record- and client-level guarantees; it lacks {missing}): start the run again"
+            )
+        self.__dict__.update(state)
 
     @property
     def poisson(self) -> bool:

@@ -296,3 +296,19 @@ def test_an_unreachable_target_fails_before_the_run() -> None:
     )  # the threshold checks alone cost more than the target
     with pytest.raises(ConfigError, match="target_epsilon=1 cannot be reached"):
         calibrate(spec, _run())
+
+
+def test_a_checkpoint_from_before_record_level_accounting_is_refused_clearly() -> None:
+    import copy
+    import pickle
+
+    controller = PrivacyController(PrivacySpec.from_config({"name": "pate"}), seed=0)
+    _charge(controller, 1)
+    assert copy.deepcopy(controller).ledger.state() == controller.ledger.state()
+    old = controller.__dict__.copy()
+    for name in ("clients", "sample_rate", "exhausted", "worst_case_epsilon"):
+        del old[name]
+    stale = object.__new__(PrivacyController)
+    stale.__dict__.update(old)
+    with pytest.raises(ConfigError, match="written by an older fedkd"):
+        pickle.loads(pickle.dumps(stale))
