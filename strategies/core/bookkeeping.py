@@ -51,14 +51,15 @@ def record_replies(
         )
 
 
-def test_predictions(replies: Sequence[ClientReply]) -> np.ndarray | None:
-    """Clients' evaluation-only test predictions ``(clients, N, C)``, when every valid reply
-    has usable ones."""
-    probs = [r.values.get(TestPredictions.name) for r in replies]
-    present = [p for p in probs if p is not None]
-    if not probs or len(present) < len(probs):
+def test_predictions(
+    replies: Sequence[ClientReply],
+) -> tuple[np.ndarray, list[ClientReply]] | None:
+    """Clients' evaluation-only test predictions ``(clients, N, C)`` and the replies they
+    came from: a client whose predictions were unusable is left out (None: nobody's)."""
+    usable = [r for r in replies if r.values.get(TestPredictions.name) is not None]
+    if not usable:
         return None
-    return np.stack(present)
+    return np.stack([r.values[TestPredictions.name] for r in usable]), usable
 
 
 def record_diagnostics(
@@ -75,9 +76,10 @@ def record_diagnostics(
     local = [r.metric(keys.LOCAL_ACCURACY) for r in replies if keys.LOCAL_ACCURACY in r.metrics]
     if local:
         metrics["personalized_accuracy_mean"] = float(np.mean(local))
-    probs = test_predictions(replies)
-    if probs is None:
+    found = test_predictions(replies)
+    if found is None:
         return
+    probs, replies = found
     per_client = (probs.argmax(axis=2) == test_labels[None, :]).mean(axis=1)
     metrics["client_accuracy_mean"] = float(per_client.mean())
     metrics["client_accuracy_min"] = float(per_client.min())

@@ -37,16 +37,26 @@ def evaluate_messages(
 def mean_client_accuracy(replies: Iterable[Message]) -> float | None:
     """Example-weighted mean of the replies' local test accuracy (None: no usable reply)."""
     ok = [r for r in replies if not r.has_error() and keys.METRICS in r.content.metric_records]
-    reported = [  # under a privacy mechanism both are withheld unless allowed
-        r
-        for r in ok
-        if {keys.ACCURACY, keys.NUM_EXAMPLES} <= set(r.content.metric_records[keys.METRICS])
-    ]
+    reported = [r for r in ok if _usable(r)]  # withheld under privacy, or malformed
     counted = [r for r in reported if num_examples(r) > 0]
     if not counted:
         return None
     total = sum(num_examples(r) for r in counted)
     return sum(_metric(r, keys.ACCURACY) * num_examples(r) for r in counted) / total
+
+
+def _usable(reply: Message) -> bool:
+    """An evaluation reply with an accuracy in [0, 1] and an integral example count."""
+    metrics = reply.content.metric_records[keys.METRICS]
+    accuracy, count = metrics.get(keys.ACCURACY), metrics.get(keys.NUM_EXAMPLES)
+    return (
+        isinstance(accuracy, int | float)
+        and not isinstance(accuracy, bool)
+        and 0.0 <= accuracy <= 1.0
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and count >= 0
+    )
 
 
 def _metric(reply: Message, key: str) -> float:

@@ -154,8 +154,15 @@ def validate_replies(
     reasons."""
     valid: list[ClientReply] = []
     failures: Counter[str] = Counter()
+    seen: set[int] = set()  # nodes that already replied this round
     for reply in replies:
-        decoded, reason = read_reply(reply, state, payloads, expectation, architecture_of)
+        node = reply.metadata.src_node_id
+        if node in seen:  # only its first reply counts
+            decoded, reason = None, "second reply from the same node"
+        else:
+            decoded, reason = read_reply(reply, state, payloads, expectation, architecture_of)
+            if not reply.has_error():
+                seen.add(node)
         if decoded is not None:
             valid.append(decoded)
         else:

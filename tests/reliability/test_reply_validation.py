@@ -189,3 +189,109 @@ def test_too_few_replies_abort_when_asked(task_identity, small_plan) -> None:
         strategy.aggregate_train(2, replies)
     with pytest.raises(ConfigError, match="on_too_few_replies"):
         _strategy(small_plan, "strategy=fedavg", "strategy.on_too_few_replies=retry")
+
+
+def _with_test_probs(reply: Message, probs: np.ndarray) -> Message:
+    reply.content[keys.EVALUATION] = ArrayRecord({keys.TEST_PROBS: Array(probs)})
+    return reply
+
+
+def test_a_second_reply_from_the_same_node_is_dropped(task_identity, small_plan) -> None:
+    strategy = _strategy(small_plan, "strategy=fedavg")
+    requests = _requests(strategy)
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0)),
+        _reply(requests[0], _weights(strategy, 3.0)),  # the same node again
+        _reply(requests[1], _weights(strategy, 1.0)),
+    ]
+    arrays, _ = strategy.aggregate_train(2, replies)
+    assert arrays is not None
+    for array in arrays.values():  # the second reply never counted
+        np.testing.assert_allclose(array.numpy(), 1.0)
+    metrics = strategy.round_metrics[2]
+    assert metrics["clients_ok"] == 2
+    assert metrics["failure_reasons"]["second reply from the same node"] == 1
+
+
+def test_missing_or_malformed_metrics_reject_the_client_never_the_run(
+    task_identity, small_plan
+) -> None:
+    strategy = _strategy(small_plan, "strategy=fedavg")
+    requests = _requests(strategy)
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0), **{keys.TRAIN_LOSS: None}),  # absent: ok
+        _reply(requests[1], _weights(strategy, 1.0), **{keys.TRAIN_LOSS: [0.1, 0.2]}),
+        _reply(requests[2], _weights(strategy, 1.0), **{keys.LOCAL_ACCURACY: [1.0]}),
+        _reply(requests[3], _weights(strategy, 1.0), **{keys.TRAIN_LOSS: float("nan")}),
+    ]
+    arrays, _ = strategy.aggregate_train(2, replies)
+    assert arrays is not None
+    metrics = strategy.round_metrics[2]
+    assert metrics["clients_ok"] == 1 and "train_loss" not in metrics
+    assert metrics["failure_reasons"] == {
+        "train-loss: missing or not a number": 1,
+        "local-accuracy: missing or not a number": 1,
+        "train-loss: out of range (must be finite and >= 0)": 1,
+    }
+
+
+def test_one_clients_unusable_test_predictions_leave_only_that_client_out(
+    task_identity, small_plan
+) -> None:
+    strategy = _strategy(small_plan, "strategy=fedavg")
+    requests = _requests(strategy)
+    labels = strategy.assets.data.test_y
+    classes = strategy.assets.data.num_classes
+    right = np.eye(classes, dtype=np.float32)[labels]  # every test example right
+    wrong = np.eye(classes, dtype=np.float32)[(labels + 1) % classes]
+    broken = np.full_like(right, np.nan)
+    replies = [
+        _with_test_probs(_reply(requests[0], _weights(strategy, 1.0)), right),
+        _with_test_probs(_reply(requests[1], _weights(strategy, 1.0)), wrong),
+        _with_test_probs(_reply(requests[2], _weights(strategy, 1.0)), broken),
+    ]
+    strategy.aggregate_train(2, replies)
+    metrics = strategy.round_metrics[2]
+    assert metrics["clients_ok"] == 3  # test predictions are diagnostics: no rejection
+    assert metrics["client_accuracies"] == {0: 1.0, 1: 0.0}
+    assert metrics["client_accuracy_mean"] == 0.5
+
+
+def test_fd_label_counts_must_be_integral_and_within_the_example_count() -> None:
+    from fedkd.wire.payloads import Expectation
+    from fedkd.wire.payloads.label_logits import LabelLogits
+
+    def content(counts: list[float]) -> RecordDict:
+        arrays = {
+            keys.LABEL_LOGITS: Array(np.zeros((3, 3), np.float32)),
+            keys.LABEL_COUNTS: Array(np.asarray(counts, np.float32)),
+        }
+        return RecordDict({keys.PREDICTIONS: ArrayRecord(arrays)})
+
+    expect = Expectation(num_classes=3, num_examples=30, server_round=1)
+    assert LabelLogits().validate(content([10, 10, 10]), expect) is None
+    assert LabelLogits().validate(content([1e30, 0, 0]), expect) == (
+        "label logits: counts exceed num-examples"
+    )
+    assert LabelLogits().validate(content([0.5, 1, 1]), expect) == (
+        "label logits: counts not integral"
+    )
+
+
+def test_evaluation_replies_outside_the_schema_are_left_out(task_identity) -> None:
+    from strategies.core.evaluation import mean_client_accuracy
+
+    def reply(**metrics) -> Message:
+        request = Message(RecordDict(), dst_node_id=1, message_type=MessageType.EVALUATE)
+        return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=request)
+
+    good = reply(**{keys.ACCURACY: 0.8, keys.NUM_EXAMPLES: 10})
+    hostile = [
+        reply(**{keys.ACCURACY: 7.5, keys.NUM_EXAMPLES: 10}),
+        reply(**{keys.ACCURACY: float("nan"), keys.NUM_EXAMPLES: 10}),
+        reply(**{keys.ACCURACY: [0.9], keys.NUM_EXAMPLES: 10}),
+        reply(**{keys.ACCURACY: 0.9, keys.NUM_EXAMPLES: 1.5}),
+        reply(**{keys.NUM_EXAMPLES: 10}),
+    ]
+    assert mean_client_accuracy([good, *hostile]) == pytest.approx(0.8)
+    assert mean_client_accuracy(hostile) is None

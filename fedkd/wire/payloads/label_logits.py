@@ -121,6 +121,8 @@ class LabelLogits(Payload):
             return "label logits: not finite or negative counts"
         if np.abs(logits).max(initial=0.0) > MAX_ABS_VALUE:
             return "label logits: absurd magnitude"
+        if (counts != np.round(counts)).any():
+            return "label logits: counts not integral"
         if counts.sum() > expect.num_examples:
             return "label logits: counts exceed num-examples"
         return None

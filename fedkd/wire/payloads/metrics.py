@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from flwr.app import RecordDict
@@ -45,11 +46,12 @@ class ClientMetrics(Payload):
             keys.NUM_EXAMPLES: public_examples(
                 client.privacy, len(client.client_data.train_y), client.setup.local.batch_size
             ),
-            keys.TRAIN_LOSS: float(client.train_loss),
             keys.PARTITION_ID: client.partition_id,
             keys.ARCHITECTURE: client.architecture,
             keys.SERVER_ROUND: client.server_round,  # the server rejects other rounds' replies
         }
+        if math.isfinite(client.train_loss):  # NaN: nothing trained this round (no epochs)
+            metrics[keys.TRAIN_LOSS] = float(client.train_loss)
         if client.dp_epsilon is not None:
             metrics[keys.DP_EPSILON] = float(client.dp_epsilon)
         test = client.client_data
@@ -78,12 +80,19 @@ class ClientMetrics(Payload):
             return "implausible num-examples"
         if expect.declared_examples and num_examples > expect.declared_examples:
             return "implausible num-examples"
-        for key in (keys.TRAIN_LOSS, keys.LOCAL_ACCURACY, keys.DP_EPSILON):
+        for key, upper in (
+            (keys.TRAIN_LOSS, None),
+            (keys.LOCAL_ACCURACY, 1.0),
+            (keys.DP_EPSILON, None),
+        ):
             value = metrics.get(key)
             if value is None:
                 continue  # optional: withheld under a privacy mechanism, or not measured
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return f"{key}: missing or not a number"
+            if not math.isfinite(value) or value < 0 or (upper is not None and value > upper):
+                bound = f"[0, {upper:g}]" if upper is not None else "finite and >= 0"
+                return f"{key}: out of range (must be {bound})"
         return None
 
     def decode(self, content: RecordDict, expect: Expectation) -> dict[str, Any]:

@@ -84,7 +84,19 @@ def test_client_metrics_cap_the_example_count_at_what_discovery_declared() -> No
     assert ClientMetrics().validate(listed, expect) == "train-loss: missing or not a number"
     accuracy = content(5, **{keys.LOCAL_ACCURACY: [1.0]})
     assert ClientMetrics().validate(accuracy, expect) == "local-accuracy: missing or not a number"
-    assert ClientMetrics().validate(content(5, **{keys.TRAIN_LOSS: float("nan")}), expect) is None
+    # losses finite and non-negative, accuracies in [0, 1], epsilons finite (issue 18)
+    for key, bad in (
+        (keys.TRAIN_LOSS, float("nan")),
+        (keys.TRAIN_LOSS, float("inf")),
+        (keys.TRAIN_LOSS, 1e308 * 10),
+        (keys.TRAIN_LOSS, -0.5),
+        (keys.LOCAL_ACCURACY, 7.5),
+        (keys.LOCAL_ACCURACY, -0.1),
+        (keys.DP_EPSILON, float("nan")),
+    ):
+        reason = ClientMetrics().validate(content(5, **{key: bad}), expect)
+        assert reason is not None and reason.startswith(f"{key}: out of range"), (key, bad)
+    assert ClientMetrics().validate(content(5, **{keys.LOCAL_ACCURACY: 1.0}), expect) is None
 
 
 @pytest.mark.parametrize("name", ["float32", "float16", "int8", "topk"])
