@@ -1,13 +1,26 @@
-"""Checks and conversion of a local data file's columns: numeric features, class ids, shapes."""
+"""Checks and conversion of a local data file's columns: numeric features, class ids, shapes.
+
+Error messages cross to the server (:func:`fedkd.apps.client.safe_reason`), so they name the
+file, the row and the column and say what is wrong, never the value: values go to the
+client's DEBUG log only.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from fedkd.data.local_readers import _RawTable
-from fedkd.data.local_spec import DataFileError, LocalDataSpec, _file, _preview
+from fedkd.data.local_spec import DataFileError, LocalDataSpec, _file
+
+logger = logging.getLogger(__name__)
+
+
+def _dtype_text(dtype: np.dtype) -> str:
+    """A dtype for messages; a structured one by kind only (it holds field names)."""
+    return "structured" if dtype.names is not None else str(dtype)
 
 
 def _strings_to_float(values: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -34,15 +47,17 @@ def _features_to_float(spec: LocalDataSpec, table: _RawTable) -> np.ndarray:
             if parsed is None:
                 row = bad // max(1, math.prod(values.shape[1:]))
                 text = values.reshape(-1)[bad].item()
-                shown = "an empty (missing) value" if text == "" else f"the value {text!r}"
+                logger.debug("%s: feature %s, %s: %r", where, name, table.row_name(row), text)
+                problem = (
+                    "an empty (missing) value" if text == "" else "a value that is not a number"
+                )
                 raise DataFileError(
-                    f"{where}: feature {table.kind} {name!r} is not numeric: "
-                    f"{shown} in {table.row_name(row)}"
+                    f"{where}: feature {name} is not numeric: {problem} in {table.row_name(row)}"
                 )
             values = parsed
         elif values.dtype.kind not in "biuf":
             raise DataFileError(
-                f"{where}: feature {table.kind} {name!r} is not numeric (dtype {values.dtype})"
+                f"{where}: feature {name} is not numeric (dtype {_dtype_text(values.dtype)})"
             )
         width = math.prod(values.shape[1:])
         parts.append(values.reshape(len(values), width).astype(np.float64, copy=False))
@@ -61,9 +76,12 @@ def _check_finite(spec: LocalDataSpec, table: _RawTable, x_flat: np.ndarray) -> 
         width = math.prod(values.shape[1:])
         if position < start + width:
             suffix = "" if table.kind == "column" else f" (value {position - start} of the row)"
+            # NaN or infinite is the kind of problem, not the value (which may be a huge
+            # finite number in the file that float32 cannot hold).
+            problem = "NaN" if np.isnan(x_flat[row, position]) else "infinite or beyond float32"
             raise DataFileError(
-                f"{_file(spec.path)}: feature {table.kind} {name!r} has a non-finite value "
-                f"({x_flat[row, position]}) in {table.row_name(row)}{suffix}; "
+                f"{_file(spec.path)}: feature {name} has a non-finite value "
+                f"({problem}) in {table.row_name(row)}{suffix}; "
                 f"{int((~finite).sum())} non-finite value(s) in all"
             )
         start += width
@@ -76,11 +94,19 @@ def _labels_to_ids(spec: LocalDataSpec, table: _RawTable, num_classes: int | Non
     if spec.label_map is not None:
         texts = labels if labels.dtype.kind in "US" else labels.astype(str)
         unique, inverse = np.unique(texts, return_inverse=True)
-        unknown = [label for label in unique.tolist() if label not in spec.label_map]
-        if unknown:
+        known = np.array([label in spec.label_map for label in unique.tolist()], dtype=bool)
+        if not known.all():
+            unmapped = ~known[inverse.reshape(-1)]
+            bad = int(np.argmax(unmapped))
+            logger.debug(
+                "%s: labels missing from label-map: %s",
+                where,
+                unique[~known].tolist()[:20],
+            )
             raise DataFileError(
-                f"{where}: label {table.kind} {name!r} has label(s) {_preview(unknown)} "
-                f"missing from label-map (which maps {_preview(list(spec.label_map))})"
+                f"{where}: label {table.kind} {name!r}: label not in the configured classes "
+                f"(label-map) in {table.row_name(bad)}; {int(unmapped.sum())} such row(s), "
+                f"{int((~known).sum())} distinct unmapped label(s)"
             )
         lookup = np.array([spec.label_map[label] for label in unique.tolist()], dtype=np.int64)
         ids = lookup[inverse.reshape(-1)]
@@ -89,24 +115,26 @@ def _labels_to_ids(spec: LocalDataSpec, table: _RawTable, num_classes: int | Non
         if values.dtype.kind in "US":
             parsed, bad = _strings_to_float(values)
             if parsed is None:
+                logger.debug("%s: label in %s: %r", where, table.row_name(bad), values[bad].item())
                 raise DataFileError(
                     f"{where}: label {table.kind} {name!r} is not an integer class id: "
-                    f"{values[bad].item()!r} in {table.row_name(bad)}; map string labels to "
-                    "class ids with label-map, e.g. label-map='benign:0,malignant:1'"
+                    f"a value that is not a number in {table.row_name(bad)}; map string "
+                    "labels to class ids with label-map, e.g. label-map='benign:0,malignant:1'"
                 )
             values = parsed
         if values.dtype.kind == "f":
             integral = np.isfinite(values) & (values == np.round(values))
             if not integral.all():
                 bad = int(np.argmin(integral))
+                logger.debug("%s: label in %s: %r", where, table.row_name(bad), labels[bad].item())
                 raise DataFileError(
                     f"{where}: label {table.kind} {name!r} is not an integer class id: "
-                    f"{labels[bad].item()!r} in {table.row_name(bad)}"
+                    f"a fractional or non-finite number in {table.row_name(bad)}"
                 )
         elif values.dtype.kind not in "biu":
             raise DataFileError(
                 f"{where}: label {table.kind} {name!r} must hold integer class ids "
-                f"(dtype {values.dtype})"
+                f"(dtype {_dtype_text(values.dtype)})"
             )
         ids = values.astype(np.int64)
     outside = (ids < 0) | (ids >= num_classes) if num_classes is not None else ids < 0
@@ -114,10 +142,11 @@ def _labels_to_ids(spec: LocalDataSpec, table: _RawTable, num_classes: int | Non
         bad = int(np.argmax(outside))
         allowed = f"[0, {num_classes})" if num_classes is not None else ">= 0"
         source = " (after label-map)" if spec.label_map is not None else ""
+        logger.debug("%s: class id in %s: %d", where, table.row_name(bad), int(ids[bad]))
         raise DataFileError(
-            f"{where}: label {table.kind} {name!r} has class id {int(ids[bad])}{source} in "
-            f"{table.row_name(bad)}, outside {allowed}; {int(outside.sum())} label(s) out of "
-            "range"
+            f"{where}: label {table.kind} {name!r}: label not in the configured classes: a "
+            f"class id{source} outside {allowed} in {table.row_name(bad)}; "
+            f"{int(outside.sum())} label(s) out of range"
         )
     return ids
 
@@ -150,8 +179,8 @@ def _row_shape(
         found, source = spec.image_shape, f"image-shape {spec.image_shape}"
     elif len(table.features) == 1 and table.features[0][1].ndim > 2:
         name, values = table.features[0]
-        found, source = tuple(values.shape[1:]), f"{table.kind} {name!r} of row shape"
-        source = f"{source} {found}"
+        found = tuple(values.shape[1:])
+        source = f"{name} of row shape {found}"
     if input_shape is None:
         return found
     expected = math.prod(input_shape)

@@ -29,7 +29,11 @@ A CSV file has one header row of column names and one row per sample; an npz arc
 one array of inputs (first axis = samples) and one 1-D array of labels; a parquet file has
 one numeric column per feature. :func:`load_local_data` checks all of it and returns
 ``float32`` inputs and ``int64`` class ids; every problem raises :class:`DataFileError`
-naming the file and the column, array or key concerned.
+naming the file, the line or row, the column, array or key concerned, and the kind of
+problem. The message becomes the client's error reason, which crosses to the server
+(:func:`fedkd.apps.client.safe_reason`), so it never quotes the file's content: no cell or
+label value, no header cell (a column not named in ``feature-columns`` is named by its
+position), no line text. The offending value goes to the client's DEBUG log only.
 
 In simulation the node config has none of these keys: :meth:`LocalDataSpec.from_node_config`
 returns ``None`` and the client falls back to its ``partition-id`` share of the run's dataset.
@@ -103,8 +107,8 @@ def load_local_data(
         The file is missing or unreadable, lacks a declared column/array, holds
         non-numeric or non-finite features, no rows, labels that are not class ids (or
         not in ``label_map``, or out of range), or features that do not fit
-        ``input_shape`` / ``image_shape``. The message names the file and the column,
-        array or key.
+        ``input_shape`` / ``image_shape``. The message names the file, the line or row
+        and the column, array or key, never a value read from the file.
     ValueError
         ``input_shape`` or ``num_classes`` malformed.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,11 +21,15 @@ from fedkd.data.local_spec import (
     _preview,
 )
 
+logger = logging.getLogger(__name__)
+
 
 class _RawTable(NamedTuple):
     """A file's selected columns as read, before conversion and checks."""
 
-    features: list[tuple[str, np.ndarray]]  # (column or array name, values; axis 0 = rows)
+    # (how messages name the column or array, values; axis 0 = rows). Never a name read
+    # from the file: a configured name, or the column's position (see _column_label).
+    features: list[tuple[str, np.ndarray]]
     labels: np.ndarray
     label_name: str  # the label column or array actually read
     row_name: Callable[[int], str]  # index -> "line 12" / "row 12", for messages
@@ -35,13 +40,30 @@ def _row(index: int) -> str:
     return f"row {index + 1}"
 
 
+def _column_label(spec: LocalDataSpec, name: str, available: Sequence[str]) -> str:
+    """How messages name a feature column: its configured name, else its position.
+
+    Column names read from the file are file content (the "header" of a wrongly chosen
+    file may be a record), and error messages cross to the server; configured names are
+    the operator's node config.
+    """
+    if spec.feature_columns is not None:
+        return f"column {name!r}"
+    return f"column {available.index(name) + 1}"
+
+
 def _select_columns(spec: LocalDataSpec, available: Sequence[str]) -> list[str]:
-    """Check the label and feature columns exist; return the feature columns in order."""
+    """Check the label and feature columns exist; return the feature columns in order.
+
+    Messages give the number of columns found, never their names (file content); the
+    names go to the client's DEBUG log.
+    """
     where = _file(spec.path)
     if spec.label_column not in available:
+        logger.debug("%s: columns in the file: %s", where, _preview(available))
         raise DataFileError(
-            f"{where}: label column {spec.label_column!r} not found; available columns: "
-            f"{_preview(available)}"
+            f"{where}: label column {spec.label_column!r} not found among the file's "
+            f"{len(available)} column(s) (is this the right file?)"
         )
     if spec.feature_columns is None:
         columns = [name for name in available if name != spec.label_column]
@@ -52,17 +74,30 @@ def _select_columns(spec: LocalDataSpec, available: Sequence[str]) -> list[str]:
         return columns
     missing = [name for name in spec.feature_columns if name not in available]
     if missing:
+        logger.debug("%s: columns in the file: %s", where, _preview(available))
         raise DataFileError(
-            f"{where}: feature column(s) {_preview(missing)} not found; available columns: "
-            f"{_preview(available)}"
+            f"{where}: feature column(s) {_preview(missing)} not found among the file's "
+            f"{len(available)} column(s)"
         )
     return list(spec.feature_columns)
+
+
+def _undecodable_line(path: Path) -> str:
+    """Where the first non-UTF-8 byte of a file is, as "line N" (for messages)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        return f"line {line}"
+    return "some line"  # decodes as a whole: the stream decoder's error had another cause
 
 
 def _read_csv(spec: LocalDataSpec) -> _RawTable:
     where = _file(spec.path)
     rows: list[list[str]] = []
     line_numbers: list[int] = []
+    line_num = 0
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark.
         with spec.path.open(newline="", encoding="utf-8-sig") as handle:
@@ -72,22 +107,41 @@ def _read_csv(spec: LocalDataSpec) -> _RawTable:
                 raise DataFileError(f"{where}: the file is empty (no header row)")
             header = [name.strip() for name in header]
             for row in reader:
+                line_num = reader.line_num
                 if not row:  # blank line
                     continue
                 if len(row) != len(header):
                     raise DataFileError(
-                        f"{where}: could not read it as csv: line {reader.line_num} has "
-                        f"{len(row)} fields, the header has {len(header)}"
+                        f"{where}: could not read it as csv: wrong number of columns in line "
+                        f"{reader.line_num}: {len(row)}, expected {len(header)} (the header's)"
                     )
                 rows.append(row)
                 line_numbers.append(reader.line_num)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+    except UnicodeDecodeError as error:
         raise DataFileError(
-            f"{where}: could not read it as csv ({type(error).__name__}: {error})"
+            f"{where}: could not read it as csv: {_undecodable_line(spec.path)} is not UTF-8 text"
         ) from error
-    duplicates = sorted({name for name in header if header.count(name) > 1})
+    except csv.Error as error:
+        # The csv module's messages are fixed texts ("line contains NUL", "unexpected end
+        # of data", ...); the record itself goes to the client's DEBUG log only.
+        logger.debug("%s: csv error after line %d: %s", where, line_num, error)
+        raise DataFileError(
+            f"{where}: could not read it as csv: malformed record after line {line_num} "
+            "(e.g. an unclosed quote or a NUL byte)"
+        ) from error
+    except OSError as error:
+        raise DataFileError(
+            f"{where}: could not read it as csv ({type(error).__name__}: {error.strerror})"
+        ) from error
+    positions: dict[str, list[int]] = {}
+    for position, name in enumerate(header, start=1):
+        positions.setdefault(name, []).append(position)
+    duplicates = [found for found in positions.values() if len(found) > 1]
     if duplicates:
-        raise DataFileError(f"{where}: the header names column(s) {duplicates} more than once")
+        raise DataFileError(
+            f"{where}: the header names the same column more than once (columns "
+            f"{', '.join(' and '.join(map(str, found)) for found in duplicates)})"
+        )
     feature_columns = _select_columns(spec, header)
     index = {name: position for position, name in enumerate(header)}
 
@@ -96,7 +150,7 @@ def _read_csv(spec: LocalDataSpec) -> _RawTable:
         return np.array([row[position].strip() for row in rows], dtype=str)
 
     return _RawTable(
-        features=[(name, column(name)) for name in feature_columns],
+        features=[(_column_label(spec, name, header), column(name)) for name in feature_columns],
         labels=column(spec.label_column),
         label_name=spec.label_column,
         row_name=lambda i: f"line {line_numbers[i]}",
@@ -116,14 +170,24 @@ def _import_pyarrow(path: Path) -> Any:
     return pyarrow
 
 
-def _parquet_column(pa: Any, spec: LocalDataSpec, table: Any, name: str, role: str) -> np.ndarray:
-    """One parquet column as numpy; nulls and (for features) non-numeric types rejected."""
+def _type_text(kind: Any) -> str:
+    """A parquet type for messages; nested types by kind only (they hold field names)."""
+    return str(kind) if kind.num_fields == 0 else type(kind).__name__
+
+
+def _parquet_column(
+    pa: Any, spec: LocalDataSpec, table: Any, name: str, role: str, label: str
+) -> np.ndarray:
+    """One parquet column as numpy; nulls and (for features) non-numeric types rejected.
+
+    ``label`` is how messages name the column (see :func:`_column_label`).
+    """
     where = _file(spec.path)
     values = table.column(name)
     if values.null_count:
         first = int(np.argmax(values.is_null().to_numpy(zero_copy_only=False)))
         raise DataFileError(
-            f"{where}: {role} column {name!r} has {values.null_count} missing (null) "
+            f"{where}: {role} {label} has {values.null_count} missing (null) "
             f"value(s), the first in {_row(first)}"
         )
     if pa.types.is_dictionary(values.type):  # e.g. a pandas categorical column
@@ -135,7 +199,7 @@ def _parquet_column(pa: Any, spec: LocalDataSpec, table: Any, name: str, role: s
         pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
     ):
         raise DataFileError(
-            f"{where}: feature column {name!r} is not numeric (parquet type {kind})"
+            f"{where}: feature {label} is not numeric (parquet type {_type_text(kind)})"
         )
     elif role == "label" and not (
         pa.types.is_integer(kind)
@@ -145,7 +209,8 @@ def _parquet_column(pa: Any, spec: LocalDataSpec, table: Any, name: str, role: s
         or pa.types.is_large_string(kind)
     ):
         raise DataFileError(
-            f"{where}: label column {name!r} must hold integers or strings (parquet type {kind})"
+            f"{where}: label {label} must hold integers or strings "
+            f"(parquet type {_type_text(kind)})"
         )
     return np.asarray(values.to_numpy())
 
@@ -161,14 +226,21 @@ def _read_parquet(spec: LocalDataSpec) -> _RawTable:
     except (pa.ArrowException, OSError, ValueError) as error:
         if isinstance(error, DataFileError):
             raise
+        # pyarrow's text may quote schema or statistics: the client's DEBUG log only.
+        logger.debug("%s: reading it as parquet failed: %s", where, error)
         raise DataFileError(
-            f"{where}: could not read it as parquet ({type(error).__name__}: {error})"
+            f"{where}: could not read it as parquet ({type(error).__name__}; not a parquet "
+            "file, or a damaged one)"
         ) from error
+    features = []
+    for name in feature_columns:
+        label = _column_label(spec, name, available)
+        features.append((label, _parquet_column(pa, spec, table, name, "feature", label)))
     return _RawTable(
-        features=[
-            (name, _parquet_column(pa, spec, table, name, "feature")) for name in feature_columns
-        ],
-        labels=_parquet_column(pa, spec, table, spec.label_column, "label"),
+        features=features,
+        labels=_parquet_column(
+            pa, spec, table, spec.label_column, "label", f"column {spec.label_column!r}"
+        ),
         label_name=spec.label_column,
         row_name=_row,
         kind="column",
@@ -190,24 +262,30 @@ def _read_npz(spec: LocalDataSpec) -> _RawTable:
                 label_name = _NPZ_DEFAULT_LABEL
             if label_name not in available:
                 tried = sorted({spec.label_column, label_name})
+                logger.debug("%s: arrays in the file: %s", where, _preview(available))
                 raise DataFileError(
-                    f"{where}: label array {' / '.join(map(repr, tried))} not found; "
-                    f"available arrays: {_preview(available)}"
+                    f"{where}: label array {' / '.join(map(repr, tried))} not found among "
+                    f"the file's {len(available)} array(s)"
                 )
             feature_names = list(spec.feature_columns or _NPZ_DEFAULT_FEATURES)
             missing = [name for name in feature_names if name not in available]
             if missing:
+                logger.debug("%s: arrays in the file: %s", where, _preview(available))
                 raise DataFileError(
-                    f"{where}: input array(s) {_preview(missing)} not found; available "
-                    f"arrays: {_preview(available)}"
+                    f"{where}: input array(s) {_preview(missing)} not found among the "
+                    f"file's {len(available)} array(s)"
                 )
-            features = [(name, np.asarray(archive[name])) for name in feature_names]
+            features = [(f"array {name!r}", np.asarray(archive[name])) for name in feature_names]
             labels = np.asarray(archive[label_name])
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, DataFileError):
             raise
+        # numpy's text may quote an array header: the client's DEBUG log only.
+        logger.debug("%s: reading it as npz failed: %s", where, error)
         raise DataFileError(
-            f"{where}: could not read it as npz ({type(error).__name__}: {error})"
+            f"{where}: could not read it as npz ({type(error).__name__}; a damaged "
+            "archive, or an array of Python objects: write plain numeric arrays with "
+            "numpy.savez)"
         ) from error
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
@@ -218,7 +296,7 @@ def _read_npz(spec: LocalDataSpec) -> _RawTable:
     for name, values in features:
         if values.ndim == 0 or len(values) != len(labels):
             raise DataFileError(
-                f"{where}: input array {name!r} has shape {values.shape}, but the label "
+                f"{where}: input {name} has shape {values.shape}, but the label "
                 f"array {label_name!r} has {len(labels)} rows"
             )
     return _RawTable(

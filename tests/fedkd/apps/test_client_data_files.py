@@ -3,6 +3,7 @@ the simulated partition, and a malformed file fails on that node only."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,24 @@ def test_a_malformed_data_file_fails_on_that_node_only(tmp_path, caplog, in_proc
     assert "failed discovery" in caplog.text and "node1.csv" in caplog.text
     assert "not numeric" in caplog.text
     assert np.isfinite(rows[-1]["student_accuracy"])
+
+
+def test_a_bad_record_never_reaches_the_server(tmp_path, caplog, in_process_grid) -> None:
+    # Issue 18: the failing node's error reason names the file and line, not the record.
+    canary = "CANARY-Jane-Doe-123-45-6789"
+    caplog.set_level(logging.INFO)  # the value itself is logged at DEBUG, on the client only
+    files = _partition_files(tmp_path, "csv")
+    text = files[1].read_text().splitlines()
+    text[3] = text[3].replace(text[3].split(",")[0], canary, 1)
+    files[1].write_text("\n".join(text) + "\n")
+    summary = _run(in_process_grid, ARGS, tmp_path / "run", files)
+    assert summary["status"] == "completed"
+    assert "failed discovery" in caplog.text and "node1.csv" in caplog.text
+    assert "line 4" in caplog.text
+    written = [
+        path.read_text(errors="replace") for path in (tmp_path / "run").rglob("*") if path.is_file()
+    ]
+    assert written  # the run left its files: they are what is checked
+    for text_seen in [caplog.text, repr(summary), *written]:
+        lowered = text_seen.lower()
+        assert "canary" not in lowered and "jane" not in lowered and "123-45" not in lowered
