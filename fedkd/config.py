@@ -13,8 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import HydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -22,6 +26,9 @@ from omegaconf.errors import OmegaConfBaseException
 from fedkd.errors import ConfigError
 
 REQUIRED_GROUPS = ("dataset", "partition", "model", "student", "strategy", "distill", "backend")
+#: Top-level keys that are not in ``config.yaml`` but are Hydra's own: its settings, and the
+#: optional preset group.
+HYDRA_KEYS = ("hydra", "experiment")
 
 
 def config_dir() -> Path:
@@ -99,3 +106,71 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    valid = top_level_keys()
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(valid)}")
+
+
+def config_groups(root: Path) -> tuple[str, ...]:
+    """The config groups under ``root``: its folders that hold ``*.yaml`` options."""
+    return tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*.yaml"))))
+
+
+def top_level_keys(root: Path | None = None, config_name: str = "config") -> tuple[str, ...]:
+    """Every key a composed config may have at the top: the config groups, the keys of
+    ``config.yaml`` (and of ``config_name``, when another primary config such as ``tune``),
+    and Hydra's own (:data:`HYDRA_KEYS`), sorted."""
+    root = config_dir() if root is None else root
+    keys = {*config_groups(root), *HYDRA_KEYS}
+    for name in {"config", config_name}:
+        path = root / f"{name}.yaml"
+        loaded = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if isinstance(loaded, dict):
+            keys.update(str(k) for k in loaded if k != "defaults")
+    return tuple(sorted(keys))
+
+
+def check_overrides(
+    overrides: Sequence[str], *, root: Path | None = None, config_name: str = "config"
+) -> None:
+    """Refuse, before Hydra composes, command-line overrides that pick an option a config
+    group does not have (``dataset=nope``) or name an unknown top-level key (``foo=1``,
+    ``+foo=1``), in one line naming the valid choices.
+
+    Sweeps (``strategy=fedavg,feddf``) are checked option by option, and a nested key
+    (``strategy.distill_lr=0.01``) by its top-level key only; ``hydra.*`` and ``hydra/...``
+    overrides, deletions (``~key``), package overrides (``group@pkg=...``) and ``glob(...)``
+    are left to Hydra, as is anything its parser rejects.
+    """
+    root = config_dir() if root is None else root
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return  # Hydra reports its own syntax errors
+    groups = config_groups(root)
+    valid_keys: tuple[str, ...] | None = None
+    for override in parsed:
+        key = override.key_or_group
+        top = key.split(".", 1)[0].split("/", 1)[0]
+        if top == "hydra" or override.is_delete() or override.package is not None:
+            continue
+        typed = override.input_line or key
+        if key in groups:
+            if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+                continue
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [override.get_value_element_as_str()]
+            )
+            available = sorted(p.stem for p in (root / key).glob("*.yaml"))
+            for value in values:
+                if value != "null" and not (root / key / f"{value}.yaml").is_file():
+                    raise ConfigError(
+                        f"{typed}: {key} has no option {value!r}; choose one of {available}"
+                    )
+            continue
+        valid_keys = valid_keys or top_level_keys(root, config_name)
+        if top not in valid_keys:
+            raise ConfigError(f"{typed}: unknown key {top!r}; valid keys: {', '.join(valid_keys)}")

@@ -9,17 +9,18 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import yaml
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedkd.apps.client import app as client_app
 from fedkd.apps.server import make_server_app, prepare_run
-from fedkd.config import to_plain
+from fedkd.config import check_overrides, to_plain
 from fedkd.errors import ConfigError
 from fedkd.run.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
 from fedkd.run.results import CONFIG_FILE, RESULT_FILES, SUMMARY_FILE, check_fresh_run_dir
@@ -138,8 +139,50 @@ def resume_config(run_dir: Path, composed: dict[str, Any], overrides: list[str])
     return config
 
 
+#: The configs the Hydra main composes (its ``config_path``).
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _UnparsedArguments(Exception):
+    """The command line does not parse; Hydra's own parser will say why."""
+
+
+def main() -> None:
+    """``python -m simulations.run`` and ``fedkd-run``: overrides that name no option of a
+    config group or an unknown top-level key end the command with one line and exit code 2
+    (:func:`fedkd.config.check_overrides`) instead of Hydra's several-line report; then
+    :func:`hydra_main` runs."""
+    try:
+        _check_command_line(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"fedkd: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    hydra_main()
+
+
+def _check_command_line(argv: list[str]) -> None:
+    """:func:`fedkd.config.check_overrides` on the overrides of ``argv``, read by Hydra's
+    own argument parser. Left to Hydra: a command line that does not parse, ``--version``,
+    and another config folder (``--config-path``, ``--config-dir``, or none beside an
+    installed copy), whose options differ."""
+    if "--version" in argv or not (CONFIGS / "config.yaml").is_file():
+        return
+    parser = get_args_parser()
+
+    def refuse(message: str) -> NoReturn:
+        raise _UnparsedArguments(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
+    try:
+        args = parser.parse_args(argv)
+    except _UnparsedArguments:
+        return
+    if not (args.config_path or args.config_dir):
+        check_overrides(args.overrides, root=CONFIGS, config_name=args.config_name or "config")
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns :func:`validation_objective` (what sweepers optimize).
 
     ``resume=<run dir>`` continues that run from its checkpoint, in that directory."""

@@ -33,6 +33,7 @@ from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.ledger import check_allowed
 from fedkd.wire.payloads import TestPredictions
 from strategies.base import FedKDStrategy, RunAssets
+from strategies.core import checks
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,9 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     if not issubclass(cls, FedKDStrategy):
         raise ConfigError(f"strategy._target_ {cls.__name__} is not a FedKDStrategy")
     run_options = build_options(cfg, cls)  # cheap: before building data
+    checks.check_target_rule(
+        run_options.aggregation, method=cfg["strategy"]["name"], forms_ensemble=cls.forms_ensemble
+    )
     cfg["distill"] = dict(run_options.distill)  # the config a run directory records, resolved
     setup, privacy, encoding = run_options.setup, run_options.privacy, run_options.encoding
     if cls.requires_student_architecture and cfg["model"] != cfg["student"]:
@@ -249,6 +253,9 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         strategy = cls(assets, **options(cfg["strategy"]))
     except TypeError as exc:
         raise ConfigError(f"strategy {cfg['strategy']['name']!r}: {exc}") from exc
+    checks.check_min_train_replies(
+        strategy.options, num_clients=setup.num_clients, has_clients=strategy.has_clients
+    )
     strategy.check_distill_loss()
     strategy.check_privacy()
     if privacy.enabled:

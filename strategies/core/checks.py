@@ -7,7 +7,7 @@ assets) and raises :class:`~fedkd.errors.ConfigError` naming the keys; nothing c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,9 @@ from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel
 from fedkd.wire import keys
 from fedkd.wire.payloads import ModelWeights, ProxyPredictions, resolve
+from strategies.core import transport
 from strategies.core.assets import RunAssets, rule_options
+from strategies.core.options import RoundOptions
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,39 @@ def check_privacy(
         raise ConfigError(
             f"privacy.delta={spec.delta:g} must be < {unit}: a larger delta allows "
             "releasing a whole unit's data"
+        )
+
+
+def check_target_rule(aggregation: Mapping[str, Any], *, method: str, forms_ensemble: bool) -> None:
+    """Refuse a teacher rule (the ``aggregation`` group) other than ``mean`` for a method that
+    declares no teacher ensemble (``forms_ensemble`` false, e.g. FedAvg), where the rule would
+    never be applied."""
+    rule = aggregation.get("name", "mean")
+    if rule != "mean" and not forms_ensemble:
+        raise ConfigError(
+            f"aggregation={rule} is a rule for combining the clients' predictions into teacher "
+            f"targets, but strategy {method} forms no teacher ensemble, so it would never be "
+            "applied; use aggregation=mean or a method that distills from an ensemble"
+        )
+
+
+def check_min_train_replies(options: RoundOptions, *, num_clients: int, has_clients: bool) -> None:
+    """Refuse ``strategy.min_train_replies`` above the clients a round samples, with which
+    every round would be skipped (or aborted)."""
+    if not has_clients:
+        return
+    # the round's sample size, as configure_train draws it (it does not depend on the seed)
+    sampled = len(
+        transport.sample_partitions(
+            range(num_clients), options.fraction_train, seed=0, server_round=1, stream=0
+        )
+    )
+    if options.min_train_replies > sampled:
+        raise ConfigError(
+            f"strategy.min_train_replies={options.min_train_replies} is more than the "
+            f"{sampled} client(s) sampled per round (strategy.fraction_train="
+            f"{options.fraction_train} of num_clients={num_clients}), so no round could "
+            f"complete; use strategy.min_train_replies <= {sampled}"
         )
 
 

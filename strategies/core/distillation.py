@@ -19,7 +19,8 @@ from fedkd.distill import agreement, distill
 from fedkd.distill.losses import DistillInputs, DistillLoss
 from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel
-from fedkd.train import evaluate, seeded_rng
+from fedkd.train import OPTIMIZER_NAMES, evaluate, seeded_rng
+from strategies.core.options import check_types
 
 if TYPE_CHECKING:
     from fedkd.distill.augment import Augmentation
@@ -54,6 +55,16 @@ class DistillOptions:
     patience: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self, prefix="strategy.distill_")
+        if not self.lr > 0:
+            raise ConfigError(f"strategy.distill_lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"strategy.distill_batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise ConfigError(
+                f"strategy.distill_optimizer must be one of {list(OPTIMIZER_NAMES)}, "
+                f"got {self.optimizer!r}"
+            )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(
                 "strategy.distill_validation_fraction must be in [0, 1), "

@@ -157,6 +157,8 @@ def validate_replies(
     seen: set[int] = set()  # nodes that already replied this round
     for reply in replies:
         node = reply.metadata.src_node_id
+        decoded: ClientReply | None
+        reason: str | None
         if node in seen:  # only its first reply counts
             decoded, reason = None, "second reply from the same node"
         else:
