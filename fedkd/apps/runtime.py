@@ -125,13 +125,16 @@ def _model(
 
 
 def _client_data(
-    context: Context, setup: FederationSetup, data: FederatedData, partition_id: int
+    context: Context,
+    setup: FederationSetup,
+    data: FederatedData,
+    partition_id: int,
+    privacy: PrivacySpec,
 ) -> ClientData:
     """The client's private records: its own data file when the node config names one
     (``data-file``, deployment), else its partition of the run's dataset (simulation)."""
     spec = LocalDataSpec.from_node_config(context.node_config)
     if spec is None:  # simulation: with the audit's canaries when it plants some
-        privacy = PrivacySpec.from_dict(setup.privacy)
         return with_canaries(
             data.client_data(partition_id), privacy, data, setup.seed, partition_id
         )
@@ -152,17 +155,18 @@ def client_runtime(message: Message, context: Context) -> ClientRuntime:
         device = resolve_device(setup.device)
         data = get_federated_data(**setup.data_kwargs())
         model, initial_state = _model(setup.model_for(partition_id), data, setup.seed, device)
+        privacy = PrivacySpec.from_dict(setup.privacy)
         runtime = ClientRuntime(
             setup=setup,
             data=data,
-            client_data=_client_data(context, setup, data, partition_id),
+            client_data=_client_data(context, setup, data, partition_id, privacy),
             partition_id=partition_id,
             architecture=architecture_index(setup.model, partition_id),
             model=model,
             initial_state=initial_state,
             device=device,
             augmentation=build_augmentation(setup.augment, data.input_shape),
-            privacy=PrivacySpec.from_dict(setup.privacy),
+            privacy=privacy,
             encoding=EncodingSpec.from_config(setup.encoding),
         )
         _runtimes[cache_key] = runtime

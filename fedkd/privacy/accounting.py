@@ -69,18 +69,22 @@ def _dp_event(key: EventKey) -> Any:
     raise ValueError(f"unknown event kind {key!r}")
 
 
+def _compose(accountant: Any, events: Events, delta: float) -> float:
+    """Epsilon at ``delta`` of composing each event ``count`` times in ``accountant``."""
+    _quiet_absl()
+    if not events:
+        return 0.0
+    for key, count in events:
+        accountant.compose(_dp_event(key), int(count))
+    return float(accountant.get_epsilon(delta))
+
+
 @lru_cache(maxsize=4096)
 def composed_epsilon(events: Events, delta: float) -> float:
     """Epsilon at ``delta`` of composing each event ``count`` times (dp-accounting RDP)."""
     from dp_accounting import rdp
 
-    _quiet_absl()
-    if not events:
-        return 0.0
-    accountant = rdp.RdpAccountant()
-    for key, count in events:
-        accountant.compose(_dp_event(key), int(count))
-    return float(accountant.get_epsilon(delta))
+    return _compose(rdp.RdpAccountant(), events, delta)
 
 
 @lru_cache(maxsize=512)
@@ -88,13 +92,7 @@ def pld_epsilon(events: Events, delta: float) -> float:
     """Epsilon at ``delta`` of the same composition by privacy loss distributions."""
     from dp_accounting.pld import pld_privacy_accountant
 
-    _quiet_absl()
-    if not events:
-        return 0.0
-    accountant = pld_privacy_accountant.PLDAccountant()
-    for key, count in events:
-        accountant.compose(_dp_event(key), int(count))
-    return float(accountant.get_epsilon(delta))
+    return _compose(pld_privacy_accountant.PLDAccountant(), events, delta)
 
 
 def reported_epsilon(events: Events, delta: float, accountant: str) -> tuple[float, str]:
