@@ -191,7 +191,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         self.target_rule: dict[str, Any] = dict(assets.aggregation)
         self.round_targets: ArrayRecord | None = None  # what clients digest next round
         self.targets_round = 0  # the round whose proxy subset round_targets refer to
-        self.federation = transport.Federation()
+        self.federation = transport.Federation.of(assets.privacy)
         #: Each round's row of ``metrics.jsonl`` as the round builds it.
         self.round_metrics: dict[int, dict[str, Any]] = {}
         #: The round being run (set by :meth:`configure_train`).

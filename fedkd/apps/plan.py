@@ -315,7 +315,7 @@ def client_test_predictions(cfg: dict[str, Any], privacy: PrivacySpec) -> bool:
             f"diagnostics.client_test_predictions must be true, false or null, got {value!r}"
         )
     protected = TestPredictions().protection(keys.TEST_PROBS, privacy) != "none"
-    allowed = protected or not privacy.enabled or keys.TEST_PROBS in privacy.allow_unprotected
+    allowed = protected or privacy.sends_unprotected(keys.TEST_PROBS)
     if value is None:
         return not privacy.enabled or protected
     if value and not allowed:

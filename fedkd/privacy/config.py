@@ -162,6 +162,11 @@ class PrivacySpec:
             )
         return "none"
 
+    def sends_unprotected(self, key: str) -> bool:
+        """Clients send ``key``, which no mechanism protects: always without a mechanism,
+        under one only when ``privacy.allow_unprotected`` names it."""
+        return not self.enabled or key in self.allow_unprotected
+
     @property
     def server_side(self) -> bool:
         """The server adds the noise (central ``logit_dp``, ``pate``): the guarantee assumes

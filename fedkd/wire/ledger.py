@@ -81,7 +81,7 @@ def withhold(message: str, content: RecordDict, privacy: PrivacySpec) -> list[st
             continue  # whole state dicts: the payload's own protection applies
         for key in list(record.keys()):
             label = protection(message, record_name, key, privacy)
-            if label == "none" and key not in privacy.allow_unprotected:
+            if label == "none" and not privacy.sends_unprotected(key):
                 del record[key]
                 removed.append(key)
         if not record.keys():

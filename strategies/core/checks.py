@@ -76,7 +76,7 @@ def check_privacy(
         if (
             rule in TARGET_RULE_REGISTRY
             and TARGET_RULE_REGISTRY[rule].needs_label_histograms
-            and keys.LABEL_HISTOGRAM not in spec.allow_unprotected
+            and not spec.sends_unprotected(keys.LABEL_HISTOGRAM)
         ):
             raise ConfigError(
                 f"aggregation={rule} weighs clients by their label histograms, which "

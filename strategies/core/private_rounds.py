@@ -60,8 +60,7 @@ def evaluation_withheld(privacy: PrivacySpec) -> bool:
     """Under a mechanism, clients' accuracies on their private test splits (and the split
     sizes they are weighted by) are not sent, and the evaluation round is not run, unless
     ``privacy.allow_unprotected`` names both ``accuracy`` and ``num-examples``."""
-    needed = {keys.ACCURACY, keys.NUM_EXAMPLES}
-    return privacy.enabled and not needed <= set(privacy.allow_unprotected)
+    return not all(privacy.sends_unprotected(k) for k in (keys.ACCURACY, keys.NUM_EXAMPLES))
 
 
 def controller_for(assets: RunAssets, fraction_train: float) -> PrivacyController | None:

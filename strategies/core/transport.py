@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedkd.privacy import PrivacySpec
 from fedkd.run.interrupt import check_stop
 from fedkd.wire import keys
 from fedkd.wire.payloads import Discovery
@@ -44,6 +45,8 @@ class Federation:
         mechanism).
     examples : dict[int, int]
         Partition id -> the training example count it declared.
+    histograms : bool
+        Whether a discovery answer must carry its label histogram.
     architecture_of : dict[int, int]
         Partition id -> index of its client architecture.
     """
@@ -52,6 +55,14 @@ class Federation:
     label_histograms: dict[int, list[int]] = field(default_factory=dict)
     architecture_of: dict[int, int] = field(default_factory=dict)
     examples: dict[int, int] = field(default_factory=dict)
+    #: Clients send their label histograms (False: withheld under a privacy mechanism).
+    histograms: bool = True
+
+    @staticmethod
+    def of(privacy: PrivacySpec) -> Federation:
+        """An empty federation whose discovery answers carry histograms unless ``privacy``
+        withholds them."""
+        return Federation(histograms=privacy.sends_unprotected(keys.LABEL_HISTOGRAM))
 
     def declared_examples(self, partition_id: int) -> int:
         """The training example count a partition declared at discovery (0: unknown)."""
@@ -112,6 +123,7 @@ def discover(
                 num_classes=num_classes,
                 num_partitions=expected,
                 num_architectures=num_architectures,
+                require_histogram=getattr(federation, "histograms", True),
             )
         except ValueError as exc:
             logger.warning("node %s sent an unusable discovery answer: %s", node_id, exc)

@@ -57,9 +57,12 @@ class Discovery:
         num_classes: int | None = None,
         num_partitions: int | None = None,
         num_architectures: int | None = None,
+        require_histogram: bool = True,
     ) -> Discovery:
         """The server's view of a discovery reply, checked against the run's classes,
-        partitions and client architectures when given.
+        partitions and client architectures when given. ``require_histogram=False``
+        (the histogram is withheld under a privacy mechanism) accepts a count alone;
+        otherwise an answer without a histogram is unusable.
 
         Raises
         ------
@@ -76,7 +79,7 @@ class Discovery:
             raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
         histogram = metrics.get(keys.LABEL_HISTOGRAM)
         count = metrics.get(keys.NUM_EXAMPLES)
-        if histogram is None and _is_int(count) and count >= 1:
+        if not require_histogram and _is_int(count) and count >= 1:
             counts: tuple[int, ...] = ()  # withheld under a privacy mechanism
         else:
             if not isinstance(histogram, list) or not all(_is_int(c) for c in histogram):

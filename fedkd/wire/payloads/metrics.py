@@ -55,10 +55,8 @@ class ClientMetrics(Payload):
         if client.dp_epsilon is not None:
             metrics[keys.DP_EPSILON] = float(client.dp_epsilon)
         test = client.client_data
-        withheld = (
-            client.privacy.enabled and keys.LOCAL_ACCURACY not in client.privacy.allow_unprotected
-        )
-        if len(test.test_y) and not withheld:
+        # skip the evaluation when withhold() would drop its result anyway
+        if len(test.test_y) and client.privacy.sends_unprotected(keys.LOCAL_ACCURACY):
             _, metrics[keys.LOCAL_ACCURACY] = evaluate(
                 client.model, test.test_x, test.test_y, device=client.device
             )

@@ -180,3 +180,14 @@ def test_discovery_round_trips_and_rejects_unusable_answers() -> None:
         Discovery.decode(RecordDict({keys.METRICS: infinite}))
     with pytest.raises(ValueError, match="outside"):
         Discovery.decode(RecordDict({keys.METRICS: record}), num_partitions=3)
+
+
+def test_discovery_needs_the_histogram_unless_a_mechanism_withholds_it() -> None:
+    """A hostile answer without a histogram cannot leave the server a ragged set of
+    histograms (a label-aware rule would then raise); under a mechanism the count alone
+    is the answer."""
+    alone = RecordDict({keys.METRICS: MetricRecord({keys.PARTITION_ID: 0, keys.NUM_EXAMPLES: 64})})
+    with pytest.raises(ValueError, match="missing label-histogram"):
+        Discovery.decode(alone, num_classes=C)
+    found = Discovery.decode(alone, num_classes=C, require_histogram=False)
+    assert (found.num_examples, found.label_histogram) == (64, ())
