@@ -6,7 +6,11 @@ throwaway CA and server certificate (``openssl``), one SSH key pair per SuperNod
 keys registered with ``flwr supernode register``, N ``flower-supernode`` processes, and one
 run submitted with ``flwr run``. The real outcome comes from ``flwr ls --format json`` and
 the run directory's ``summary.json`` (``flwr run --stream`` exits 0 even when the ServerApp
-failed). Every process it started is stopped by pid at the end, also on error or Ctrl-C.
+failed). Every process it started is stopped by pid at the end, also on error, Ctrl-C or
+SIGTERM, and every exit once they have started leaves ``summary.json`` in the run directory
+(status ``completed``, ``failed`` or ``interrupted``; written by the launcher from
+``metrics.jsonl`` when the ServerApp did not get to). Exit codes: 0 completed, 1 failed or
+timed out, 2 invalid configuration (nothing started), 130 SIGINT, 143 SIGTERM.
 
 Arguments are the Hydra overrides of ``python -m simulations.run`` plus launcher options
 written as ``deploy.<key>=<value>``, which are taken out before the config is composed:
@@ -21,14 +25,19 @@ written as ``deploy.<key>=<value>``, which are taken out before the config is co
                     directory, removed after a completed run, kept and printed otherwise)
 ``deploy.certs_dir`` a directory with ``ca.crt``, ``server.crt`` and ``server.key`` to use
                     instead of generating a throwaway CA
-``deploy.data_files`` ``true``: every SuperNode gets its own data file (default ``false``)
+``deploy.data_files`` ``true``: every SuperNode gets its partition as its own data file;
+                    ``[a.csv,b.csv,...]``: the user's own files, one per SuperNode in
+                    order (default ``false``)
 ==================  ==========================================================================
 
 Every SuperNode gets ``partition-id=i num-partitions=N`` as its node config, so each
 ClientApp rebuilds its own partition exactly as under ``flwr run``'s simulation. With
 ``deploy.data_files=true`` the launcher writes each partition to ``<workdir>/data/node-i.npz``
 and adds ``data-file="..."`` to that node's config: the client then trains on the file, as a
-real client with its own records does (``fedkd.data.local_files``; same numbers).
+real client with its own records does (``fedkd.data.local_files``; same numbers). With
+``deploy.data_files=[a.csv,b.csv,...]`` node ``i`` gets the ``i``-th file as its
+``data-file`` (csv, npz or parquet by extension; label column ``label``); the list must
+name one existing file per node, else the launcher exits 2 before anything starts.
 
 The code lives in the package :mod:`simulations.deploy` (options, PKI, processes,
 orchestration); this module is its command-line entry point and re-exports its API.

@@ -19,7 +19,16 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedkd.errors import ConfigError
-from fedkd.run.interrupt import RunInterrupted, clear_stop, request_stop, stop_requested
+from fedkd.run.interrupt import (
+    RunInterrupted,
+    SignalInterrupt,
+    check_stop,
+    clear_stop,
+    request_stop,
+    signal_label,
+    stop_requested,
+    stop_signal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,54 +118,89 @@ def run_on_ray(
         logging.getLogger("flwr").setLevel(logging.ERROR)
         for name in ("alembic", "alembic.runtime.plugins", "alembic.runtime.migration"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    import ray
     from flwr.simulation import run_simulation  # deferred: importing it is slow
 
-    with stop_on_ctrl_c(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_config=config,
-            verbose_logging=verbose,
-        )
+    started_here = not ray.is_initialized()
+    if started_here:
+        init_flowers_ray(config["init_args"])
+    try:
+        # After ray.init: its SIGTERM handler would abort the driver mid-run.
+        with stop_on_ctrl_c(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients,
+                backend_config=config,
+                verbose_logging=verbose,
+            )
+    finally:
+        if started_here and ray.is_initialized():  # Flower shuts it down itself, normally
+            ray.shutdown()
 
 
-def install_sigint_handler() -> Any:
-    """Ctrl-C asks the ServerApp to stop (see :mod:`fedkd.run.interrupt`); a second one raises
-    at once. Returns the previous handler (``None`` off the main thread)."""
+def init_flowers_ray(init_args: Mapping[str, Any]) -> None:
+    """``ray.init`` as Flower's RayBackend does it (``include_dashboard=False`` unless set,
+    the driver's ``sys.path`` as the workers' PYTHONPATH); the backend then finds Ray
+    initialized and uses it. Done here so that fedkd's stop handlers can be installed after
+    Ray's own SIGTERM handler."""
+    import sys
+
+    import ray
+
+    args = {"include_dashboard": False, **init_args}
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+
+
+#: The signals that stop a run cleanly: Ctrl-C, and a process manager's SIGTERM.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def install_stop_handlers() -> dict[int, Any]:
+    """SIGINT and SIGTERM ask the ServerApp to stop (see :mod:`fedkd.run.interrupt`); a
+    second one raises at once. Returns the previous handlers (none off the main thread).
+
+    Ray's ``ray.init`` installs a SIGTERM handler of its own (``sys.exit``, which aborts the
+    driver mid-run); installed after it, this one is in force during the run."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if stop_requested():
-            raise KeyboardInterrupt
-        logger.warning("interrupted: stopping the run (Ctrl-C again to force)")
-        request_stop()
+            raise SignalInterrupt(f"interrupted ({signal_label(signum)}), forced", signum=signum)
+        logger.warning("interrupted (%s): stopping the run (again to force)", signal_label(signum))
+        request_stop(signum)
 
-    return signal.signal(signal.SIGINT, on_sigint)
+    return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
 
 
 @contextlib.contextmanager
 def stop_on_ctrl_c(*, handle_sigint: bool = True) -> Iterator[None]:
-    """Run a federation with Ctrl-C asking its ServerApp to stop (:func:`install_sigint_handler`).
+    """Run a federation with SIGINT and SIGTERM asking its ServerApp to stop
+    (:func:`install_stop_handlers`).
 
-    The stop flag is cleared before and after; on the way out the previous SIGINT handler
-    comes back, and :class:`RunInterrupted` is raised if a stop was asked for (the ServerApp
-    ended early). ``handle_sigint=False`` leaves the signal handler alone (inside a Ray task,
-    whose signals are Ray's) and only minds the flag.
+    The stop flag is cleared before and after; on the way out the previous handlers come
+    back, and :class:`RunInterrupted` (with the signal) is raised if a stop was asked for
+    (the ServerApp ended early). ``handle_sigint=False`` leaves the signal handlers alone
+    (inside a Ray task, whose signals are Ray's) and only minds the flag.
     """
     clear_stop()
-    previous = install_sigint_handler() if handle_sigint else None
+    previous = install_stop_handlers() if handle_sigint else {}
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        interrupted = stop_requested()
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        interrupted, signum = stop_requested(), stop_signal()
         clear_stop()
     if interrupted:  # the ServerApp ended early and the engine has shut down
-        raise RunInterrupted("interrupted (Ctrl-C)")
+        raise RunInterrupted(f"interrupted ({signal_label(signum)})", signum=signum)
 
 
 class InlineGrid(Grid):
@@ -214,6 +258,7 @@ class InlineGrid(Grid):
     def deliver(self, message: Message) -> Message:
         """Run the ClientApp on one message; an exception becomes an Error reply."""
         context = self.contexts[message.metadata.dst_node_id]
+        check_stop("while clients were training")
         try:
             return self.client_app(copy.deepcopy(message), context)
         except Exception as exc:  # the engine's job, as Flower's workers do
@@ -264,6 +309,8 @@ def run_inline(server_app: ServerApp, client_app: ClientApp, *, num_clients: int
     set_task_identity()
     grid = InlineGrid(client_app, num_clients)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    with warnings.catch_warnings():
+    # a stop signal takes effect between two clients or two rounds, never between a round's
+    # metrics row and its checkpoint (a second signal still raises at once)
+    with warnings.catch_warnings(), stop_on_ctrl_c():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         server_app(grid, context)

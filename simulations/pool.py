@@ -403,7 +403,8 @@ def run_on_pool(
     if started_here:
         ray.init(**init_args)
     # Inside a Ray task (a sweep job on a cluster, see hydra_plugins.fedkd_ray_launcher) the
-    # worker's signals are Ray's; elsewhere Ctrl-C stops the run cleanly.
+    # worker's signals are Ray's; elsewhere Ctrl-C and SIGTERM stop the run cleanly (the
+    # handlers go in after ray.init, which installs a SIGTERM handler of its own).
     in_task = ray.get_runtime_context().worker.mode == ray.WORKER_MODE
     actors: list[Any] = []
     try:

@@ -20,9 +20,10 @@ from omegaconf import DictConfig
 
 from fedkd.apps.client import app as client_app
 from fedkd.apps.server import make_server_app, prepare_run
-from fedkd.config import check_overrides, to_plain
+from fedkd.config import check_overrides, config_dir, to_plain
 from fedkd.errors import ConfigError
 from fedkd.run.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
+from fedkd.run.interrupt import exit_code, sigterm_raises
 from fedkd.run.results import CONFIG_FILE, RESULT_FILES, SUMMARY_FILE, check_fresh_run_dir
 from simulations.engine import backend_config, run_inline, run_on_ray
 from simulations.pool import run_on_pool
@@ -139,8 +140,19 @@ def resume_config(run_dir: Path, composed: dict[str, Any], overrides: list[str])
     return config
 
 
-#: The configs the Hydra main composes (its ``config_path``).
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+def _configs_root() -> Path:
+    """``FEDKD_CONFIG_DIR``, else the checkout's ``configs/`` (:func:`fedkd.config.config_dir`);
+    an absolute path, so the installed ``fedkd-run`` script finds it from any directory."""
+    try:
+        return config_dir().resolve()
+    except ConfigError:  # Hydra then says what is missing
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+#: The configs the Hydra main composes (its ``config_path``). Absolute: Hydra reads a
+#: relative one against the calling file only under ``python -m``; from the console script
+#: it would look for a Python package named ``configs``.
+CONFIGS = _configs_root()
 
 
 class _UnparsedArguments(Exception):
@@ -181,23 +193,26 @@ def _check_command_line(argv: list[str]) -> None:
         check_overrides(args.overrides, root=CONFIGS, config_name=args.config_name or "config")
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns :func:`validation_objective` (what sweepers optimize).
 
-    ``resume=<run dir>`` continues that run from its checkpoint, in that directory."""
+    ``resume=<run dir>`` continues that run from its checkpoint, in that directory. SIGINT
+    and SIGTERM stop the run cleanly (finished rounds kept, ``summary.json`` says
+    ``interrupted``) and the command exits with 130 or 143."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     plain: dict[str, Any] = {}
     try:
-        plain = to_plain(cfg)
-        if plain.get("resume"):
-            hydra_dir, run_dir = run_dir, Path(str(plain["resume"]))
-            _remove_empty_run_dir(hydra_dir)
-            plain = resume_config(run_dir, plain, list(hydra_config.overrides.task))
-            summary = run(plain, run_dir, resume=True)
-        else:
-            summary = run(plain, run_dir)
+        with sigterm_raises():  # SIGTERM stops like Ctrl-C; the Ray engines handle both
+            plain = to_plain(cfg)
+            if plain.get("resume"):
+                hydra_dir, run_dir = run_dir, Path(str(plain["resume"]))
+                _remove_empty_run_dir(hydra_dir)
+                plain = resume_config(run_dir, plain, list(hydra_config.overrides.task))
+                summary = run(plain, run_dir, resume=True)
+            else:
+                summary = run(plain, run_dir)
     except ConfigError as exc:
         if not plain.get("resume"):
             _remove_empty_run_dir(run_dir)
@@ -207,9 +222,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise
         print(f"fedkd: invalid configuration: {exc}", file=sys.stderr)  # one line, no traceback
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # includes RunInterrupted: finished rounds are on disk
+    except KeyboardInterrupt as exc:  # SIGINT, or RunInterrupted: finished rounds are on disk
         print(f"fedkd: interrupted; finished rounds are in {run_dir}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(exit_code(exc)) from None
     objective = validation_objective(summary)
     logger.info("validation objective: %s", objective)
     return objective

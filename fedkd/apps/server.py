@@ -46,7 +46,7 @@ from fedkd.run.checkpoint import (
 )
 from fedkd.run.progress import RoundProgress, summary_table
 from fedkd.run.report import ReportSpec
-from fedkd.run.results import RunWriter, summarize
+from fedkd.run.results import RunWriter, failure_status, summarize
 from fedkd.train import evaluate, predict_probs
 from strategies.base import RoundAborted, RunAssets, student_arrays
 
@@ -168,7 +168,7 @@ def run_federation(
         privacy = privacy_summary(plan, grid, run_dir)
         final_student = student_outputs(plan, run_dir, writer.report)
     except BaseException as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        status, error = failure_status(exc), f"{type(exc).__name__}: {exc}"
         raise
     finally:
         summary = summarize(

@@ -26,6 +26,10 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PARTITIONS_FILE = "partitions.json"
 RESULT_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
+#: ``summary.json``'s ``status``: every round ran; a privacy budget or too few replies
+#: ended the run early (``stopped_reason``); the user stopped it (SIGINT or SIGTERM); an
+#: error ended it (``error``). Finished rounds are kept in ``metrics.jsonl`` in every case.
+STATUSES = ("completed", "stopped", "interrupted", "failed")
 #: Row keys whose best value and round ``summary.json`` keeps (``best``); binary tasks add
 #: the student's balanced accuracy and ROC-AUC.
 BEST_KEYS = (
@@ -152,6 +156,13 @@ class RunWriter:
             written["report_error"] = "; ".join(errors)
             _atomic_write_json(self.run_dir / SUMMARY_FILE, written)
         return written
+
+
+def failure_status(exc: BaseException) -> str:
+    """``summary.json``'s status for a run that ``exc`` ended: ``interrupted`` when the user
+    stopped it (``KeyboardInterrupt``, including :class:`fedkd.run.interrupt.RunInterrupted`
+    for SIGTERM), else ``failed``."""
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
 
 
 def check_fresh_run_dir(run_dir: Path) -> None:

@@ -6,6 +6,7 @@ from simulations.deploy.options import (
     DEFAULT_TIMEOUT_SECONDS,
     DEPLOY_PREFIX,
     DeployOptions,
+    check_data_files,
     run_config_argument,
     settle_num_clients,
     split_arguments,
@@ -39,6 +40,7 @@ from simulations.deploy.processes import (
     free_ports,
     write_cli_config,
 )
+from simulations.deploy.summary import StudentSize, settle_summary
 
 __all__ = [
     "CERT_FILES",
@@ -58,6 +60,8 @@ __all__ = [
     "LocalFederation",
     "NodeKey",
     "ProcessRecord",
+    "StudentSize",
+    "check_data_files",
     "check_port_free",
     "deploy",
     "free_port",
@@ -69,6 +73,7 @@ __all__ = [
     "node_config",
     "run_config_argument",
     "settle_num_clients",
+    "settle_summary",
     "split_arguments",
     "validate_config",
     "write_cli_config",

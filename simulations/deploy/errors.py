@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fedkd.errors import FedKDError
+from fedkd.run.interrupt import SignalInterrupt
 
 
 class DeployError(FedKDError, RuntimeError):
     """The local deployment could not be set up or run; the message says which step."""
 
 
-class DeployInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived: unwind through ``finally`` so every process is stopped."""
+class DeployInterrupted(SignalInterrupt):
+    """SIGINT or SIGTERM arrived: unwind through ``finally`` so every process is stopped.
+    ``signum`` is the signal (the launcher exits with 128 + it)."""

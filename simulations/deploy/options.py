@@ -12,6 +12,7 @@ from typing import Any
 from hydra.errors import HydraException
 
 from fedkd.errors import ConfigError
+from simulations.deploy.summary import StudentSize
 
 DEPLOY_PREFIX = "deploy."
 DEFAULT_NODES = 3
@@ -30,7 +31,9 @@ class DeployOptions:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     workdir: Path | None = None
     certs_dir: Path | None = None
-    data_files: bool = False
+    #: ``True``: each node's partition written to a file; a tuple: the user's own files,
+    #: one per node in order.
+    data_files: bool | tuple[Path, ...] = False
 
 
 # --------------------------------------------------------------------------- arguments
@@ -58,8 +61,37 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], DeployOptions]:
         timeout_seconds=_float_option(values, "timeout", DEFAULT_TIMEOUT_SECONDS),
         workdir=_path_option(values, "workdir"),
         certs_dir=_path_option(values, "certs_dir"),
-        data_files=_bool_option(values, "data_files"),
+        data_files=_data_files_option(values),
     )
+
+
+def _data_files_option(values: dict[str, str]) -> bool | tuple[Path, ...]:
+    """``deploy.data_files``: ``true``, ``false`` or ``[a.csv,b.csv,...]`` (existing files)."""
+    raw = values.get("data_files", "false").strip()
+    if not (raw.startswith("[") and raw.endswith("]")):
+        if raw.lower() not in ("true", "false"):
+            raise ConfigError(
+                f"deploy.data_files must be true, false or a list of files [a.csv,b.csv,...], "
+                f"got {raw!r}"
+            )
+        return raw.lower() == "true"
+    names = [n.strip().strip("'\"") for n in raw[1:-1].split(",")]
+    if not any(names) or not all(names):
+        raise ConfigError(f"deploy.data_files: an empty file name in {raw!r}")
+    files = tuple(Path(n).expanduser().resolve() for n in names)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"deploy.data_files: no such file: {', '.join(missing)}")
+    return files
+
+
+def check_data_files(data_files: bool | tuple[Path, ...], nodes: int) -> None:
+    """A list of data files must name one file per SuperNode."""
+    if isinstance(data_files, tuple) and len(data_files) != nodes:
+        raise ConfigError(
+            f"deploy.data_files names {len(data_files)} files for {nodes} SuperNodes: give "
+            "one file per node (num_clients / deploy.nodes)"
+        )
 
 
 def _bool_option(values: dict[str, str], key: str) -> bool:
@@ -128,17 +160,19 @@ def settle_num_clients(overrides: Sequence[str], nodes: int | None) -> tuple[lis
     return list(overrides), num_clients
 
 
-def validate_config(overrides: Sequence[str]) -> dict[str, Any]:
-    """Compose the config and build the run once, so bad input fails before any process starts."""
+def validate_config(overrides: Sequence[str]) -> tuple[dict[str, Any], StudentSize]:
+    """Compose the config and build the run once, so bad input fails before any process
+    starts; returns the config and the student's size (for a summary the launcher writes)."""
     from fedkd.apps.server import prepare_run
     from fedkd.config import compose_config
+    from fedkd.models import count_parameters, model_size_bytes
 
     try:
         cfg = compose_config(list(overrides))
-        prepare_run(cfg)
+        student = prepare_run(cfg).assets.student
     except HydraException as exc:  # unknown group option or key, unparsable override
         raise ConfigError(str(exc).splitlines()[0]) from exc
-    return cfg
+    return cfg, StudentSize(count_parameters(student), model_size_bytes(student))
 
 
 def run_config_argument(overrides: Sequence[str], out_dir: Path, *, spill_dir: Path) -> str:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fedkd.errors import ConfigError
+from fedkd.run.interrupt import exit_code
 from fedkd.run.results import check_fresh_run_dir
 from simulations.deploy.errors import DeployError
 from simulations.deploy.options import (
     DEFAULT_TIMEOUT_SECONDS,
+    check_data_files,
     run_config_argument,
     settle_num_clients,
     split_arguments,
@@ -31,11 +33,13 @@ from simulations.deploy.processes import (
     LocalFederation,
     ProcessRecord,
     _alive,
+    _signals_ignored,
     _signals_raise,
     check_port_free,
     free_port,
     free_ports,
 )
+from simulations.deploy.summary import StudentSize, settle_summary
 
 # The original single-module name, so log lines read as before the split.
 logger = logging.getLogger("simulations.deploy_local")
@@ -85,7 +89,7 @@ def deploy(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     workdir: Path | None = None,
     certs_dir: Path | None = None,
-    data_files: bool = False,
+    data_files: bool | Sequence[Path] = False,
     node_data: dict[int, Path] | None = None,
     echo: bool = False,
     on_ready: Callable[[LocalFederation], None] | None = None,
@@ -108,8 +112,10 @@ def deploy(
         Kept afterwards. Default: a temporary directory, removed when the run completed.
     certs_dir : Path, optional
         ``ca.crt``, ``server.crt``, ``server.key`` to use instead of a throwaway CA.
-    data_files : bool, default False
-        Write each node's partition to its own data file and pass it as ``data-file``.
+    data_files : bool or sequence of Path, default False
+        ``True``: write each node's partition to its own data file and pass it as
+        ``data-file``; a sequence: the user's own files, one per node (its length must
+        equal ``nodes``).
     node_data : dict, optional
         ``{node index: path}``: a data file for that node (overrides ``data_files``).
     echo : bool, default False
@@ -123,11 +129,19 @@ def deploy(
         Bad overrides or options, before any process starts.
     DeployError
         A step failed (message names it); every started process has been stopped.
+    DeployInterrupted
+        SIGINT or SIGTERM; every started process has been stopped.
+
+    From the first started process on, every exit (completed, failed, timeout, interrupted)
+    leaves ``summary.json`` in the run directory (:func:`settle_summary`).
     """
+    if not isinstance(data_files, bool):
+        data_files = tuple(Path(f).resolve() for f in data_files)
     started = time.monotonic()
     deadline = started + timeout_seconds
     overrides, nodes = settle_num_clients(overrides, nodes)
-    cfg = validate_config(overrides)
+    check_data_files(data_files, nodes)
+    cfg, student = validate_config(overrides)
     if port is not None:
         check_port_free(port)
     run_dir = (out_dir or Path("outputs") / f"deploy-{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
@@ -139,6 +153,8 @@ def deploy(
     work.mkdir(parents=True, exist_ok=True)
     work = work.resolve()
     completed = False
+    # From the first started process on, every exit leaves summary.json (settle_summary).
+    outcome: tuple[str, str | None] | None = None
     try:
         run_config = run_config_argument(overrides, run_dir, spill_dir=work)
         credentials = (
@@ -147,35 +163,80 @@ def deploy(
             else make_certificates(work / "certs")
         )
         keys = [make_node_key(work / "keys", f"node-{i}") for i in range(nodes)]
-        files = write_node_data(cfg, work / "data") if data_files else {}
+        if isinstance(data_files, tuple):
+            files = dict(enumerate(data_files))
+        else:
+            files = write_node_data(cfg, work / "data") if data_files else {}
         files.update(node_data or {})
         node_configs = [node_config(i, nodes, files.get(i)) for i in range(nodes)]
         federation = LocalFederation(
             work, port=free_port() if port is None else port, credentials=credentials, echo=echo
         )
-        with _signals_raise(), federation:
-            result = _run_federation(
-                federation,
-                keys,
-                node_configs,
-                run_config,
-                run_dir,
-                deadline=deadline,
-                on_ready=on_ready,
-            )
+        outcome = ("failed", "deploy_local stopped before the run ended")
+        try:
+            with _signals_raise(), federation:
+                result = _run_federation(
+                    federation,
+                    keys,
+                    node_configs,
+                    run_config,
+                    run_dir,
+                    deadline=deadline,
+                    on_ready=on_ready,
+                )
+        except KeyboardInterrupt as exc:  # DeployInterrupted: every process is stopped
+            outcome = ("interrupted", f"{type(exc).__name__}: interrupted ({exc})")
+            raise
+        except BaseException as exc:
+            outcome = ("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        if result.status == "timeout":
+            outcome = ("failed", f"deploy.timeout of {timeout_seconds:g} s reached")
+        elif result.status != "completed":
+            outcome = ("failed", f"Flower ended the run {result.status}: {result.status_details}")
+        else:
+            outcome = ("completed", None)
         result.processes = list(federation.records.values())
         still_alive = [r.pid for r in result.processes if _alive(r.pid)]
         if still_alive:
             raise DeployError(f"processes still alive after shutdown: {still_alive}")
         result.wall_seconds = time.monotonic() - started
+        result.summary = _settle(run_dir, cfg, student, outcome, started)
+        outcome = None  # settled
         completed = result.ok
         return result
     finally:
+        if outcome is not None:  # an exit by exception once processes had started
+            _settle(run_dir, cfg, student, outcome, started)
         if temporary and completed:
             shutil.rmtree(work, ignore_errors=True)
         elif temporary:
             print(f"fedkd deploy: kept the work directory {work} (logs in {work / 'logs'})",
                   file=sys.stderr)  # fmt: skip
+
+
+def _settle(
+    run_dir: Path,
+    cfg: dict[str, Any],
+    student: StudentSize,
+    outcome: tuple[str, str | None],
+    started: float,
+) -> dict[str, Any] | None:
+    """:func:`settle_summary`; a failure to write it is logged, never masks the exit."""
+    status, error = outcome
+    try:
+        with _signals_ignored():  # a second Ctrl-C must not lose the summary
+            return settle_summary(
+                run_dir,
+                cfg,
+                student,
+                status=status,
+                error=error,
+                wall_seconds=time.monotonic() - started,
+            )
+    except Exception:
+        logger.exception("could not write summary.json into %s", run_dir)
+        return None
 
 
 def node_config(index: int, nodes: int, data_file: Path | None) -> str:
@@ -308,6 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # DeployInterrupted, or Ctrl-C before it was armed
         print(f"fedkd deploy: interrupted ({exc}); every started process was stopped",
               file=sys.stderr)  # fmt: skip
-        return 130
+        return exit_code(exc)  # 130 SIGINT, 143 SIGTERM
     _print_summary(result)
     return 0 if result.ok else 1

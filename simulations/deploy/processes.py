@@ -128,12 +128,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live processes in process group ``pgid`` (Linux ``/proc``; empty elsewhere)."""
-    members: list[int] = []
+def _live_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of ``/proc/<pid>/stat`` after the command name) of every live,
+    non-zombie process (Linux ``/proc``; nothing elsewhere). Field 0 is the state, 1 the
+    parent's pid, 2 the process group, 19 the start time."""
     proc = Path("/proc")
     if not proc.is_dir():
-        return members
+        return
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -141,9 +142,36 @@ def _group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z":
+            yield int(entry.name), fields
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid`` (Linux ``/proc``; empty elsewhere)."""
+    return [pid for pid, fields in _live_stats() if int(fields[2]) == pgid]
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (``/proc/<pid>/stat``): with the pid, it
+    names one process (a pid may be reused once its process is gone); None when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _descendants(pids: Sequence[int]) -> list[tuple[int, str]]:
+    """Live descendants of ``pids`` as (pid, start time) (Linux ``/proc``; else empty)."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in _live_stats():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = [], list(pids)
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.extend(kids)
+        todo.extend(kids)
+    return [(pid, start) for pid in found if (start := _start_time(pid)) is not None]
 
 
 class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
@@ -458,8 +486,12 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
 
         SuperNodes first, then the SuperLink. Then the children each left in its process
         group (``flower-superexec``) get time to exit by themselves, and a SIGKILL if not.
+        Last, every descendant seen before the first signal (the ``flwr-serverapp`` of a
+        running run starts in a session of its own) gets SIGTERM, then SIGKILL, by pid.
         """
         names = sorted(self._procs, key=lambda n: n == "superlink")
+        live = [self._procs[n].pid for n in names if self._procs[n].poll() is None]
+        descendants = _descendants(live)
         self._stop_processes(names)
         groups = [self._procs[n].pid for n in names]  # start_new_session: pgid == pid
         deadline = time.monotonic() + CHILD_EXIT_SECONDS
@@ -470,16 +502,41 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
                 logger.warning("children of pid %s still running; killing its process group", pgid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
+        _stop_pids(descendants)
         time.sleep(0.1)
-        return [pid for pid in self.started_pids if _alive(pid)] + [
-            pid for g in groups for pid in _group_members(g)
-        ]
+        left = [pid for pid, start in descendants if _start_time(pid) == start]
+        return (
+            [pid for pid in self.started_pids if _alive(pid)]
+            + left
+            + [pid for g in groups for pid in _group_members(g)]
+        )
 
     def __exit__(self, *exc_info: object) -> None:
         with _signals_ignored():  # a second Ctrl-C must not cut the shutdown short
             still_alive = self.stop_all()
         if still_alive:
             logger.error("processes still alive after shutdown: %s", still_alive)
+
+
+def _stop_pids(processes: Sequence[tuple[int, str]]) -> None:
+    """SIGTERM each (pid, start time) still running, SIGKILL it after
+    :data:`STOP_GRACE_SECONDS`; a pid now held by another process is left alone."""
+
+    def running() -> list[int]:
+        return [pid for pid, start in processes if _start_time(pid) == start]
+
+    def send(pids: list[int], signum: int) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    if pids := running():
+        logger.info("stopping pids %s, left behind by the stopped processes", pids)
+        send(pids, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    send(running(), signal.SIGKILL)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -502,7 +559,7 @@ def _signals_raise() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise DeployInterrupted(signal.Signals(signum).name)
+        raise DeployInterrupted(signal.Signals(signum).name, signum=signum)
 
     saved = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -24,11 +24,15 @@ from fedkd.run.results import read_metrics
 from simulations.deploy import (
     DeployError,
     LocalFederation,
+    StudentSize,
+    check_data_files,
     deploy,
     main,
     make_certificates,
+    node_config,
     run_config_argument,
     settle_num_clients,
+    settle_summary,
     split_arguments,
     write_cli_config,
 )
@@ -89,6 +93,71 @@ def test_split_arguments_takes_out_launcher_options(tmp_path):
         split_arguments(["deploy.bogus=1"])
     with pytest.raises(ConfigError, match=r"deploy\.port"):
         split_arguments(["deploy.port=70000"])
+
+
+def test_data_files_take_true_false_or_one_existing_file_per_node(tmp_path, capsys):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("f0,label\n1,0\n")
+    b.write_text("f0,label\n1,0\n")
+    assert split_arguments(["deploy.data_files=true"])[1].data_files is True
+    assert split_arguments([])[1].data_files is False
+    _, options = split_arguments([f"deploy.data_files=[{a}, {b}]"])
+    assert options.data_files == (a, b)
+    assert node_config(1, 2, options.data_files[1]) == (
+        f'partition-id=1 num-partitions=2 data-file="{b}"'
+    )
+    with pytest.raises(ConfigError, match=r"no such file: .*missing\.csv"):
+        split_arguments([f"deploy.data_files=[{a},{tmp_path / 'missing.csv'}]"])
+    with pytest.raises(ConfigError, match="true, false or a list"):
+        split_arguments(["deploy.data_files=yes"])
+    check_data_files(options.data_files, 2)
+    with pytest.raises(ConfigError, match="names 2 files for 3 SuperNodes"):
+        check_data_files(options.data_files, 3)
+    work = tmp_path / "work"  # the CLI: one line, exit 2, nothing started
+    assert main([*TINY, "num_clients=3", f"deploy.data_files=[{a},{b}]",
+                 f"deploy.workdir={work}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "names 2 files for 3 SuperNodes" in err and len(err.strip().splitlines()) == 1
+    assert not work.exists()
+
+
+def _finished_rounds(run_dir: Path, rounds: int) -> dict[str, Any]:
+    """A run directory as an interrupted ServerApp leaves it: config.yaml, metrics.jsonl."""
+    from fedkd.config import compose_config
+    from fedkd.run.results import RunWriter
+
+    cfg = compose_config(settle_num_clients(TINY, 2)[0])
+    writer = RunWriter(run_dir)
+    writer.start(cfg)
+    for r in range(rounds + 1):
+        writer.append({"round": r, "student_accuracy": 0.5 + r / 10, "uplink_bytes": 100 * r})
+    return cfg
+
+
+def test_the_launcher_writes_the_summary_the_serverapp_did_not(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _finished_rounds(run_dir, 2)
+    summary = settle_summary(
+        run_dir, cfg, StudentSize(10, 40), status="interrupted", error="interrupted (SIGINT)",
+        wall_seconds=1.0,
+    )  # fmt: skip
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == 2
+    assert summary["final"]["student_accuracy"] == pytest.approx(0.7)
+    assert summary["communication"]["uplink_bytes"] == 300  # 100 + 200, round 0 not counted
+    assert summary["strategy"] == "feddf" and summary["parameters"] == 10
+    # A summary the ServerApp wrote as failed (killed with the SuperLink) says interrupted;
+    # one that says completed is kept.
+    settled = settle_summary(
+        run_dir, cfg, StudentSize(10, 40), status="failed", error="deploy.timeout",
+        wall_seconds=1.0,
+    )  # fmt: skip
+    assert settled["status"] == "failed" and settled["serverapp_status"] == "interrupted"
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "completed"}))
+    kept = settle_summary(
+        run_dir, cfg, StudentSize(10, 40), status="interrupted", error="x", wall_seconds=1.0
+    )
+    assert kept["status"] == "completed"
 
 
 def test_num_clients_follows_the_number_of_nodes():
@@ -291,32 +360,109 @@ def test_unregistered_supernode_is_refused_and_the_federation_carries_on(deploym
 @needs_tools
 @needs_flower
 @pytest.mark.slow
-def test_ctrl_c_stops_every_started_process(tmp_path):
-    work = tmp_path / "work"
+def test_a_signal_stops_every_started_process_and_leaves_the_summary(tmp_path):
+    """Ctrl-C once round 1 is in metrics.jsonl: every process is stopped, and summary.json
+    says interrupted with the finished rounds (the ServerApp, killed with the SuperLink,
+    does not get to write it; the launcher does). SIGTERM takes the same handler
+    (test_sigterm_unwinds_the_launcher_like_ctrl_c)."""
+    signum, code = signal.SIGINT, 130
+    work, run_dir = tmp_path / "work", tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulations.deploy_local", *TINY, f"deploy.workdir={work}",
-         f"deploy.out_dir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "simulations.deploy_local", *TINY, "num_rounds=30",
+         "num_clients=2", f"deploy.workdir={work}", f"deploy.out_dir={run_dir}"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        last_node_log = work / "logs" / "node-2.log"
+        deadline = time.monotonic() + 300
+        metrics = run_dir / "metrics.jsonl"
         while time.monotonic() < deadline and proc.poll() is None:
-            if last_node_log.is_file() and "SuperNode ID" in last_node_log.read_text():
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
                 break
             time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()[0][-3000:]
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, output[-3000:]
+            proc.wait()
+    assert proc.returncode == code, output[-3000:]
     assert "interrupted" in output
     assert _processes_mentioning(str(work)) == []
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", summary
+    rounds = [row["round"] for row in read_metrics(run_dir)]
+    assert rounds == list(range(len(rounds))) and len(rounds) >= 2
+    assert summary["rounds_completed"] == rounds[-1] < 30
+
+
+CANARY = "CANARY-Jane-Doe-123-45-6789"
+
+
+def _canary_files(directory: Path) -> list[Path]:
+    """Three CSV files of real partitions, each with the canary where loading rejects it:
+    a feature cell, a label cell, the header line (a wrongly chosen file)."""
+    from fedkd.config import compose_config
+    from fedkd.data import LocalDataSpec, load_local_data, write_local_data
+    from simulations.deploy import write_node_data
+
+    npz = write_node_data(compose_config(settle_num_clients(TINY, 3)[0]), directory / "npz")
+    files = []
+    for index in range(3):
+        x, y = load_local_data(LocalDataSpec(path=npz[index], format="npz"))
+        path = write_local_data(directory / f"site-{index}.csv", x, y)
+        lines = path.read_text().splitlines()
+        cells = lines[3].split(",")
+        if index == 0:
+            cells[0] = CANARY  # a feature cell
+        elif index == 1:
+            cells[-1] = CANARY  # a label
+        else:
+            lines[0] = f"{CANARY},{CANARY} diagnosis"  # the header of another file
+        lines[3] = ",".join(cells)
+        path.write_text("\n".join(lines) + "\n")
+        files.append(path)
+    return files
+
+
+@needs_tools
+@needs_flower
+@pytest.mark.slow
+def test_a_planted_record_in_the_users_data_files_never_reaches_the_server(tmp_path):
+    """deploy.data_files=[...] with a canary in a feature cell, a label and a header: every
+    node's loading fails, the server learns which file and line, never the value; nothing
+    on the server's side (SuperLink and ServerApp logs, the launcher's output, the run
+    directory) holds any part of it."""
+    files = _canary_files(tmp_path / "data")
+    work, run_dir = tmp_path / "work", tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.deploy_local", *TINY, "num_rounds=1",
+         "num_clients=3", f"deploy.data_files=[{','.join(map(str, files))}]",
+         f"deploy.workdir={work}", f"deploy.out_dir={run_dir}", "deploy.timeout=300"],
+        cwd=REPO, capture_output=True, text=True, timeout=400, check=False,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]  # no node could load its data: run failed
+    for i, path in enumerate(files):  # each node loaded its own file, and rejected it
+        assert path.name in (work / "logs" / f"node-{i}.log").read_text(errors="replace")
+    server_log = (work / "logs" / "flwr-run.log").read_text()  # the ServerApp's stream
+    # the reasons did cross (so the check below is not vacuous), naming file and line
+    assert server_log.count("failed discovery") == 3, server_log[-3000:]
+    assert "site-0.csv" in server_log and "line 4" in server_log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    seen = {"launcher output": output, "superlink.log": (work / "logs" / "superlink.log")}
+    seen["flwr-run.log"] = server_log
+    seen.update({str(p): p for p in run_dir.rglob("*") if p.is_file()})
+    seen.update({str(p): p for p in (work / "superlink").rglob("*") if p.is_file()})
+    for where, source in seen.items():
+        text = source if isinstance(source, str) else source.read_text(errors="replace")
+        lowered = text.lower()
+        for fragment in ("canary", "jane", "123-45", "diagnosis"):
+            assert fragment not in lowered, f"{fragment!r} reached {where}"
 
 
 @pytest.mark.slow
@@ -329,3 +475,20 @@ def test_a_node_with_a_malformed_data_file_fails_clearly_on_that_node(deployment
     for i in range(3):
         assert "DataFileError" not in (result.logs_dir / f"node-{i}.log").read_text()
     assert result.ok
+
+
+def test_sigterm_unwinds_the_launcher_like_ctrl_c():
+    """The launcher's handler turns SIGINT and SIGTERM alike into DeployInterrupted, which
+    unwinds through every ``finally`` (processes stopped, summary settled) and sets the exit
+    code to 128 + the signal."""
+    from fedkd.run.interrupt import exit_code
+    from simulations.deploy.errors import DeployInterrupted
+    from simulations.deploy.processes import _signals_raise
+
+    before = signal.getsignal(signal.SIGTERM)
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        with pytest.raises(DeployInterrupted) as raised, _signals_raise():
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises before this ends
+        assert raised.value.signum == signum and exit_code(raised.value) == code
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
