@@ -6,8 +6,12 @@
 # threshold 0.05 and 0.2), seeds 0 and 1; the targeted attack (colluding clients push class
 # 0) at 0.15, 0.3, 0.45 under mean, median, trimmed_mean and both robust_mean thresholds,
 # seeds 0 and 1; then seed 0 of the random and scale attacks at fraction 0.3 under mean and
-# median (scale replies are rejected by the server's reply validation). In-process engine.
+# median (scale replies are rejected by the server's reply validation). Added later as an
+# extra label (existing runs unchanged): support_filter (default threshold 0.5) under both
+# swept attacks. In-process engine.
 # Usage: bash docs/experiments/robustness_sweep.sh [OUT_DIR]  (about 35 min on 2 idle cores)
+# LABELS="support_filter" bash docs/experiments/robustness_sweep.sh OUT_DIR runs only the
+# sign_flip and targeted blocks of the rule labels named (space-separated).
 # Then:  python docs/experiments/robustness_table.py OUT_DIR
 # Run directories: OUT_DIR/seed<s>/<attack kind>/<rule>_<fraction>. A run whose
 # summary.json exists is skipped, so an interrupted sweep can be started again with the
@@ -34,7 +38,8 @@ run() {
 # drop 9 of 20 values at each end where the default 0.2 drops 4) and robust_mean with
 # threshold 0.05 (the first default; under this label skew it removed honest clients and
 # lost half the accuracy without any attack) and 0.2 (the default since this sweep)
-labels=(mean median trimmed_mean trimmed_mean_t45 robust_mean robust_mean_th0.2)
+labels=(mean median trimmed_mean trimmed_mean_t45 robust_mean robust_mean_th0.2
+        support_filter)
 declare -A rule=(
   [mean]="aggregation=mean"
   [median]="aggregation=median"
@@ -42,7 +47,15 @@ declare -A rule=(
   [trimmed_mean_t45]="aggregation=trimmed_mean aggregation.trim=0.45"
   [robust_mean]="aggregation=robust_mean aggregation.threshold=0.05"
   [robust_mean_th0.2]="aggregation=robust_mean aggregation.threshold=0.2"
+  [support_filter]="aggregation=support_filter"
 )
+targeted_labels=(mean median trimmed_mean robust_mean robust_mean_th0.2 support_filter)
+other_labels=(mean median)
+if [[ -n "${LABELS:-}" ]]; then
+  read -ra labels <<< "$LABELS"
+  targeted_labels=("${labels[@]}")
+  other_labels=()
+fi
 
 for seed in 0 1; do
   for fraction in 0 0.15 0.3 0.45; do
@@ -54,7 +67,7 @@ for seed in 0 1; do
   done
   # colluding clients pushing class 0; fraction 0 is the sign_flip block's (no attacker)
   for fraction in 0.15 0.3 0.45; do
-    for label in mean median trimmed_mean robust_mean robust_mean_th0.2; do
+    for label in "${targeted_labels[@]}"; do
       # shellcheck disable=SC2086
       run "targeted/${label}_$fraction" ${rule[$label]} attack.kind=targeted \
         attack.fraction=$fraction
@@ -63,7 +76,7 @@ for seed in 0 1; do
 done
 seed=0
 for kind in random scale; do
-  for label in mean median; do
+  for label in "${other_labels[@]}"; do
     # shellcheck disable=SC2086
     run "$kind/${label}_0.3" ${rule[$label]} attack.kind=$kind attack.fraction=0.3
   done

@@ -31,6 +31,7 @@ RULES = {
     "trimmed_mean_t45": "trimmed_mean (trim 0.45)",
     "robust_mean": "robust_mean (threshold 0.05)",
     "robust_mean_th0.2": "robust_mean (threshold 0.2, default)",
+    "support_filter": "support_filter (threshold 0.5, default)",
 }
 
 
@@ -228,7 +229,7 @@ def plot(swept: dict[str, Block], path: Path) -> None:
     kinds = sorted(swept, key=lambda k: (k != BASELINE, k))
     fig = Figure(figsize=(5 * len(kinds), 4.2))
     axes = [fig.add_subplot(1, len(kinds), i + 1) for i in range(len(kinds))]
-    markers = dict(zip(RULES, "osv^DP", strict=True))
+    markers = dict(zip(RULES, "osv^DPX", strict=True))
     colors = {label: f"C{i}" for i, label in enumerate(RULES)}  # the same rule, the same colour
     for ax, kind in zip(axes, kinds, strict=True):
         main = swept[kind]

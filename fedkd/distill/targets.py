@@ -22,11 +22,14 @@ returns ``(N, C)`` float32 targets whose rows sum to 1, and raises
 malformed probabilities (see :func:`mean_targets`) or for missing or malformed data the
 rule needs.
 
-Three rules are *robust* to a minority of clients sending poisoned predictions:
+Four rules are *robust* to a minority of clients sending poisoned predictions:
 ``median`` (coordinate-wise median over clients), ``trimmed_mean`` (coordinate-wise mean
-after dropping the ``trim`` share of largest and smallest values) and ``robust_mean``
+after dropping the ``trim`` share of largest and smallest values), ``robust_mean``
 (Cronus-style spectral filtering: per example, the client vector farthest along the top
-principal direction is dropped while that direction's variance exceeds ``threshold``).
+principal direction is dropped while that direction's variance exceeds ``threshold``) and
+``support_filter`` (:mod:`fedkd.distill.support_filter`: clients that contradict a
+label-count weighted median on the classes they declare having seen are dropped, the rest
+averaged; built for label skew).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedkd.distill.support_filter import SUPPORT_FILTER, support_filter_targets
 from fedkd.distill.target_registry import (
     RuleOption,
     TargetRule,
@@ -56,6 +60,7 @@ __all__ = [
     "median_targets",
     "robust_mean_targets",
     "size_weighted_targets",
+    "support_filter_targets",
     "trimmed_mean_targets",
 ]
 
@@ -414,6 +419,7 @@ BUILTIN_TARGET_RULES: tuple[TargetRule, ...] = (
         options={"threshold": RuleOption(0.2, low=0.0, low_inclusive=False)},
         summary="spectral-filtering robust mean (Cronus)",
     ),
+    SUPPORT_FILTER,
 )
 for _rule in BUILTIN_TARGET_RULES:
     register_target_rule(_rule)

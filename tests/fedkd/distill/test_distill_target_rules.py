@@ -56,6 +56,7 @@ def test_registry_and_defaults() -> None:
         "median",
         "trimmed_mean",
         "robust_mean",
+        "support_filter",
     )
     assert target_rule_options("mean") == {}
     assert target_rule_options("size_weighted") == {}
@@ -66,6 +67,7 @@ def test_registry_and_defaults() -> None:
     assert target_rule_options("median") == {}
     assert target_rule_options("trimmed_mean") == {"trim": 0.2}
     assert target_rule_options("robust_mean") == {"threshold": 0.2}
+    assert target_rule_options("support_filter") == {"threshold": 0.5}
 
 
 @pytest.mark.parametrize("rule", TARGET_RULES)

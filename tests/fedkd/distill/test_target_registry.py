@@ -61,7 +61,11 @@ def test_builtin_snapshot_matches_the_registry() -> None:
         for name, rule in TARGET_RULE_REGISTRY.items()
         if rule.needs_num_examples or rule.needs_label_histograms
     }
-    assert needs == {"size_weighted": (True, False), "label_aware": (False, True)}
+    assert needs == {
+        "size_weighted": (True, False),
+        "label_aware": (False, True),
+        "support_filter": (False, True),
+    }
 
 
 @pytest.mark.parametrize("rule", TARGET_RULES)
@@ -76,7 +80,7 @@ def test_public_functions_share_the_registry_defaults(rule: str) -> None:
     data: dict[str, Any] = {}
     if rule == "size_weighted":
         data["num_examples"] = [1, 2, 3]
-    elif rule == "label_aware":
+    elif rule in ("label_aware", "support_filter"):
         data["label_histograms"] = np.ones((3, 2))
     np.testing.assert_array_equal(fn(PROBS, **data), teacher_targets(PROBS, rule=rule, **data))
 
