@@ -174,3 +174,48 @@ def check_overrides(
         valid_keys = valid_keys or top_level_keys(root, config_name)
         if top not in valid_keys:
             raise ConfigError(f"{typed}: unknown key {top!r}; valid keys: {', '.join(valid_keys)}")
+    _check_nested_keys(parsed, groups, root=root, config_name=config_name)
+
+
+def _check_nested_keys(
+    parsed: Sequence[Any], groups: Sequence[str], *, root: Path, config_name: str
+) -> None:
+    """Refuse a plain override of a nested key the composed config does not have
+    (``aggregation.trim=0.1`` with ``aggregation=mean``), naming the keys that exist there.
+
+    The config is composed with the overrides' group choices only, so that a wrong value
+    elsewhere cannot hide the key check. Additions (``+a.b=1``, ``++a.b=1``) are allowed by
+    design, a key under a null or non-mapping value is left to Hydra, and so are sweeps (the
+    keys depend on the job).
+    """
+    nested = [
+        o
+        for o in parsed
+        if "." in o.key_or_group
+        and o.key_or_group.split(".", 1)[0] != "hydra"
+        and not (o.is_delete() or o.is_add() or o.is_force_add() or o.package is not None)
+    ]
+    if not nested or any(o.is_sweep_override() for o in parsed):
+        return
+    choices = [o.input_line for o in parsed if o.key_or_group in groups and o.input_line]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=choices)
+    except (HydraException, OmegaConfBaseException):
+        return  # Hydra reports what is wrong with the choices themselves
+    for override in nested:
+        node: Any = cfg
+        path: list[str] = []
+        for part in override.key_or_group.split("."):
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node:
+                where = ".".join(path)
+                raise ConfigError(
+                    f"{override.input_line or override.key_or_group}: {where} has no key "
+                    f"{part!r}; valid keys: {', '.join(str(k) for k in node)}"
+                )
+            path.append(part)
+            node = node[part]

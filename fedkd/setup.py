@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, check_types
 
 OPTIMIZERS = ("sgd", "adam")
 HETERO = "hetero"
@@ -128,6 +128,7 @@ class LocalTraining(TrainSettings):
     born_again: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        check_types(self, prefix="client.")
         if self.epochs < 1:
             raise ConfigError(f"client.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -138,6 +139,22 @@ class LocalTraining(TrainSettings):
             raise ConfigError(
                 f"client.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
             )
+        if self.momentum < 0:
+            raise ConfigError(f"client.momentum must be >= 0, got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"client.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+#: FederationSetup field -> the config key it comes from (where the two differ)
+_SETUP_KEYS = {
+    "proxy_fraction": "data.proxy_fraction",
+    "proxy_labeled": "data.proxy_labeled",
+    "test_fraction": "data.test_fraction",
+    "local_test_fraction": "data.local_test_fraction",
+    "proxy_size": "data.proxy_size",
+    "device": "backend.device",
+    "torch_threads": "backend.torch_threads",
+}
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,13 @@ class FederationSetup:
     privacy: dict[str, Any] | None = None  # PrivacySpec.to_dict() when a mechanism is on
     #: EncodingSpec.to_dict(): how clients encode the proxy predictions they upload
     encoding: dict[str, Any] = field(default_factory=lambda: {"name": "float32", "k": 3})
+
+    def __post_init__(self) -> None:
+        check_types(self, prefix="", names=_SETUP_KEYS)
+        if self.torch_threads < 0:
+            raise ConfigError(
+                f"backend.torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}"
+            )
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fedkd.data.get_federated_data`."""

@@ -53,11 +53,28 @@ def test_unknown_top_level_key_is_refused():
         ("strategy.min_train_replies=true", "strategy.min_train_replies must be an integer"),
         ("strategy.distill_lr=0", "strategy.distill_lr must be > 0"),
         ("strategy.distill_optimizer=rmsprop", "strategy.distill_optimizer must be one of"),
+        # options the strategy passes on to its clients' payloads, typed under their keys
+        ("strategy=fedmd strategy.digest_lr=abc", "strategy.digest_lr must be a number"),
+        ("strategy=fedmd strategy.digest_lr=0", "strategy.digest_lr must be > 0"),
+        ("strategy=dsfl strategy.digest_epochs=1.5", "strategy.digest_epochs must be an integer"),
+        ("strategy=dsfl strategy.digest_temperature=x", "strategy.digest_temperature must be a"),
+        ("strategy=fedet strategy.digest_batch_size=0", "strategy.digest_batch_size must be >= 1"),
+        ("strategy=fd strategy.beta=abc", "strategy.beta must be a number, got 'abc'"),
+        ("strategy=fd strategy.temperature=inf", "strategy.temperature must be a finite number"),
+        # the client block and the setup every client receives
+        ("client.epochs=abc", "client.epochs must be an integer, got 'abc'"),
+        ("client.lr=abc", "client.lr must be a number, got 'abc'"),
+        ("client.momentum=abc", "client.momentum must be a number, got 'abc'"),
+        ("client.weight_decay=-1", "client.weight_decay must be >= 0"),
+        ("client.optimizer=3", "client.optimizer must be a string"),
+        ("data.proxy_labeled=abc", "data.proxy_labeled must be true or false, got 'abc'"),
+        ("backend.torch_threads=abc", "backend.torch_threads must be an integer, got 'abc'"),
+        ("backend.torch_threads=-1", "backend.torch_threads must be >= 0"),
     ],
 )
-def test_strategy_numbers_are_checked_at_construction_under_their_keys(override, message):
+def test_numbers_are_checked_at_construction_under_their_keys(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        _prepare(override)
+        _prepare(*override.split())
 
 
 @pytest.mark.parametrize(
@@ -70,6 +87,13 @@ def test_strategy_numbers_are_checked_at_construction_under_their_keys(override,
         (["strategy=fedavg,nope"], r"strategy=fedavg,nope: strategy has no option 'nope'"),
         (["foo=1"], r"foo=1: unknown key 'foo'; valid keys: .*num_rounds"),
         (["+foo=1"], r"\+foo=1: unknown key 'foo'"),
+        # a nested key the chosen option does not have, with the keys it has
+        (["aggregation.trim=0.1"], r"aggregation.trim=0.1: aggregation has no key 'trim'; valid"),
+        (
+            ["strategy=fedproto", "strategy.lambda_proto=1"],
+            r"strategy has no key 'lambda_proto'; valid keys: .*proto_weight",
+        ),
+        (["client.lrr=0.1"], r"client.lrr=0.1: client has no key 'lrr'; valid keys: .*lr"),
     ],
 )
 def test_command_line_overrides_are_checked_against_groups_and_keys(overrides, message):
@@ -84,6 +108,10 @@ def test_command_line_overrides_are_checked_against_groups_and_keys(overrides, m
         ["strategy.distill_lr=0.01", "+strategy.extra=1", "++seed=3", "~resume"],
         ["hydra.run.dir=/tmp/x", "hydra/sweeper=basic", "experiment=finance", "experiment=null"],
         ["num_rounds=range(1,3)", "dataset=choice(digits,mnist1d)"],
+        ["aggregation=trimmed_mean", "aggregation.trim=0.1", "dataset=synthetic"],
+        ["dataset=synthetic", "dataset.num_samples=50", "+aggregation.extra=1"],
+        ["experiment=finance", "privacy.target_epsilon=2"],
+        ["strategy=fedavg,feddf", "strategy.fraction_train=0.5"],
     ],
 )
 def test_valid_command_line_overrides_pass(overrides):
@@ -101,6 +129,8 @@ def test_valid_command_line_overrides_pass(overrides):
         (["strategy=fedavg", "aggregation=median"], "aggregation=median"),
         (["strategy.min_train_replies=100", "num_clients=3"], "strategy.min_train_replies=100"),
         (["strategy.distill_lr=abc"], "strategy.distill_lr must be a number, got 'abc'"),
+        (["aggregation.trim=0.1"], "aggregation has no key 'trim'"),
+        (["strategy=fedmd", "strategy.digest_lr=abc"], "strategy.digest_lr must be a number"),
     ],
 )
 def test_cli_refuses_in_at_most_three_lines_with_exit_code_2(args, named, tmp_path, simulation_cli):

@@ -161,7 +161,7 @@ def build_setup(
         proxy_classes=data_cfg.get("proxy_classes"),
         proxy_dataset=data_cfg.get("proxy_dataset"),
         device=str(backend.get("device", "cpu")),
-        torch_threads=int(backend.get("torch_threads", 1)),
+        torch_threads=backend.get("torch_threads", 1),
         distill=dict(cfg["distill"]),
         augment=_augment_config(cfg),
         # clients need the spec under a mechanism, and for the audit's canaries without one

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, check_types
+
+__all__ = ["TOO_FEW_ACTIONS", "RoundOptions", "alias", "check_types"]
 
 TOO_FEW_ACTIONS = ("skip", "abort")
 
@@ -59,32 +60,6 @@ class RoundOptions:
                 f"strategy.on_too_few_replies must be one of {TOO_FEW_ACTIONS}, "
                 f"got {self.on_too_few_replies!r}"
             )
-
-
-def check_types(options: Any, *, prefix: str) -> None:
-    """Refuse a value of the wrong type in the dataclass ``options``, naming the key as the
-    config spells it (``<prefix><field>``, e.g. ``strategy.distill_lr``).
-
-    Runs first in ``__post_init__``, so that a string from the command line
-    (``strategy.distill_lr=abc``) fails at construction, before any client runs, and never
-    reaches the range checks or the training loop (which would name it differently).
-    Fields annotated ``int`` take integers (not booleans), ``float`` finite integers or
-    floats, ``str`` strings; others are not checked here.
-    """
-    for field in fields(options):
-        value = getattr(options, field.name)
-        key = f"{prefix}{field.name}"
-        # a string under postponed annotations (this package's modules), else the type
-        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
-        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if kind == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{key} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        if kind == "str" and not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
 
 
 def alias(path: str, name: str, *, settable: bool = False) -> property:
