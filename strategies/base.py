@@ -191,7 +191,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         self.target_rule: dict[str, Any] = dict(assets.aggregation)
         self.round_targets: ArrayRecord | None = None  # what clients digest next round
         self.targets_round = 0  # the round whose proxy subset round_targets refer to
-        self.federation = transport.Federation.of(assets.privacy)
+        self.federation = transport.Federation.of(assets.privacy, assets.setup.local.batch_size)
         #: Each round's row of ``metrics.jsonl`` as the round builds it.
         self.round_metrics: dict[int, dict[str, Any]] = {}
         #: The round being run (set by :meth:`configure_train`).
@@ -454,13 +454,12 @@ class FedKDStrategy(MethodToolkit, Strategy):
 
     def expectation(self, state: RoundState, partition_id: int, num_examples: int) -> Expectation:
         """What the payload checks compare a reply of ``partition_id`` with."""
-        data = self.assets.data
         noisy = self.privacy is not None and self.privacy.spec.name == "logit_dp"
         central = noisy and self.assets.privacy.mode == "central"
         return Expectation(
-            num_classes=data.num_classes,
+            num_classes=self.assets.data.num_classes,
             proxy_rows=len(state.proxy_indices),
-            test_rows=len(data.test_y),
+            test_rows=len(self.assets.data.test_y),
             num_examples=num_examples,
             declared_examples=self.federation.declared_examples(partition_id),
             reference=(
@@ -472,6 +471,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
             noisy=noisy,
             noisy_clip=self.assets.privacy.clip if central else None,
             server_round=state.server_round,
+            reporting=self.federation.reporting,
             options=self.payload_options(),
         )
 

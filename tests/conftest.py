@@ -16,12 +16,29 @@ from typing import Any
 import pytest
 from flwr.app import Error, Message
 from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import HealthCheck, settings
 
 from simulations.engine import InlineGrid
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Hypothesis: reproducible in CI (derandomized, no example database), no deadline (2 shared
+# cores), and fixtures such as ``task_identity`` reused across a test's examples. Property
+# tests take ``fedkd-fast`` (tens of cases each, the fast tier) or ``fedkd-full`` (marked
+# slow: the thousands of cases of the full suite) with ``@settings(settings.get_profile(...))``.
+_HYPOTHESIS = {
+    "derandomize": True,
+    "database": None,
+    "deadline": None,
+    "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+}
+settings.register_profile("fedkd-fast", max_examples=20, **_HYPOTHESIS)
+settings.register_profile("fedkd-full", max_examples=250, **_HYPOTHESIS)
+settings.register_profile("fedkd", **_HYPOTHESIS)
+settings.load_profile("fedkd")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

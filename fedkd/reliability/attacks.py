@@ -20,11 +20,18 @@ malicious for the whole run; the server tells each in its round config (``attack
 ``targeted``
     Colluding clients all push one class, ``target``: they train on labels set to it and
     share one-hot predictions on it (valid probability rows, so validation cannot tell).
+``malformed``
+    The client trains honestly but breaks the form of each reply: one required payload
+    (its metrics, weights, predictions, ...) gets a key removed, a wrong type or dtype, a
+    list for a scalar, NaN, inf, a huge or negative value, a wrong shape or another round
+    (:func:`malform_metrics`, :func:`malform_arrays`), drawn from ``(seed, round,
+    partition)``. Reply validation must reject every such reply with its reason: this
+    checks the server's schema end to end on a real run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +39,15 @@ import numpy as np
 
 from fedkd.errors import ConfigError, check_block
 
-LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP, TARGETED = (
+LABEL_FLIP, MALFORMED, RANDOM, SCALE, SIGN_FLIP, TARGETED = (
     "label_flip",
+    "malformed",
     "random",
     "scale",
     "sign_flip",
     "targeted",
 )
-ATTACK_KINDS = (LABEL_FLIP, RANDOM, SCALE, SIGN_FLIP, TARGETED)
+ATTACK_KINDS = (LABEL_FLIP, MALFORMED, RANDOM, SCALE, SIGN_FLIP, TARGETED)
 #: Kinds whose poison is in the training labels (the model itself is poisoned).
 LABEL_ATTACKS = (LABEL_FLIP, TARGETED)
 _STREAM = 0xA77AC
@@ -186,4 +194,90 @@ def poison_weights(
         else:
             raise ConfigError(f"attack.kind must be one of {ATTACK_KINDS}, got {kind!r}")
         out[name] = poisoned.astype(values.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------- malformed replies
+_DROP = object()  # a break that removes the key
+_NUM_EXAMPLES, _SERVER_ROUND = "num-examples", "server-round"
+_TRAIN_LOSS, _LOCAL_ACCURACY, _DP_EPSILON = "train-loss", "local-accuracy", "dp-epsilon"
+_Break = Callable[[Any], Any]
+_COUNT_BREAKS: dict[str, _Break] = {
+    "missing": lambda v: _DROP,
+    "wrong type": lambda v: float(v) + 0.5,
+    "list for a scalar": lambda v: [int(v)],
+    "NaN": lambda v: float("nan"),
+    "inf": lambda v: float("inf"),
+    "negative": lambda v: -abs(int(v)) - 1,
+    "huge": lambda v: 2**62,
+}
+_VALUE_BREAKS: dict[str, _Break] = {
+    "list for a scalar": lambda v: [float(v), float(v)],
+    "NaN": lambda v: float("nan"),
+    "inf": lambda v: float("inf"),
+    "negative": lambda v: -1.0,
+    "huge": lambda v: 1e308,
+}
+#: Every metric a ``malformed`` client may break, and how: each value the server rejects
+#: (optional metrics are never removed, since a reply without them is valid).
+METRIC_BREAKS: dict[str, dict[str, _Break]] = {
+    _NUM_EXAMPLES: _COUNT_BREAKS,
+    _SERVER_ROUND: {**_COUNT_BREAKS, "huge": lambda v: int(v) + 1},  # another round
+    _TRAIN_LOSS: _VALUE_BREAKS,
+    _LOCAL_ACCURACY: {**_VALUE_BREAKS, "huge": lambda v: 7.5},  # an accuracy above 1
+    _DP_EPSILON: {k: v for k, v in _VALUE_BREAKS.items() if k != "huge"},  # no upper cap
+}
+#: How a ``malformed`` client breaks one array (float arrays: every break; integer ones:
+#: the first three). Each one fails the shape, dtype, finiteness or range checks.
+ARRAY_BREAKS = ("missing", "wrong shape", "wrong dtype", "NaN", "inf", "huge", "negative")
+
+
+def malform_metrics(
+    metrics: Mapping[str, Any], *, sendable: Collection[str], rng: np.random.Generator
+) -> dict[str, Any]:
+    """A copy of a reply's metric values with one value broken so that the server must
+    reject the reply: one of :data:`METRIC_BREAKS` for a key present and ``sendable``
+    (keys a privacy mechanism withholds would be dropped before they leave)."""
+    out = dict(metrics)
+    candidates = sorted(k for k in METRIC_BREAKS if k in out and k in sendable)
+    if not candidates:  # nothing of the schema to break: drop the example count
+        out.pop(_NUM_EXAMPLES, None)
+        return out
+    key = str(rng.choice(candidates))
+    breaks = METRIC_BREAKS[key]
+    value = breaks[str(rng.choice(sorted(breaks)))](out[key])
+    if value is _DROP:
+        del out[key]
+    else:
+        out[key] = value
+    return out
+
+
+def malform_arrays(
+    arrays: Mapping[str, np.ndarray], *, sendable: Collection[str], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """A copy of one payload's arrays with one array broken in one of the ways of
+    :data:`ARRAY_BREAKS` (an array of a key that leaves the client)."""
+    out = {name: np.array(values, copy=True) for name, values in arrays.items()}
+    candidates = sorted(k for k in out if k in sendable) or sorted(out)
+    if not candidates:
+        return out
+    name = str(rng.choice(candidates))
+    values = out[name]
+    floating = values.dtype.kind == "f" and values.size > 0
+    kind = str(rng.choice(ARRAY_BREAKS if floating else ARRAY_BREAKS[:3]))
+    if kind == "missing":
+        del out[name]
+    elif kind == "wrong shape":  # one more row (or a 0-d value made a vector)
+        extra = np.zeros((1, *values.shape[1:]), dtype=values.dtype)
+        out[name] = np.concatenate([values.reshape(-1, *values.shape[1:]), extra])
+    elif kind == "wrong dtype":  # floats sent as integers, integers as floats
+        target = np.int32 if values.dtype.kind == "f" else np.float32
+        out[name] = np.nan_to_num(values.astype(np.float64)).astype(target)
+    else:
+        bad = {"NaN": np.nan, "inf": np.inf, "huge": 1e30, "negative": -1e30}[kind]
+        flat = values.astype(np.float64).reshape(-1)
+        flat[rng.integers(flat.size)] = bad
+        with np.errstate(over="ignore"):
+            out[name] = flat.reshape(values.shape).astype(values.dtype)
     return out

@@ -8,6 +8,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedkd.wire import keys
+from fedkd.wire.payloads.base import MAX_EXAMPLES
 
 
 def evaluate_messages(
@@ -35,8 +36,22 @@ def evaluate_messages(
 
 
 def mean_client_accuracy(replies: Iterable[Message]) -> float | None:
-    """Example-weighted mean of the replies' local test accuracy (None: no usable reply)."""
-    ok = [r for r in replies if not r.has_error() and keys.METRICS in r.content.metric_records]
+    """Example-weighted mean of the replies' local test accuracy (None: no usable reply).
+
+    An evaluation reply is used when it is the first from its node, answers an
+    ``evaluate`` message, and carries an accuracy in [0, 1] with an integral example count
+    (:func:`_usable`); any other is left out, never raised on."""
+    ok, seen = [], set()
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error() or node in seen:
+            continue
+        seen.add(node)
+        if (
+            reply.metadata.message_type == MessageType.EVALUATE
+            and keys.METRICS in reply.content.metric_records
+        ):
+            ok.append(reply)
     reported = [r for r in ok if _usable(r)]  # withheld under privacy, or malformed
     counted = [r for r in reported if num_examples(r) > 0]
     if not counted:
@@ -55,7 +70,7 @@ def _usable(reply: Message) -> bool:
         and 0.0 <= accuracy <= 1.0
         and isinstance(count, int)
         and not isinstance(count, bool)
-        and count >= 0
+        and 0 <= count <= MAX_EXAMPLES
     )
 
 

@@ -21,6 +21,7 @@ from fedkd.privacy import PrivacySpec
 from fedkd.run.interrupt import check_stop
 from fedkd.wire import keys
 from fedkd.wire.payloads import Discovery
+from fedkd.wire.payloads.base import Reporting
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +58,19 @@ class Federation:
     examples: dict[int, int] = field(default_factory=dict)
     #: Clients send their label histograms (False: withheld under a privacy mechanism).
     histograms: bool = True
+    #: How clients' counts relate to their data under the run's privacy mechanism (a class
+    #: default, not a factory, so federations saved in older checkpoints have one too).
+    reporting: Reporting = Reporting()  # noqa: RUF009 (frozen: never shared mutable state)
 
     @staticmethod
-    def of(privacy: PrivacySpec) -> Federation:
+    def of(privacy: PrivacySpec, batch_size: int = 1) -> Federation:
         """An empty federation whose discovery answers carry histograms unless ``privacy``
-        withholds them."""
-        return Federation(histograms=privacy.sends_unprotected(keys.LABEL_HISTOGRAM))
+        withholds them, checked against counts as ``privacy`` reports them (``batch_size``:
+        clients' local batch size, which DP-SGD's public count depends on)."""
+        return Federation(
+            histograms=privacy.sends_unprotected(keys.LABEL_HISTOGRAM),
+            reporting=Reporting(privacy, batch_size),
+        )
 
     def declared_examples(self, partition_id: int) -> int:
         """The training example count a partition declared at discovery (0: unknown)."""
@@ -124,6 +132,7 @@ def discover(
                 num_partitions=expected,
                 num_architectures=num_architectures,
                 require_histogram=getattr(federation, "histograms", True),
+                reporting=federation.reporting,
             )
         except ValueError as exc:
             logger.warning("node %s sent an unusable discovery answer: %s", node_id, exc)

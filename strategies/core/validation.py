@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, MessageType
 
 from fedkd.wire import keys
 from fedkd.wire.payloads import ClientMetrics, Expectation, Payload, metric
@@ -109,11 +109,17 @@ def read_reply(
     (the example count is 0 until the client metrics are checked). Client errors are
     reduced to their first line: full tracebacks stay on the client. Optional payloads
     (evaluation-only outputs) that fail their checks decode to ``None`` instead.
+
+    This is the one place every reply passes before any method reads it: who sent it and
+    in answer to what, then each payload's arrays readable (:meth:`Payload.unreadable`),
+    then each payload's :meth:`Payload.validate` (its schema), client metrics first.
     """
     if reply.has_error():
         return None, f"client error: {first_line(reply)}"
     if reply.metadata.src_node_id not in state.sent_to:
         return None, "reply from a node that was not sampled this round"
+    if reply.metadata.message_type != MessageType.TRAIN:
+        return None, "reply to another message type"
     partition_id = state.sent_to[reply.metadata.src_node_id]
     reason = _METRICS.validate(reply.content, expectation(partition_id, 0))
     if reason is not None:
@@ -123,11 +129,11 @@ def read_reply(
     expect = expectation(partition_id, num_examples)
     others = [p for p in payloads if not isinstance(p, ClientMetrics)]
     for payload in others:
-        if payload.required and (reason := payload.validate(reply.content, expect)) is not None:
+        if payload.required and (reason := _problem(payload, reply, expect)) is not None:
             return None, reason
     values: dict[str, Any] = {}
     for payload in others:
-        if not payload.required and payload.validate(reply.content, expect) is not None:
+        if not payload.required and _problem(payload, reply, expect) is not None:
             values[payload.name] = None
         else:
             values[payload.name] = payload.decode(reply.content, expect)
@@ -141,6 +147,11 @@ def read_reply(
         uplink_bytes=uplink_bytes(reply),
         message=reply,
     ), None
+
+
+def _problem(payload: Payload, reply: Message, expect: Expectation) -> str | None:
+    """Why ``payload`` in ``reply`` is unusable: an unreadable array, else its checks."""
+    return payload.unreadable(reply.content) or payload.validate(reply.content, expect)
 
 
 def validate_replies(

@@ -231,7 +231,7 @@ def test_missing_or_malformed_metrics_reject_the_client_never_the_run(
     assert metrics["failure_reasons"] == {
         "train-loss: missing or not a number": 1,
         "local-accuracy: missing or not a number": 1,
-        "train-loss: out of range (must be finite and >= 0)": 1,
+        "train-loss: out of range (must be [0, 1e+09])": 1,
     }
 
 
@@ -295,3 +295,121 @@ def test_evaluation_replies_outside_the_schema_are_left_out(task_identity) -> No
     ]
     assert mean_client_accuracy([good, *hostile]) == pytest.approx(0.8)
     assert mean_client_accuracy(hostile) is None
+
+
+# ---------------------------------------------------------------- regressions from fuzzing
+
+
+def test_unreadable_arrays_reject_the_client_never_the_run(task_identity, small_plan) -> None:
+    """Regression: an Array whose bytes do not deserialize (garbage, a truncated .npy,
+    another serialization type) made ``Array.numpy()`` raise inside the server's checks."""
+    strategy = _strategy(small_plan, "strategy=fedavg")
+    requests = _requests(strategy)
+    name = next(iter(strategy.assets.student.state_dict()))
+
+    def garbled(array: Array) -> ArrayRecord:
+        record = _weights(strategy, 1.0)
+        record[name] = array
+        return record
+
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0)),
+        _reply(requests[1], garbled(Array("float32", (8, 6), "numpy.ndarray", b"garbage"))),
+        _reply(requests[2], garbled(Array("float32", (3,), "torch.raw", b"\x00" * 12))),
+    ]
+    with_probs = _with_test_probs(_reply(requests[3], _weights(strategy, 1.0)), np.zeros(1))
+    with_probs.content[keys.EVALUATION][keys.TEST_PROBS] = Array(
+        "float32", (1,), "numpy.ndarray", b""
+    )
+    strategy.aggregate_train(2, [*replies, with_probs])
+    metrics = strategy.round_metrics[2]
+    assert metrics["failure_reasons"] == {f"{name}: not a readable array": 2}
+    assert metrics["clients_ok"] == 2  # unreadable test predictions only leave diagnostics
+
+
+def test_a_train_reply_to_another_message_type_is_rejected(task_identity, small_plan) -> None:
+    strategy = _strategy(small_plan, "strategy=fedavg")
+    requests = _requests(strategy)
+    evaluate = Message(
+        RecordDict({keys.CONFIG: requests[1].content.config_records[keys.CONFIG]}),
+        dst_node_id=22,
+        message_type=MessageType.EVALUATE,
+    )
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0)),
+        _reply(evaluate, _weights(strategy, 1.0)),
+    ]
+    strategy.aggregate_train(2, replies)
+    assert strategy.round_metrics[2]["failure_reasons"]["reply to another message type"] == 1
+
+
+def test_a_huge_finite_train_loss_cannot_overflow_the_round_mean(task_identity, small_plan) -> None:
+    """Regression: ``train-loss`` 1e308 was finite and accepted, and the round's
+    example-weighted mean overflowed to inf (written to metrics.jsonl as Infinity)."""
+    strategy = _strategy(small_plan, "strategy=fedavg")
+    requests = _requests(strategy)
+    replies = [
+        _reply(requests[0], _weights(strategy, 1.0)),
+        _reply(requests[1], _weights(strategy, 1.0), **{keys.TRAIN_LOSS: 1e308}),
+    ]
+    strategy.aggregate_train(2, replies)
+    metrics = strategy.round_metrics[2]
+    assert metrics["train_loss"] == 0.5 and metrics["clients_ok"] == 1
+    assert metrics["failure_reasons"]["train-loss: out of range (must be [0, 1e+09])"] == 1
+
+
+def test_int8_predictions_that_overflow_when_decoded_are_rejected() -> None:
+    """Regression: int8 rows with a huge finite scale decode to inf; the rounding slack
+    computed from them was inf too, so the probability check passed them."""
+    from fedkd.wire.encoding import EncodingSpec
+    from fedkd.wire.payloads import Expectation, ProxyPredictions
+
+    arrays = {
+        keys.PROXY_PROBS_Q: Array(np.array([[127, 0, 0]], np.int8)),
+        keys.PROXY_PROBS_SCALE: Array(np.array([3e38], np.float32)),
+    }
+    content = RecordDict({keys.PREDICTIONS: ArrayRecord(arrays)})
+    expect = Expectation(num_classes=3, proxy_rows=1, encoding=EncodingSpec("int8"))
+    assert ProxyPredictions().validate(content, expect) == "proxy-probs: not finite after decoding"
+
+
+def test_local_logit_dp_rows_are_bounded_by_the_clip_plus_the_noise() -> None:
+    """Regression: under local logit_dp any finite value was accepted, so one client's 1e30
+    owned the noisy mean; now entries beyond the clip plus NOISE_BOUND_STDS stds are refused."""
+    from fedkd.privacy import PrivacySpec
+    from fedkd.wire.encoding import EncodingSpec
+    from fedkd.wire.payloads import Expectation, ProxyPredictions
+    from fedkd.wire.payloads.base import Reporting
+
+    spec = PrivacySpec.from_config({"name": "logit_dp", "mode": "local"})
+    expect = Expectation(
+        num_classes=3, proxy_rows=2, encoding=EncodingSpec(), noisy=True, reporting=Reporting(spec)
+    )
+    rng = np.random.default_rng(0)
+    honest = (1 / 3 + rng.normal(0, 2.0, size=(2, 3))).astype(np.float32)  # std 2 sqrt(2) here
+
+    def content(values: np.ndarray) -> RecordDict:
+        return RecordDict({keys.PREDICTIONS: ArrayRecord({keys.PROXY_PROBS: Array(values)})})
+
+    assert ProxyPredictions().validate(content(honest), expect) is None
+    huge = honest.copy()
+    huge[0, 0] = 1e30
+    assert "noise" in (ProxyPredictions().validate(content(huge), expect) or "")
+
+
+def test_evaluation_replies_count_once_per_node_and_only_as_answers_to_evaluate(
+    task_identity,
+) -> None:
+    """Regression: the same node's second evaluation reply was counted again (here with a
+    test set of 10**6 that would own the mean), and so was a reply to a train message."""
+    from strategies.core.evaluation import mean_client_accuracy
+
+    evaluate = Message(RecordDict(), dst_node_id=1, message_type=MessageType.EVALUATE)
+    train = Message(RecordDict(), dst_node_id=2, message_type=MessageType.TRAIN)
+
+    def reply(request: Message, accuracy: float, count: int) -> Message:
+        metrics = MetricRecord({keys.ACCURACY: accuracy, keys.NUM_EXAMPLES: count})
+        return Message(RecordDict({keys.METRICS: metrics}), reply_to=request)
+
+    replies = [reply(evaluate, 0.8, 10), reply(evaluate, 0.0, 10**6), reply(train, 0.0, 10**6)]
+    assert mean_client_accuracy(replies) == pytest.approx(0.8)

@@ -29,14 +29,21 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedkd.distill.loop import distill
 from fedkd.errors import ConfigError
-from fedkd.reliability.attacks import LABEL_FLIP, poison_probs, poison_weights
+from fedkd.privacy.config import PrivacySpec, public_examples
+from fedkd.reliability.attacks import (
+    LABEL_FLIP,
+    MALFORMED,
+    malform_arrays,
+    malform_metrics,
+    poison_probs,
+    poison_weights,
+)
 from fedkd.wire import keys
 
 if TYPE_CHECKING:
     from fedkd.data import ClientData, FederatedData
     from fedkd.distill.augment import Augmentation
     from fedkd.models import FedKDModel
-    from fedkd.privacy import PrivacySpec
     from fedkd.setup import FederationSetup, TrainSettings
     from fedkd.wire.encoding import EncodingSpec
 
@@ -45,6 +52,84 @@ if TYPE_CHECKING:
 MAX_ABS_VALUE = 1e4
 #: How far a shared probability row's sum may be from 1 (on top of an encoding's rounding).
 PROBABILITY_SUM_TOLERANCE = 1e-3
+#: Under ``privacy=dpsgd`` a client reports ``batch * ceil(n / batch)`` examples, the public
+#: bound of :func:`fedkd.privacy.public_examples`, which exceeds its true count ``n`` by less
+#: than one batch. A histogram of its ``n`` records may therefore sum to less than the
+#: report by up to this many batches (minus one example), never to more.
+DPSGD_COUNT_SLACK_BATCHES = 1
+#: Under local ``logit_dp`` each shared entry is a clipped value (at most ``privacy.clip``)
+#: plus Gaussian noise of a public std: an honest entry lies beyond this many stds with
+#: probability about 1.5e-23, so a bound of ``clip + NOISE_BOUND_STDS * std`` never rejects
+#: an honest client in practice while a value like 1e30 cannot own the noisy mean.
+NOISE_BOUND_STDS = 10.0
+#: Largest example count or histogram entry accepted: far above any client's data, and
+#: exactly representable as a float64 so that every weighted sum stays exact and finite.
+MAX_EXAMPLES = 2**53
+#: Largest training loss accepted: far above what any model of this framework reports,
+#: while an example-weighted mean of such losses stays finite (1e308 would overflow it).
+MAX_LOSS = 1e9
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """What a client reports about its data under the run's privacy mechanism, as the server
+    checks it: exact counts without a mechanism, public bounds under one.
+
+    Parameters
+    ----------
+    privacy : PrivacySpec
+        The run's mechanism (``none``: every count is exact).
+    batch_size : int
+        Clients' local batch size (``dpsgd``'s public bound is a whole number of batches).
+    """
+
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    batch_size: int = 1
+
+    @property
+    def exact(self) -> bool:
+        """Counts are the true ones (no mechanism)."""
+        return not self.privacy.enabled
+
+    def examples(self, true_count: int) -> int:
+        """The example count an honest client with ``true_count`` records reports."""
+        return public_examples(self.privacy, true_count, max(1, self.batch_size))
+
+    def histogram_problem(self, total: float, reported: int) -> str | None:
+        """Why a histogram of ``total`` records cannot come from an honest client reporting
+        ``reported`` examples, or None. Exact without a mechanism; under ``dpsgd`` the true
+        count lies in ``(reported - DPSGD_COUNT_SLACK_BATCHES * batch, reported]``; under
+        ``logit_dp`` and ``pate`` the report is 1 for everyone and bounds nothing."""
+        if total > reported and (self.exact or self.privacy.name == "dpsgd"):
+            return "exceed"
+        if self.exact and total < reported:
+            return "fall short of"
+        if self.privacy.name == "dpsgd":
+            slack = DPSGD_COUNT_SLACK_BATCHES * max(1, self.batch_size)
+            if total <= reported - slack:
+                return "fall short of"
+        return None
+
+    def counts_problem(self, counts: np.ndarray, reported: int) -> str | None:
+        """Why per-label ``counts`` (checked finite) cannot come from an honest client
+        reporting ``reported`` examples, or None: negative, not integral, or a sum that
+        :meth:`histogram_problem` refuses."""
+        if (counts < 0).any():
+            return "negative counts"
+        if (counts != np.round(counts)).any():
+            return "counts not integral"
+        problem = self.histogram_problem(counts.sum(dtype=np.float64), reported)
+        return None if problem is None else f"counts {problem} num-examples"
+
+    def noise_bound(self, rows: int) -> float | None:
+        """Largest absolute entry of an honest local ``logit_dp`` release of ``rows`` rows
+        (None: the rows are not noised on the client)."""
+        spec = self.privacy
+        if spec.name != "logit_dp" or spec.mode != "local":
+            return None
+        # the std of fedkd.privacy.mechanisms.local_release (sqrt(2) clip sqrt(rows) sigma)
+        std = spec.noise_multiplier * np.sqrt(2.0) * spec.clip * np.sqrt(max(rows, 1))
+        return float(spec.clip + NOISE_BOUND_STDS * std)
 
 
 @dataclass
@@ -63,7 +148,37 @@ class Poisoner:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng([self.seed, 0xA77AC])
-        self.active = bool(self.kind) and self.kind != LABEL_FLIP
+        #: The shared values are changed (``malformed`` changes the reply's form instead).
+        self.active = bool(self.kind) and self.kind not in (LABEL_FLIP, MALFORMED)
+        self.malformed = self.kind == MALFORMED
+        #: ``malformed``: the payload whose values this reply breaks (drawn at the first one).
+        self.broken: str | None = None
+
+    def reply(
+        self, payload: Payload, values: dict[str, Any], client: ClientRound
+    ) -> dict[str, Any]:
+        """What leaves for ``payload``: its ``values``, unless the client is ``malformed``.
+
+        A ``malformed`` client breaks one required payload of each reply, drawn from the
+        round's requested ones (its generator is seeded from ``(seed, round, partition)``),
+        in one of the ways of :func:`fedkd.reliability.attacks.malform_metrics` /
+        :func:`~fedkd.reliability.attacks.malform_arrays`, each of which the server rejects.
+        Only keys that the privacy mechanism lets leave the client are broken.
+        """
+        if not self.malformed:
+            return values
+        if self.broken is None:
+            self.broken = str(self.rng.choice(client.required_payloads()))
+        if payload.name != self.broken:
+            return values
+        sendable = [k for k in values if payload.leaves(k, client.privacy)]
+        if payload.record == keys.METRICS:
+            return malform_metrics(values, sendable=sendable, rng=self.rng)
+        arrays = {name: read_array(array) for name, array in values.items()}
+        broken = malform_arrays(
+            {k: v for k, v in arrays.items() if v is not None}, sendable=sendable, rng=self.rng
+        )
+        return to_record(broken)
 
     def weights(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A weight update poisoned relative to the round's starting weights."""
@@ -158,6 +273,17 @@ class ClientRound:
         )
         return report.epoch_losses[-1]
 
+    def required_payloads(self) -> list[str]:
+        """Names of the required payloads this round asks for (client metrics always)."""
+        from fedkd.wire.payloads.registry import PAYLOADS  # the registry imports this module
+
+        names = set(str(self.config.get(keys.PAYLOADS, "")).split(","))
+        return sorted(
+            name
+            for name, payload in PAYLOADS.items()
+            if payload.required and (name in names or payload.record == keys.METRICS)
+        )
+
     def int_option(self, key: str, default: int = 0) -> int:
         """An integer round-config value (``default`` when absent or not a number)."""
         value = self.config.get(key, default)
@@ -195,6 +321,8 @@ class Expectation:
         Rows are a mechanism's output (``logit_dp``), not probability rows.
     server_round : int
         The round whose replies are read.
+    reporting : Reporting
+        What the run's privacy mechanism lets clients report exactly (count caps).
     options : dict
         Method-specific references (``embedding_width`` of FedProto's prototypes, FedGKT's
         feature shape), from the strategy's ``payload_options``.
@@ -210,6 +338,7 @@ class Expectation:
     noisy_clip: float | None = None
     noisy: bool = False
     server_round: int = 0
+    reporting: Reporting = field(default_factory=Reporting)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -273,13 +402,34 @@ class Payload:
         ``dp`` when DP-SGD covers this model output, else ``none``."""
         return "dp" if privacy.name == "dpsgd" and self.model_output else "none"
 
+    def leaves(self, key: str, privacy: PrivacySpec) -> bool:
+        """Whether ``key`` leaves the client under ``privacy`` (see
+        :func:`fedkd.wire.ledger.withhold`): protected, or allowed unprotected."""
+        return self.protection(key, privacy) != "none" or privacy.sends_unprotected(key)
+
     # ------------------------------------------------------------------ server side
+    def owned(self, record: ArrayRecord) -> list[str]:
+        """The entries of ``record`` that belong to this payload."""
+        return [name for name in self.keys if name in record]
+
+    def unreadable(self, content: RecordDict) -> str | None:
+        """Why one of this payload's arrays in ``content`` cannot be read as a numpy array
+        (bytes that do not deserialize, another serialization type), or None. The server
+        checks this before :meth:`validate`, which may then read every array."""
+        record = content.array_records.get(self.record)
+        if record is None:
+            return None
+        for name in self.owned(record):
+            if read_array(record[name]) is None:
+                return f"{name}: not a readable array"
+        return None
+
     def arrays(self, content: RecordDict) -> dict[str, np.ndarray] | None:
         """This payload's arrays in a reply (None when its record is missing)."""
         record = content.array_records.get(self.record)
         if record is None:
             return None
-        return {name: record[name].numpy() for name in self.keys if name in record}
+        return {name: record[name].numpy() for name in self.owned(record)}
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         """Why this payload in ``content`` is unusable, or None."""
@@ -304,6 +454,16 @@ def sent_number(config: ConfigRecord, key: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"round config: {key!r} must be a number the server sends, got {value!r}")
     return value
+
+
+def read_array(array: Array) -> np.ndarray | None:
+    """``array`` as numpy, or None when its bytes do not deserialize (a hostile or broken
+    client can send any bytes under any declared dtype and shape; Flower only loads them
+    on :meth:`~flwr.app.Array.numpy`, never with pickles)."""
+    try:
+        return array.numpy()
+    except (ValueError, TypeError, OSError, EOFError):
+        return None
 
 
 def record_bytes(record: ArrayRecord, name: str) -> int:
@@ -357,7 +517,7 @@ def check_probability_rows(
     """
     if slack is None:
         if (values < -1e-6).any() or not np.allclose(
-            values.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE
+            values.sum(axis=1, dtype=np.float64), 1.0, atol=PROBABILITY_SUM_TOLERANCE
         ):
             return f"{key}: rows are not probability vectors"
         return None

@@ -106,11 +106,12 @@ class Features(Payload):
     def compute(self, client: ClientRound) -> dict[str, Array]:
         embeddings, logits = embed(client.model, client.client_data.train_x, device=client.device)
         poison = client.poison
-        return {
+        values = {
             FEATURES: as_array(poison.statistic(FEATURES, embeddings)),
             FEATURE_LOGITS: as_array(poison.statistic(FEATURE_LOGITS, logits)),
             FEATURE_LABELS: Array(np.ascontiguousarray(client.client_data.train_y, np.int64)),
         }
+        return poison.reply(self, values, client)
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         arrays = self.arrays(content)

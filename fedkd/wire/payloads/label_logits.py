@@ -10,7 +10,7 @@ import torch
 from flwr.app import Array, ConfigRecord, RecordDict
 
 from fedkd.distill import KDLoss
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, check_types
 from fedkd.train import predict_logits
 from fedkd.wire import keys
 from fedkd.wire.payloads.base import (
@@ -45,6 +45,7 @@ class FDOptions:
     temperature: float
 
     def __post_init__(self) -> None:
+        check_types(self, prefix="strategy.")
         if not 0.0 <= self.beta <= 1.0:
             raise ConfigError(f"strategy.beta must be in [0, 1], got {self.beta}")
         if not self.temperature > 0:
@@ -71,9 +72,10 @@ class LabelLogits(Payload):
     Downlink: the server's count-weighted global per-label logits (``targets``); the client
     then trains with FD's regularizer, ``(1 - beta) CE + beta T^2 KL`` toward
     ``softmax(G[y] / T)`` (labels nobody reported: the hard label). The server checks
-    shapes, float dtypes, finiteness, non-negative counts summing to at most the reply's
-    ``num-examples``, and magnitudes within :data:`MAX_ABS_VALUE`. Counts are exact: no
-    privacy mechanism covers this payload (``privacy=dpsgd`` is refused for FD).
+    shapes, float dtypes, finiteness, magnitudes within :data:`MAX_ABS_VALUE`, and integral
+    non-negative counts summing to the reply's ``num-examples`` (exactly: no privacy
+    mechanism covers this payload, ``privacy=dpsgd`` is refused for FD; under a public
+    bound, as :class:`~fedkd.wire.payloads.base.Reporting` says).
     """
 
     name: ClassVar[str] = "label-logits"
@@ -102,10 +104,11 @@ class LabelLogits(Payload):
 
     def compute(self, client: ClientRound) -> dict[str, Array]:
         logits, counts = label_logits(client)
-        return {
+        values = {
             keys.LABEL_LOGITS: as_array(client.poison.statistic(keys.LABEL_LOGITS, logits)),
             keys.LABEL_COUNTS: as_array(counts),
         }
+        return client.poison.reply(self, values, client)
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         arrays = self.arrays(content)
@@ -121,10 +124,9 @@ class LabelLogits(Payload):
             return "label logits: not finite or negative counts"
         if np.abs(logits).max(initial=0.0) > MAX_ABS_VALUE:
             return "label logits: absurd magnitude"
-        if (counts != np.round(counts)).any():
-            return "label logits: counts not integral"
-        if counts.sum() > expect.num_examples:
-            return "label logits: counts exceed num-examples"
+        problem = expect.reporting.counts_problem(counts, expect.num_examples)
+        if problem is not None:
+            return f"label logits: {problem}"
         return None
 
     def decode(self, content: RecordDict, expect: Expectation) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,20 @@ from typing import Any, ClassVar
 
 from flwr.app import RecordDict
 
-from fedkd.privacy.config import public_examples
+from fedkd.privacy.config import PrivacySpec, public_examples
 from fedkd.train import evaluate
 from fedkd.wire import keys
-from fedkd.wire.payloads.base import ClientRound, Expectation, Payload
+from fedkd.wire.payloads.base import MAX_LOSS, ClientRound, Expectation, Payload
 from fedkd.wire.payloads.registry import register
+
+#: Keys every train reply carries whatever the privacy mechanism (public values).
+ALWAYS_SENT = (keys.NUM_EXAMPLES, keys.PARTITION_ID, keys.ARCHITECTURE, keys.SERVER_ROUND)
+#: Optional metrics: (key, upper bound) (withheld under a privacy mechanism, or not measured).
+OPTIONAL_METRICS = (
+    (keys.TRAIN_LOSS, MAX_LOSS),
+    (keys.LOCAL_ACCURACY, 1.0),
+    (keys.DP_EPSILON, None),
+)
 
 
 @register
@@ -60,29 +69,32 @@ class ClientMetrics(Payload):
             _, metrics[keys.LOCAL_ACCURACY] = evaluate(
                 client.model, test.test_x, test.test_y, device=client.device
             )
-        return metrics
+        return client.poison.reply(self, metrics, client)
+
+    def leaves(self, key: str, privacy: PrivacySpec) -> bool:
+        """Identity and the example count always leave (public values under a mechanism),
+        DP-SGD's epsilon under ``dpsgd``; the other metrics only when allowed."""
+        public = key in ALWAYS_SENT or (key == keys.DP_EPSILON and privacy.name == "dpsgd")
+        return public or privacy.sends_unprotected(key)
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         """Present, for this round, with a plausible example count and numeric metrics
-        (``train-loss``, ``local-accuracy``, ``dp-epsilon`` when sent)."""
+        (``train-loss`` finite in [0, MAX_LOSS], ``local-accuracy`` in [0, 1], ``dp-epsilon``
+        finite and >= 0, each when sent)."""
         if keys.METRICS not in content.metric_records:
             return "missing metrics"
         metrics = content.metric_records[keys.METRICS]
         echoed = metrics.get(keys.SERVER_ROUND)
-        if not isinstance(echoed, int):
+        if not isinstance(echoed, int) or isinstance(echoed, bool):
             return "missing server-round"
         if echoed != expect.server_round:
             return "reply for another round"
         num_examples = metrics.get(keys.NUM_EXAMPLES)
-        if not isinstance(num_examples, int) or num_examples < 1:
+        if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1:
             return "implausible num-examples"
         if expect.declared_examples and num_examples > expect.declared_examples:
             return "implausible num-examples"
-        for key, upper in (
-            (keys.TRAIN_LOSS, None),
-            (keys.LOCAL_ACCURACY, 1.0),
-            (keys.DP_EPSILON, None),
-        ):
+        for key, upper in OPTIONAL_METRICS:
             value = metrics.get(key)
             if value is None:
                 continue  # optional: withheld under a privacy mechanism, or not measured

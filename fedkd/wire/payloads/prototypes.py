@@ -15,6 +15,7 @@ from fedkd.prototypes import class_prototypes, train_with_prototypes
 from fedkd.wire import keys
 from fedkd.wire.payloads.base import (
     MAX_ABS_VALUE,
+    PROBABILITY_SUM_TOLERANCE,
     ClientRound,
     Expectation,
     Payload,
@@ -90,9 +91,9 @@ class Prototypes(Payload):
     Downlink: the server's count-weighted global prototypes (``targets``); the client then
     trains with the prototype (and soft) regularizer. The server checks shapes (``D`` is
     the client models' common embedding width), finite floats, embeddings within
-    :data:`MAX_ABS_VALUE`, counts >= 0 summing to at most the reply's ``num-examples``, and
-    soft rows that are distributions for the classes the client holds. Counts are exact:
-    no privacy mechanism covers this payload.
+    :data:`MAX_ABS_VALUE`, integral counts >= 0 summing to the reply's ``num-examples``
+    (exactly: no privacy mechanism covers this payload), soft entries in [0, 1] and soft
+    rows that are distributions for the classes the client holds.
     """
 
     name: ClassVar[str] = "prototypes"
@@ -135,11 +136,12 @@ class Prototypes(Payload):
             device=client.device,
         )
         poison = client.poison
-        return {
+        values = {
             keys.PROTOTYPES: as_array(poison.statistic(keys.PROTOTYPES, as_float32(prototypes))),
             keys.PROTOTYPE_SOFT: as_array(poison.statistic(keys.PROTOTYPE_SOFT, as_float32(soft))),
             keys.PROTOTYPE_COUNTS: as_array(counts),
         }
+        return poison.reply(self, values, client)
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         arrays = self.arrays(content)
@@ -158,13 +160,16 @@ class Prototypes(Payload):
             return "prototypes: not finite floats"
         if np.abs(prototypes).max(initial=0.0) > MAX_ABS_VALUE:
             return "prototypes: absurd magnitude"
-        if (counts < 0).any():
-            return "prototypes: negative counts"
-        if counts.sum() > expect.num_examples:
-            return "prototypes: counts exceed num-examples"
+        problem = expect.reporting.counts_problem(counts, expect.num_examples)
+        if problem is not None:
+            return f"prototypes: {problem}"
         held = counts > 0
-        row_sums = soft.sum(axis=1)
-        if (soft < -1e-6).any() or not np.allclose(row_sums[held], 1.0, atol=1e-3):
+        row_sums = soft.sum(axis=1, dtype=np.float64)
+        if (
+            (soft < -1e-6).any()
+            or (soft > 1 + PROBABILITY_SUM_TOLERANCE).any()
+            or not np.allclose(row_sums[held], 1.0, atol=PROBABILITY_SUM_TOLERANCE)
+        ):
             return "prototypes: soft rows are not probability vectors"
         return None
 

@@ -15,7 +15,7 @@ from flwr.app import Array, ConfigRecord, RecordDict
 from fedkd.data import proxy_round_indices
 from fedkd.distill import build_loss, distill, loss_options
 from fedkd.distill.losses import SOFT_LOSSES, DistillLoss
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, check_types
 from fedkd.privacy import PrivacySpec
 from fedkd.privacy.mechanisms import clip_rows, local_release, noise_generator, one_hot_votes
 from fedkd.setup import FederationSetup
@@ -59,6 +59,16 @@ def protect(
     return probs
 
 
+#: DigestOptions field -> its key under ``strategy.`` (the config's spelling)
+_DIGEST_KEYS = {
+    "epochs": "digest_epochs",
+    "lr": "digest_lr",
+    "batch_size": "digest_batch_size",
+    "temperature": "digest_temperature",
+    "soft_loss": "digest_soft_loss",
+}
+
+
 @dataclass(frozen=True)
 class DigestOptions:
     """How clients of the FedMD family digest the server's consensus on the proxy.
@@ -95,8 +105,13 @@ class DigestOptions:
     warmup_public_epochs: int
 
     def __post_init__(self) -> None:
+        check_types(self, prefix="strategy.", names=_DIGEST_KEYS)
         if self.epochs < 0:
             raise ConfigError(f"strategy.digest_epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"strategy.digest_lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"strategy.digest_batch_size must be >= 1, got {self.batch_size}")
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"strategy.digest_temperature must be > 0, got {self.temperature}")
         if self.soft_loss is not None and self.soft_loss not in SOFT_LOSSES:
@@ -150,9 +165,10 @@ class ProxyPredictions(Payload):
 
     Client: predict, :func:`protect` (privacy), poison (``attack``), then encode last
     (:mod:`fedkd.wire.encoding`), so the rows that leave are exactly what the encoding
-    carries. Server: decode, then check the rows are probability vectors (within the
-    encoding's rounding), or, for ``logit_dp``, within the clipping bound (central mode).
-    PATE's one-hot votes are probability rows too.
+    carries. Server: decode, then check the rows are finite probability vectors (within the
+    encoding's rounding), or, for ``logit_dp``, within the clipping bound (central mode) or
+    within the clip plus :data:`~fedkd.wire.payloads.base.NOISE_BOUND_STDS` noise stds
+    (local mode). PATE's one-hot votes are probability rows too.
     """
 
     model_output: ClassVar[bool] = True
@@ -231,7 +247,9 @@ class ProxyPredictions(Payload):
             partition_id=client.partition_id,
         )
         encoded = client.encoding.encode(client.poison.probs(released))
-        return {name: Array(values) for name, values in encoded.items()}
+        return client.poison.reply(
+            self, {name: Array(values) for name, values in encoded.items()}, client
+        )
 
     # ------------------------------------------------------------------ server
     def raw_rows(self, content: RecordDict, expect: Expectation) -> np.ndarray:
@@ -246,7 +264,11 @@ class ProxyPredictions(Payload):
         if arrays is None:
             raise MalformedEncoding("missing proxy predictions")
         assert expect.encoding is not None
-        return expect.encoding.decode(arrays, shape=(expect.proxy_rows, expect.num_classes))
+        with np.errstate(over="ignore"):  # an overflowing row is rejected just below
+            values = expect.encoding.decode(arrays, shape=(expect.proxy_rows, expect.num_classes))
+        if not np.isfinite(values).all():  # int8: a huge finite scale times 127 overflows
+            raise MalformedEncoding(f"{keys.PROXY_PROBS}: not finite after decoding")
+        return values
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         try:
@@ -258,6 +280,9 @@ class ProxyPredictions(Payload):
         # an encoding that rounds gets its own rounding on top of the usual tolerance
         slack = None if encoding.lossless else encoding.rounding_error(values)
         if expect.noisy:
+            bound = expect.reporting.noise_bound(expect.proxy_rows)
+            if bound is not None and np.abs(values).max(initial=0.0) > bound:
+                return f"{keys.PROXY_PROBS}: beyond what clipping plus the noise can give"
             return check_noisy(values, keys.PROXY_PROBS, clip=expect.noisy_clip, slack=slack)
         return check_probability_rows(
             values,

@@ -32,13 +32,13 @@ class ModelWeights(Payload):
         """The trained weights (poisoned by a malicious client)."""
         record = ArrayRecord({k: v.detach().cpu() for k, v in client.model.state_dict().items()})
         if not client.poison.active:
-            return dict(record.items())
+            return client.poison.reply(self, dict(record.items()), client)
         state = {name: array.numpy() for name, array in record.items()}
         return to_record(client.poison.weights(state))
 
-    def arrays(self, content: RecordDict) -> dict[str, np.ndarray] | None:
-        record = content.array_records.get(self.record)
-        return None if record is None else {k: v.numpy() for k, v in record.items()}
+    def owned(self, record: ArrayRecord) -> list[str]:
+        """Every entry: the record is the whole state dict."""
+        return list(record.keys())
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         if keys.ARRAYS not in content.array_records:
