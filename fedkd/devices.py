@@ -11,7 +11,6 @@ from fedkd.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEVICE_NAMES = ("cpu", "cuda", "auto")
-_configured_threads: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,9 +34,9 @@ def set_torch_threads(num_threads: int) -> None:
     Ray actors inherit a thread pool sized for the whole machine; with several actors per
     machine that oversubscribes the cores, so each actor uses what its resources allow.
     """
-    global _configured_threads
-    if num_threads < 1 or _configured_threads == num_threads:
+    # compared with torch's own setting, not a cache of ours, which anything else calling
+    # torch.set_num_threads would make stale
+    if num_threads < 1 or torch.get_num_threads() == num_threads:
         return
     torch.set_num_threads(num_threads)
-    _configured_threads = num_threads
     logger.debug("torch threads set to %s", num_threads)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from fedkd.apps.client import app as client_app
 from fedkd.apps.server import make_server_app, prepare_run
 from fedkd.config import check_overrides, config_dir, to_plain
+from fedkd.devices import set_torch_threads
 from fedkd.errors import ConfigError
 from fedkd.run.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
 from fedkd.run.interrupt import exit_code, sigterm_raises
@@ -60,6 +61,9 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
         plan, run_dir, show_progress=bool(cfg.get("progress", True)), resume=resume
     )
     if cfg["backend"]["name"] == "inline":
+        # everything runs in this process: the server's own training and evaluation take
+        # backend.torch_threads too, not only the clients (``centralized`` has none)
+        set_torch_threads(plan.assets.setup.torch_threads)
         run_inline(server_app, client_app, num_clients=cfg["num_clients"])
     else:
         engine = run_on_pool if cfg["backend"].get("engine", "fedkd") == "fedkd" else run_on_ray

@@ -98,6 +98,36 @@ def test_cli_config_error_is_one_clear_line_and_exit_code_2(tmp_path, cli):
 
 
 @pytest.mark.slow
+def test_inline_backend_applies_torch_threads_to_the_servers_own_training(tmp_path, monkeypatch):
+    """``centralized`` has no client, so only the runner can set backend.torch_threads for
+    its training on the inline backend; the training sees the configured count."""
+    import torch
+
+    import strategies.centralized as centralized
+
+    seen: list[int] = []
+    real = centralized.train_local
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(centralized, "train_local", recording)
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        cfg = compose_config(
+            ["strategy=centralized", "backend=inline", f"backend.torch_threads={wanted}",
+             "dataset=synthetic", "dataset.num_samples=200", "num_clients=2", "num_rounds=1",
+             "client.epochs=1", "progress=false", "report.html=false", "report.export=false"]
+        )  # fmt: skip
+        run(cfg, tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {wanted}
+
+
+@pytest.mark.slow
 def test_inline_backend_cli_gives_the_same_numbers_without_ray(
     tmp_path, in_process_run, small, cli
 ):
