@@ -19,6 +19,7 @@ import logging
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -566,7 +567,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
             self.node_of_partition,
             config={**dict(config), keys.SERVER_ROUND: server_round, keys.SETUP: self._setup_json},
             keep_model=self.keeps_client_models,
-            arrays=arrays if self.sends_weights else None,
+            arrays_for=partial(self.weights_for, arrays=arrays) if self.sends_weights else None,
         )
         # Evaluation traffic is reported apart: it measures the run, not the method.
         self.round_metrics.setdefault(server_round, {})["evaluation_downlink_bytes"] = sent_bytes

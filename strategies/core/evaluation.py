@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -17,22 +17,27 @@ def evaluate_messages(
     *,
     config: dict[str, Any],
     keep_model: bool,
-    arrays: ArrayRecord | None,
+    arrays_for: Callable[[int], ArrayRecord] | None,
 ) -> tuple[list[Message], int]:
-    """One ``evaluate`` message per partition (the same content: the round ``config`` plus
-    ``keep-model``, and the global weights when the method sends them), and the bytes of
-    the weights they carry."""
+    """One ``evaluate`` message per partition (the round ``config`` plus ``keep-model``, and,
+    when the method sends weights, ``arrays_for(partition)``: the global model of that
+    client's architecture), and the bytes of the weights they carry."""
     record = ConfigRecord({**config, keys.KEEP_MODEL: keep_model})
-    content = RecordDict({keys.CONFIG: record})
-    if arrays is not None:
-        content[keys.ARRAYS] = arrays
-    messages = [
-        Message(
-            content=content, message_type=MessageType.EVALUATE, dst_node_id=node_of_partition[p]
+    messages, sent_bytes = [], 0
+    for partition in partitions:
+        content = RecordDict({keys.CONFIG: record})
+        if arrays_for is not None:
+            arrays = arrays_for(partition)
+            content[keys.ARRAYS] = arrays
+            sent_bytes += arrays.count_bytes()
+        messages.append(
+            Message(
+                content=content,
+                message_type=MessageType.EVALUATE,
+                dst_node_id=node_of_partition[partition],
+            )
         )
-        for p in partitions
-    ]
-    return messages, (arrays.count_bytes() * len(partitions) if arrays is not None else 0)
+    return messages, sent_bytes
 
 
 def mean_client_accuracy(replies: Iterable[Message]) -> float | None:

@@ -292,6 +292,19 @@ def test_whole_runs_complete(in_process_run, tmp_path, overrides, clients) -> No
     assert read_metrics(tmp_path)[-1]["clients_ok"] == clients
 
 
+def test_feddf_clients_evaluate_their_architectures_global_model(
+    in_process_run, tmp_path, small
+) -> None:
+    """FedDF with clients of another architecture than the student: each evaluation message
+    carries the distilled model of the client's own architecture, so every client answers
+    (the student's weights did not load into a client model of another class)."""
+    overrides = [*small, "strategy=feddf", "num_rounds=2", "strategy.fraction_evaluate=1.0"]
+    summary = in_process_run([*overrides, "model.hidden=[4]"], tmp_path)  # student: [8]
+    assert summary["status"] == "completed"
+    rows = read_metrics(tmp_path)
+    assert all(0.0 <= row["client_accuracy"] <= 1.0 for row in rows[1:]), rows
+
+
 def test_centralized_on_the_labeled_proxy_alone(small) -> None:
     plan = prepare_run(compose_config([*small, "strategy=centralized", "strategy.train_on=proxy"]))
     np.testing.assert_array_equal(plan.strategy.pooled_y, plan.assets.data.proxy_y)
