@@ -102,19 +102,28 @@ def test_augment_options_build_on_their_data(option: str) -> None:
 
 @pytest.mark.parametrize("option", _options("model"))
 def test_model_options_build_on_fitting_data(option: str) -> None:
-    dataset = {"mlp": "synthetic", "cnn": "digits", "cnn1d": "mnist1d", "hetero": "digits"}[option]
+    dataset = {
+        "mlp": "synthetic",
+        "cnn": "digits",
+        "cnn1d": "mnist1d",
+        "cnn_reference": "digits",
+        "hetero": "digits",
+        "resnet8": "digits",
+    }[option]
     extra = [] if dataset == "digits" else ["dataset.num_samples=300"]
     student = "mlp" if option == "hetero" else option
+    # The registered architecture each option builds (cnn_reference is cnn with options).
+    name = {"cnn_reference": "cnn"}.get(option, option)
     plan = prepare_run(
         compose_config(
             ["num_clients=3", f"dataset={dataset}", *extra, f"model={option}", f"student={student}"]
         )
     )
-    assert plan.assets.student.spec["name"] == student
+    assert plan.assets.student.spec["name"] == ("mlp" if option == "hetero" else name)
     names = [spec["name"] for spec in plan.assets.setup.architectures]
-    assert names == (["mlp", "cnn"] if option == "hetero" else [option])
+    assert names == (["mlp", "cnn"] if option == "hetero" else [name])
     assert [plan.assets.setup.model_for(p)["name"] for p in range(3)] == (
-        ["mlp", "cnn", "mlp"] if option == "hetero" else [option] * 3
+        ["mlp", "cnn", "mlp"] if option == "hetero" else [name] * 3
     )
 
 

@@ -11,6 +11,7 @@ from fedkd.models.registry import (
     model_from_spec,
     model_options,
 )
+from fedkd.models.resnet import ResNet8
 from fedkd.models.weights import count_parameters, get_weights, model_size_bytes, set_weights
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MODELS",
     "MODEL_NAMES",
     "FedKDModel",
+    "ResNet8",
     "build_model",
     "count_parameters",
     "get_weights",

@@ -13,12 +13,18 @@ from fedkd.errors import ConfigError
 from fedkd.models.base import FedKDModel, positive_int
 from fedkd.models.cnn import CNN, CNN1D
 from fedkd.models.mlp import MLP
+from fedkd.models.resnet import ResNet8
 from fedkd.registry import check_name, check_option_names
 
 logger = logging.getLogger(__name__)
 
 # Adding a model = writing a FedKDModel subclass + one entry here.
-MODELS: dict[str, type[FedKDModel]] = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1D}
+MODELS: dict[str, type[FedKDModel]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "cnn1d": CNN1D,
+    "resnet8": ResNet8,
+}
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 
 _BUILD_ARGS = frozenset({"self", "input_shape", "num_classes"})
@@ -52,7 +58,7 @@ def build_model(
     Parameters
     ----------
     name : str
-        One of :data:`MODEL_NAMES` (``"mlp"``, ``"cnn"``, ``"cnn1d"``).
+        One of :data:`MODEL_NAMES` (``"mlp"``, ``"cnn"``, ``"cnn1d"``, ``"resnet8"``).
     input_shape : tuple of int
         Shape of one example (without the batch dimension).
     num_classes : int
@@ -62,7 +68,8 @@ def build_model(
         neither used nor modified.
     **options
         Architecture options, see :class:`~fedkd.models.mlp.MLP`,
-        :class:`~fedkd.models.cnn.CNN`, :class:`~fedkd.models.cnn.CNN1D`.
+        :class:`~fedkd.models.cnn.CNN`, :class:`~fedkd.models.cnn.CNN1D`,
+        :class:`~fedkd.models.resnet.ResNet8`.
 
     Returns
     -------

@@ -23,11 +23,13 @@ CASES = [
     ("cnn", (1, 8, 8)),
     ("cnn", (3, 32, 32)),
     ("cnn1d", (1, 40)),
+    ("resnet8", (1, 8, 8)),
+    ("resnet8", (3, 32, 32)),
 ]
 
 
 def test_registry_names() -> None:
-    assert MODEL_NAMES == ("mlp", "cnn", "cnn1d")
+    assert MODEL_NAMES == ("mlp", "cnn", "cnn1d", "resnet8")
 
 
 @pytest.mark.parametrize(("name", "shape"), CASES)
@@ -127,7 +129,7 @@ def test_set_weights_mismatch() -> None:
 def test_spec_rebuild() -> None:
     model = build_model("cnn", input_shape=(1, 8, 8), num_classes=3, channels=[4, 6], seed=5)
     assert model.spec["name"] == "cnn"
-    assert model.spec["options"] == {"channels": [4, 6], "hidden": 64}
+    assert model.spec["options"] == {"channels": [4, 6], "hidden": 64, "pool": "every"}
     again = model_from_spec(model.spec, seed=5)
     assert all(
         np.array_equal(a, b) for a, b in zip(get_weights(model), get_weights(again), strict=True)
@@ -135,7 +137,8 @@ def test_spec_rebuild() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "shape"), [("cnn", (30,)), ("cnn", (1, 40)), ("cnn1d", (1, 8, 8))]
+    ("name", "shape"),
+    [("cnn", (30,)), ("cnn", (1, 40)), ("cnn1d", (1, 8, 8)), ("resnet8", (1, 40))],
 )
 def test_wrong_rank(name: str, shape: tuple[int, ...]) -> None:
     with pytest.raises(ConfigError, match=f"model.name='{name}'"):
