@@ -106,6 +106,11 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    data_seed = cfg.get("data_seed")
+    if data_seed is not None and (
+        not isinstance(data_seed, int) or isinstance(data_seed, bool) or data_seed < 0
+    ):
+        raise ConfigError(f"data_seed must be null or an integer >= 0, got {data_seed!r}")
     valid = top_level_keys()
     unknown = sorted(set(cfg) - set(valid))
     if unknown:

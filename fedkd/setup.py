@@ -171,6 +171,8 @@ class FederationSetup:
     num_clients: int
     seed: int
     model: dict[str, Any]
+    #: seeds what defines the federation's data (see :attr:`federation_seed`); None: ``seed``
+    data_seed: int | None = None
     local: LocalTraining = field(default_factory=LocalTraining)
     proxy_fraction: float = 0.2
     proxy_labeled: bool = False
@@ -193,6 +195,18 @@ class FederationSetup:
             raise ConfigError(
                 f"backend.torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}"
             )
+        if self.data_seed is not None and self.data_seed < 0:
+            raise ConfigError(f"data_seed must be null or an integer >= 0, got {self.data_seed}")
+
+    @property
+    def federation_seed(self) -> int:
+        """The seed of the federation's data: ``data_seed``, or ``seed`` when that is None.
+
+        It seeds the server test / proxy split, the proxy cap (``data.proxy_size``), the
+        partition, each client's local train/test split and the audit's canaries; ``seed``
+        keeps initialisation, client sampling, batch order, per-round proxy subsets, noise.
+        """
+        return self.seed if self.data_seed is None else self.data_seed
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fedkd.data.get_federated_data`."""
@@ -200,7 +214,7 @@ class FederationSetup:
             "dataset": self.dataset,
             "partition": self.partition,
             "num_clients": self.num_clients,
-            "seed": self.seed,
+            "seed": self.federation_seed,
             "proxy_fraction": self.proxy_fraction,
             "proxy_labeled": self.proxy_labeled,
             "test_fraction": self.test_fraction,

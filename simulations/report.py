@@ -163,12 +163,15 @@ def comparison_tables(
 
 def _majority_row(runs: Sequence[dict[str, Any]], *, binary: bool) -> list[str] | None:
     """The majority-class baseline's row: its test accuracy (and on a binary task balanced
-    accuracy and AUC) over seeds, one value per seed (every method of a seed has the same
-    data); None when no run has ``majority_baseline``."""
+    accuracy and AUC) over data seeds, one value per data seed (``data_seed``, or ``seed``
+    when that is null: every run of a data seed has the same data); None when no run has
+    ``majority_baseline``."""
     per_seed: dict[Any, dict[str, Any]] = {}
     for run in runs:
         if isinstance(run.get("majority_baseline"), dict):
-            per_seed.setdefault(run.get("seed"), run["majority_baseline"])
+            data_seed = run.get("data_seed")
+            key = run.get("seed") if data_seed is None else data_seed
+            per_seed.setdefault(key, run["majority_baseline"])
     if not per_seed:
         return None
 

@@ -151,6 +151,7 @@ def build_setup(
         partition=dict(cfg["partition"]),
         num_clients=cfg["num_clients"],
         seed=cfg["seed"],
+        data_seed=cfg.get("data_seed"),
         model=dict(cfg["model"]),
         local=local,
         proxy_fraction=data_cfg.get("proxy_fraction", 0.2),

@@ -136,11 +136,15 @@ def _client_data(
     spec = LocalDataSpec.from_node_config(context.node_config)
     if spec is None:  # simulation: with the audit's canaries when it plants some
         return with_canaries(
-            data.client_data(partition_id), privacy, data, setup.seed, partition_id
+            data.client_data(partition_id), privacy, data, setup.federation_seed, partition_id
         )
     x, y = load_local_data(spec, input_shape=data.input_shape, num_classes=data.num_classes)
     return local_split(
-        x, y, fraction=setup.local_test_fraction, seed=setup.seed, partition_id=partition_id
+        x,
+        y,
+        fraction=setup.local_test_fraction,
+        seed=setup.federation_seed,
+        partition_id=partition_id,
     )
 
 

@@ -131,7 +131,8 @@ def build_federated_data(
     num_clients : int
         Number of client partitions (>= 1, at most the training-pool size).
     seed : int
-        Seed (>= 0) for every split.
+        Seed (>= 0) for every split, the proxy cap and the partition: the run's data seed
+        (``data_seed``, or ``seed`` when that is null; ``FederationSetup.federation_seed``).
     proxy_fraction : float
         Share of the non-test data used as public proxy, in (0, 1). Still validated, but
         ignored when ``proxy_dataset`` is given.

@@ -60,7 +60,8 @@ class FederatedData:
     local_test_fraction : float
         Fraction of each client's partition used as its local test set.
     seed : int
-        Seed all splits were derived from.
+        The data seed every split was derived from (the run's ``data_seed``, or its
+        ``seed`` when ``data_seed`` is null); it also seeds :meth:`client_data`.
     proxy_source : str
         Where the proxy comes from: ``"split"`` (split off the private data) or the
         registry name of the other dataset it was drawn from (``proxy_dataset``).

@@ -106,6 +106,8 @@ def report_html(
         ("rounds", f"{summary.get('rounds_completed', 0)} of {summary.get('num_rounds')}"),
         ("seed", summary.get("seed")),
     ]
+    if summary.get("data_seed") is not None:
+        run_items.append(("data seed", summary["data_seed"]))
     if summary.get("resumed_from_round") is not None:
         run_items.append(("resumed after round", summary["resumed_from_round"]))
     for key in ("stopped_reason", "error"):

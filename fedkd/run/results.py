@@ -211,6 +211,7 @@ def summarize(
         "num_rounds": config["num_rounds"],
         "rounds_completed": len(rounds),
         "seed": config["seed"],
+        "data_seed": config.get("data_seed"),  # null: the data followed seed
         "final": final,
         "best": best,
         **({"majority_baseline": dict(majority_baseline)} if majority_baseline else {}),

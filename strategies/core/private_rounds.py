@@ -49,7 +49,8 @@ def round_plan(
 def canary_recorder(assets: RunAssets) -> CanaryRecorder | None:
     """What the one-run canary audit observes during the run (None: no canaries planted;
     :mod:`fedkd.privacy.canary_run`)."""
-    plan = canary_plan(assets.privacy, assets.data, assets.setup.seed)
+    # canaries are planted in the clients' data: the same on both sides, from the data seed
+    plan = canary_plan(assets.privacy, assets.data, assets.setup.federation_seed)
     if plan is None:
         return None
     aggregate = assets.privacy.server_side

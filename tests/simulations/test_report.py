@@ -94,6 +94,18 @@ def test_multiclass_setting_has_the_majority_row_and_no_binary_columns() -> None
     assert "| majority class | 1 | 10.0 | – | – | – | – |" in table
 
 
+def test_the_majority_row_counts_data_seeds_not_seeds() -> None:
+    # a seed sweep under one data_seed has one federation: one baseline value, not three
+    runs = [
+        {
+            **_fake_run("fedavg", seed, {"student_accuracy": 0.9}, {"class": 1, "accuracy": 0.1}),
+            "data_seed": 5,
+        }
+        for seed in (0, 1, 2)
+    ]
+    assert "| majority class | 1 | 10.0 | – | – | – | – |" in markdown_table(runs)
+
+
 def test_report_rejects_paths_without_runs(tmp_path) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
