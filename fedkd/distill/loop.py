@@ -67,6 +67,7 @@ def distill(
     batch_size: int,
     lr: float,
     optimizer: str = "adam",
+    momentum: float = 0.9,
     proxy_y: np.ndarray | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -113,7 +114,9 @@ def distill(
     lr : float
         Learning rate.
     optimizer : {"adam", "sgd"}
-        SGD uses momentum 0.9.
+        The optimizer.
+    momentum : float
+        SGD's momentum (default 0.9; Adam ignores it).
     proxy_y : np.ndarray, optional
         Integer labels ``(N,)`` passed to the loss; ``None`` for unlabeled proxy data.
     seed : int
@@ -216,7 +219,7 @@ def distill(
             optimizer,
             [*model.parameters(), *loss.parameters()],
             lr=lr,
-            momentum=0.9,
+            momentum=momentum,
             weight_decay=weight_decay,
             key="distill.optimizer",
         )

@@ -44,6 +44,8 @@ DIGEST_LR = "digest-lr"
 DIGEST_BATCH_SIZE = "digest-batch-size"
 DIGEST_TEMPERATURE = "digest-temperature"
 DIGEST_SOFT_LOSS = "digest-soft-loss"
+DIGEST_OPTIMIZER = "digest-optimizer"
+DIGEST_MOMENTUM = "digest-momentum"
 WARMUP_PUBLIC_EPOCHS = "warmup-public-epochs"  # FedMD transfer learning on the labeled proxy
 LOCAL_EPOCHS = "local-epochs"  # overrides client.epochs for this round when present
 # FD (Jeong et al. 2018): per-label logit sharing

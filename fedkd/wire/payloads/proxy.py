@@ -66,7 +66,11 @@ _DIGEST_KEYS = {
     "batch_size": "digest_batch_size",
     "temperature": "digest_temperature",
     "soft_loss": "digest_soft_loss",
+    "optimizer": "digest_optimizer",
+    "momentum": "digest_momentum",
 }
+#: The digest's optimizers (SGD with ``digest_momentum``); Adam was the only one before.
+DIGEST_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class DigestOptions:
     epochs : int
         Passes over the round's proxy rows fitting the consensus (>= 0; 0: no digest).
     lr : float
-        Adam learning rate of the digest.
+        Learning rate of the digest.
     batch_size : int
         Digest mini-batch size.
     temperature : float or None
@@ -95,6 +99,11 @@ class DigestOptions:
         ``None``: the loss's.
     warmup_public_epochs : int
         Epochs on the labeled proxy before a client's first participation (>= 0).
+    optimizer : {"adam", "sgd"}
+        The digest's optimizer (default ``"adam"``; FedMD's paper and reference code use
+        SGD, Li & Wang 2019).
+    momentum : float
+        SGD's momentum (default 0.9; Adam ignores it).
     """
 
     epochs: int
@@ -103,6 +112,8 @@ class DigestOptions:
     temperature: float | None
     soft_loss: str | None
     warmup_public_epochs: int
+    optimizer: str = "adam"
+    momentum: float = 0.9
 
     def __post_init__(self) -> None:
         check_types(self, prefix="strategy.", names=_DIGEST_KEYS)
@@ -119,6 +130,13 @@ class DigestOptions:
                 f"strategy.digest_soft_loss must be one of {SOFT_LOSSES} or null, "
                 f"got {self.soft_loss!r}"
             )
+        if self.optimizer not in DIGEST_OPTIMIZERS:
+            raise ConfigError(
+                f"strategy.digest_optimizer must be one of {DIGEST_OPTIMIZERS}, "
+                f"got {self.optimizer!r}"
+            )
+        if self.momentum < 0:
+            raise ConfigError(f"strategy.digest_momentum must be >= 0, got {self.momentum}")
         if self.warmup_public_epochs < 0:
             raise ConfigError(
                 f"strategy.warmup_public_epochs must be >= 0, got {self.warmup_public_epochs}"
@@ -136,6 +154,9 @@ class DigestOptions:
             config[keys.DIGEST_TEMPERATURE] = self.temperature
         if self.soft_loss is not None:
             config[keys.DIGEST_SOFT_LOSS] = self.soft_loss
+        if self.optimizer != "adam":  # sent only when set, so Adam runs' configs are as before
+            config[keys.DIGEST_OPTIMIZER] = self.optimizer
+            config[keys.DIGEST_MOMENTUM] = self.momentum
         return config
 
     @staticmethod
@@ -156,6 +177,12 @@ class DigestOptions:
             ),
             soft_loss=None if soft_loss is None else str(soft_loss),
             warmup_public_epochs=int(sent_number(config, keys.WARMUP_PUBLIC_EPOCHS)),
+            optimizer=str(config.get(keys.DIGEST_OPTIMIZER, "adam")),
+            momentum=(
+                float(sent_number(config, keys.DIGEST_MOMENTUM))
+                if keys.DIGEST_OPTIMIZER in config
+                else 0.9
+            ),
         )
 
 
@@ -225,7 +252,8 @@ class ProxyPredictions(Payload):
             epochs=options.epochs,
             batch_size=options.batch_size,
             lr=options.lr,
-            optimizer="adam",
+            optimizer=options.optimizer,
+            momentum=options.momentum,
             seed=(client.seed + 1) % 2**32,
             device=client.device,
             augmentation=client.augmentation,
