@@ -49,9 +49,11 @@ def train_local(
     settings: TrainSettings | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    proximal_mu: float = 0.0,
     **hparams: Any,
 ) -> TrainReport:
-    """Train ``model`` in place with cross-entropy on ``(x, y)``.
+    """Train ``model`` in place with cross-entropy on ``(x, y)`` (plus FedProx's proximal
+    term when ``proximal_mu > 0``).
 
     YAML (keys named in errors): ``client: {epochs: 1, batch_size: 32, lr: 0.01,
     optimizer: sgd, momentum: 0.9, weight_decay: 0.0}``.
@@ -73,6 +75,10 @@ def train_local(
         is left untouched.
     device : str or torch.device
         Device to train on.
+    proximal_mu : float
+        FedProx (Li et al., 2020): with ``mu > 0`` each batch loss gains
+        ``mu / 2 * ||w - w_0||^2`` over the parameters, ``w_0`` their values at the call
+        (the global weights); 0 (default) trains exactly as without the term.
     **hparams
         :class:`TrainSettings` fields one by one (``epochs=5, batch_size=32, lr=0.05``):
         they replace those of ``settings``, or make the settings when none are given.
@@ -95,7 +101,16 @@ def train_local(
     model.to(dev)
     xt = as_float_tensor(x, dev)
     yt = as_label_tensor(y, dev)
+    if not (math.isfinite(proximal_mu) and proximal_mu >= 0):
+        raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu}")
     opt = settings_optimizer(settings, model.parameters())
+
+    def cross_entropy(idx: Tensor) -> Tensor:
+        return F.cross_entropy(model(xt[idx]), yt[idx])
+
+    batch_loss = (
+        _with_proximal_term(cross_entropy, model, proximal_mu) if proximal_mu > 0 else cross_entropy
+    )
     epoch_losses, steps = run_epochs(
         model,
         opt,
@@ -104,11 +119,26 @@ def train_local(
         batch_size=settings.batch_size,
         seed=seed,
         device=dev,
-        batch_loss=lambda idx: F.cross_entropy(model(xt[idx]), yt[idx]),
+        batch_loss=batch_loss,
     )
     last_loss = epoch_losses[-1] if epoch_losses else math.nan
     logger.debug("train_local: %d examples, %d steps, last-epoch loss %.4f", n, steps, last_loss)
     return TrainReport(loss=last_loss, num_examples=n, steps=steps)
+
+
+def _with_proximal_term(
+    batch_loss: Callable[[Tensor], Tensor], model: nn.Module, mu: float
+) -> Callable[[Tensor], Tensor]:
+    """``batch_loss`` plus ``mu / 2 * ||w - w_0||^2`` (Li et al. 2020, FedProx), ``w_0`` the
+    parameters now (the global weights the client starts from)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params]
+
+    def proximal_loss(idx: Tensor) -> Tensor:
+        drift = sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
+        return batch_loss(idx) + 0.5 * mu * drift
+
+    return proximal_loss
 
 
 def run_epochs(

@@ -52,7 +52,13 @@ def train_supervised(client: ClientRound, *, epochs: int) -> float:
         )
     else:
         loss = train_local(
-            client.model, x, y, settings=settings, seed=client.seed, device=client.device
+            client.model,
+            x,
+            y,
+            settings=settings,
+            seed=client.seed,
+            device=client.device,
+            proximal_mu=client.float_option(keys.PROXIMAL_MU, 0.0),  # FedProx only
         ).loss
     spec = check_born_again(local.born_again)
     if spec is not None and spec["generations"] > 0:

@@ -63,6 +63,7 @@ PROTOTYPE_COUNTS = "prototype-counts"  # (C,) examples per class
 PROTO_WEIGHT = "proto-weight"
 PROTO_SOFT_WEIGHT = "proto-soft-weight"
 PROTO_TEMPERATURE = "proto-temperature"
+PROXIMAL_MU = "proximal-mu"  # FedProx (Li et al. 2020): mu of the proximal term, as Flower
 # Privacy (fedkd.privacy)
 DP_HISTORY = "fedkd-dp-history"  # context.state: the client's Opacus accountant history
 DP_EPSILON = "dp-epsilon"  # reply metric: the client's own Opacus epsilon after training

@@ -45,7 +45,10 @@ from strategies.core.evaluation import mean_client_accuracy
 FAST = settings.get_profile("fedkd-fast")
 FULL = settings.get_profile("fedkd-full")
 
-METHODS = ("fedavg", "feddf", "fedmd", "dsfl", "fd", "fedet", "fedgkt", "fedproto", "local_only")
+METHODS = (
+    *("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"),
+    *("feddf", "fedmd", "dsfl", "fd", "fedet", "fedgkt", "fedproto", "local_only"),
+)
 PARTITIONS = (0, 1, 2, 3)
 NODES = {0: 11, 1: 22, 2: 33, 3: 44}
 EXAMPLES = 30  # what every fake client declared at discovery: 10 of each of 3 classes

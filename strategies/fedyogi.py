@@ -1,0 +1,58 @@
+"""FedYogi baseline: FedAvg whose server applies Yogi to the mean client update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.serverapp.strategy import FedYogi as FlowerFedYogi
+
+from strategies.fedopt import AveragedReplies, FedOpt
+
+
+class _FlowerFedYogi(FlowerFedYogi, AveragedReplies):
+    """Flower's FedYogi stepping from the mean fedkd computed (:class:`AveragedReplies`)."""
+
+
+class FedYogi(FedOpt):
+    """FedYogi (Reddi et al., 2021, "Adaptive Federated Optimization", ICLR, Algorithm 2).
+
+    Round ``t``, with ``Delta_t`` the example-weighted mean client update (see
+    :class:`~strategies.fedopt.FedOpt`)::
+
+        m_t = beta_1 m_{t-1} + (1 - beta_1) Delta_t
+        v_t = v_{t-1} - (1 - beta_2) Delta_t^2 sign(v_{t-1} - Delta_t^2)
+        x_{t+1} = x_t + eta m_t / (sqrt(v_t) + tau)
+
+    The step is ``flwr.serverapp.strategy.FedYogi.aggregate_train``, unchanged (``v``
+    starts at zero, where the paper starts it at ``tau^2`` or above).
+
+    Parameters
+    ----------
+    assets, fraction_train, fraction_evaluate, min_train_replies, on_too_few_replies
+        See :class:`strategies.base.FedKDStrategy`.
+    eta : float
+        Server learning rate (default 0.01, Flower's default).
+    beta_1 : float
+        First-moment decay (default 0.9).
+    beta_2 : float
+        Second-moment decay (default 0.99).
+    tau : float
+        Adaptivity (default 1e-3).
+
+    The client learning rate ``eta_l`` is ``client.lr``. Client keys honoured: as
+    :class:`~strategies.fedavg.FedAvg`.
+    """
+
+    flower_strategy = _FlowerFedYogi
+
+    def __init__(
+        self,
+        assets: Any,
+        *,
+        eta: float = 0.01,
+        beta_1: float = 0.9,
+        beta_2: float = 0.99,
+        tau: float = 1e-3,
+        **round_options: Any,
+    ) -> None:
+        super().__init__(assets, eta=eta, beta_1=beta_1, beta_2=beta_2, tau=tau, **round_options)
