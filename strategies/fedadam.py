@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
 
 from strategies.fedopt import AveragedReplies, FedOpt
@@ -39,20 +37,9 @@ class FedAdam(FedOpt):
     tau : float
         Adaptivity (default 1e-3).
 
-    The client learning rate ``eta_l`` is ``client.lr``. Client keys honoured: as
+    The defaults are ``configs/strategy/fedadam.yaml``'s (Flower's). The client learning rate
+    ``eta_l`` is ``client.lr``. Client keys honoured: as
     :class:`~strategies.fedavg.FedAvg`.
     """
 
     flower_strategy = _FlowerFedAdam
-
-    def __init__(
-        self,
-        assets: Any,
-        *,
-        eta: float = 0.1,
-        beta_1: float = 0.9,
-        beta_2: float = 0.99,
-        tau: float = 1e-3,
-        **round_options: Any,
-    ) -> None:
-        super().__init__(assets, eta=eta, beta_1=beta_1, beta_2=beta_2, tau=tau, **round_options)
