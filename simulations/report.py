@@ -8,7 +8,9 @@ Every directory given (or found below it, e.g. a Hydra ``multirun/`` folder) tha
 parameter, number of clients, client model) and method; seeds are aggregated as
 mean ± standard deviation. A setting's table starts with the majority-class baseline (from
 ``summary.json``'s ``majority_baseline``); on a binary task it also has the student's
-balanced accuracy and ROC-AUC.
+balanced accuracy and ROC-AUC. The first column is each method's paper's metric: the
+student, or the clients' models' mean (marked "clients") for FedMD, DS-FL, FD, FedProto
+and local-only, whose papers have no global model.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ import yaml
 from fedkd.run.report import html_table
 from fedkd.run.results import CONFIG_FILE, REPORT_HTML, SUMMARY_FILE
 
+#: The first column: each method's headline (``summary.json``'s ``headline``: the metric
+#: its paper reports), marked "clients" where that is the clients' models' mean.
+HEADLINE = "headline"
 METRICS = (
+    (HEADLINE, "paper's metric"),
     ("student_accuracy", "student"),
     ("ensemble_accuracy", "ensemble"),
     ("client_accuracy_mean", "clients (global test)"),
@@ -112,7 +118,19 @@ def _mean_std(values: Sequence[float], *, percent: bool = True) -> str:
     return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
+def headline_of(run: dict[str, Any]) -> str:
+    """The metric a run's method reports first (runs written before ``headline`` existed:
+    the clients' mean for the methods without a global model in their paper)."""
+    metric = (run.get("headline") or {}).get("metric")
+    if metric:
+        return str(metric)
+    clients = ("local_only", "fedmd", "dsfl", "fd", "fedproto")
+    return "client_accuracy_mean" if run.get("strategy") in clients else "student_accuracy"
+
+
 def _final(run: dict[str, Any], key: str) -> float | None:
+    if key == HEADLINE:
+        key = headline_of(run)
     value = run.get("final", {}).get(key)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -154,7 +172,10 @@ def comparison_tables(
             cells = [method, str(len(group))]
             for key, _ in columns:
                 values = [v for run in group if (v := _final(run, key)) is not None]
-                cells.append(_mean_std(values, percent=key != "student_auc"))
+                cell = _mean_std(values, percent=key != "student_auc")
+                if key == HEADLINE and values and headline_of(group[0]) != "student_accuracy":
+                    cell += " (clients)"
+                cells.append(cell)
             cells.append(_uplink_per_client_round(group))
             rows.append(cells)
         tables.append((setting, header, rows))
@@ -212,7 +233,8 @@ def _uplink_per_client_round(group: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
-    """Grouped bars of final student accuracy (clients' mean for local-only) per setting."""
+    """Grouped bars of each method's final headline accuracy (its paper's metric: the
+    student, or the clients' models' mean for FedMD, DS-FL, FD, FedProto, local-only)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,8 +249,7 @@ def plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
         means, errors = [], []
         for setting in settings:
             group = grouped[setting].get(method, [])
-            key = "client_accuracy_mean" if method == "local_only" else "student_accuracy"
-            values = [v for run in group if (v := _final(run, key)) is not None]
+            values = [v for run in group if (v := _final(run, HEADLINE)) is not None]
             means.append(statistics.fmean(values) if values else 0.0)
             errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
         positions = [s + (index - (len(methods) - 1) / 2) * width for s in range(len(settings))]
@@ -272,7 +293,8 @@ def html_page(runs: Sequence[dict[str, Any]], path: Path, *, plot_path: Path | N
     if plot_path is not None:
         parts.append(
             f'<figure><img src="{href(plot_path)}" alt="final test accuracy per setting and '
-            "method\"><figcaption>Final test accuracy (student; clients' mean for local_only)"
+            "method\"><figcaption>Final test accuracy, each method's paper's metric (the student; "
+            "the clients' models' mean for fedmd, dsfl, fd, fedproto and local_only)"
             "</figcaption></figure>"
         )
     parts += ["<h2>Runs</h2>", "<table>", _run_header()]

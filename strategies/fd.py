@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ class FD(FedKDStrategy):
     payloads = (LabelLogits.name,)
     sends_weights = False
     keeps_client_models = True
+    headline_metric: ClassVar[str] = "client_accuracy_mean"  # the paper's metric
     forms_ensemble = True
 
     def __init__(

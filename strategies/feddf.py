@@ -23,8 +23,8 @@ class FedDF(FedAvg):
         send each sampled client the prototype w_t^a of its architecture
         each client k trains locally -> w_k (n_k examples)
         for every architecture a:  w^a <- sum_{k in a} n_k w_k / sum_{k in a} n_k   # FedAvg
-        teacher(x) = rule_k softmax(f(x; w_k)) over ALL clients     # ensemble on the proxy
-        for every architecture a:  distill w^a toward teacher on the proxy
+        teacher(x) = softmax(mean_k f(x; w_k) / T) over ALL clients  # logit mean on the proxy
+        for every architecture a:  distill w^a toward teacher on the proxy (KL at T)
         the student: the prototype of its own architecture if clients train it,
                      else its own model, distilled toward the same teacher
 
@@ -43,7 +43,23 @@ class FedDF(FedAvg):
         proxy soft predictions, the route prediction-sharing methods take; the uplink byte
         count includes them.
 
-    The teacher rule is the ``aggregation`` config group (default ``mean``, the paper's).
+    teacher_space : str
+        What the teacher averages (:mod:`fedkd.distill.spaces`): ``"logits"`` (default, the
+        paper's: the mean of the clients' logits, softened by the ``distill`` loss at its
+        temperature), ``"tempered_probs"`` (the mean of the clients' probabilities at that
+        temperature, used as the softened teacher: the rule of the independent
+        implementation of issue 19) or ``"probs"`` (the mean of ``T = 1`` probabilities,
+        then softened: fedkd's rule before issue 19, and the space of the robust rules).
+
+    The teacher rule is the ``aggregation`` config group (default ``mean``, the paper's;
+    ``size_weighted`` weights clients by their sizes; the other rules need
+    ``teacher_space=probs``).
+
+    Follows the paper in: FedAvg within each architecture, the logit-mean ensemble, Adam
+    on the server, the ensemble of every sampled client. Departs in: a fixed number of
+    server epochs (``distill_epochs``) instead of the paper's early stopping on a
+    validation split (``distill_validation_fraction`` and ``distill_patience`` offer it),
+    and a default learning rate of 1e-4 (above).
     Client keys honoured: ``arrays`` (prototype in), ``share-weights`` (true),
     ``share-proxy-probs`` (with ``teacher_from="predictions"``).
     """
@@ -52,13 +68,21 @@ class FedDF(FedAvg):
     requires_student_architecture = False
     checkpoint_attributes = (*FedAvg.checkpoint_attributes, "prototypes")
 
-    def __init__(self, assets: RunAssets, *, teacher_from: str = "weights", **options: Any) -> None:
+    def __init__(
+        self,
+        assets: RunAssets,
+        *,
+        teacher_from: str = "weights",
+        teacher_space: str = "logits",
+        **options: Any,
+    ) -> None:
         super().__init__(assets, **options)
         if teacher_from not in TEACHER_SOURCES:
             raise ConfigError(
                 f"strategy.teacher_from must be one of {TEACHER_SOURCES}, got {teacher_from!r}"
             )
         self.teacher_from = teacher_from
+        self.set_teacher_space(teacher_space, from_uplink=teacher_from == "predictions")
         self.provides_teacher_models = teacher_from == "weights"
         self.prototypes: dict[int, ArrayRecord] = {}  # per architecture, carried over rounds
         self._initial: dict[int, ArrayRecord] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,6 +44,8 @@ class FedET(FedMD):
         loss's own soft term (``digest_soft_loss: null``; with ``distill=kd``, KL: the
         paper's soft-target CE).
     """
+
+    headline_metric: ClassVar[str] = "student_accuracy"  # FedET trains a large server model
 
     def __init__(
         self,

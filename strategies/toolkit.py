@@ -16,9 +16,18 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from fedkd.distill import teacher_targets
-from fedkd.distill.losses import DistillLoss
+from fedkd.distill.losses import DistillLoss, KDLoss
+from fedkd.distill.spaces import (
+    FLOAT16_FLOOR,
+    FLOAT32_FLOOR,
+    TEACHER_SPACES,
+    check_teacher_space,
+    space_targets,
+)
+from fedkd.errors import ConfigError
 from fedkd.models import FedKDModel, model_from_config
 from fedkd.train import predict_probs
+from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.payloads import ModelWeights, ProxyPredictions
 from strategies.core import checks
 from strategies.core.assets import RunAssets, rule_options
@@ -34,10 +43,22 @@ class MethodToolkit:
     federation: Federation
     distillation: ServerDistillation
     target_rule: dict[str, Any]
+    encoding: EncodingSpec
     _architecture_models: dict[int, FedKDModel]
     has_student: ClassVar[bool]
     keeps_client_models: ClassVar[bool]
     provides_teacher_models: bool
+    #: The metric the method's paper reports, shown first in the run's table and summary
+    #: (``headline`` in ``summary.json``): the server student, or for methods whose paper
+    #: has no global model (FedMD, DS-FL, FD, FedProto, local-only) the clients' own models.
+    headline_metric: ClassVar[str] = "student_accuracy"
+    #: Where mean teachers are averaged (:mod:`fedkd.distill.spaces`); methods that take
+    #: ``strategy.teacher_space`` set it, the others average probabilities.
+    teacher_space: str = "probs"
+    #: The temperature of ``teacher_space="tempered_probs"``.
+    teacher_temperature: float = 1.0
+    #: Probabilities below this read as this before a log (the uplink's resolution).
+    teacher_floor: float = FLOAT32_FLOOR
 
     # ------------------------------------------------------------------ helpers for methods
     def architecture_model(self, index: int) -> FedKDModel:
@@ -60,8 +81,18 @@ class MethodToolkit:
     def teacher_targets(
         self, client_probs: np.ndarray, replies: Sequence[ClientReply]
     ) -> np.ndarray:
-        """Combine per-client probabilities with :attr:`target_rule` (``aggregation``)."""
+        """Combine per-client probabilities with :attr:`target_rule` (``aggregation``), a
+        mean rule in :attr:`teacher_space`."""
         rule = self.target_rule
+        if self.teacher_space != "probs":
+            sized = rule.get("name", "mean") == "size_weighted"
+            return space_targets(
+                client_probs,
+                space=self.teacher_space,
+                num_examples=[r.num_examples for r in replies] if sized else None,
+                temperature=self.teacher_temperature,
+                floor=self.teacher_floor,
+            )
         histograms = np.array(
             [self.federation.label_histograms.get(r.partition_id, []) for r in replies]
         )
@@ -132,6 +163,38 @@ class MethodToolkit:
             seed=self.assets.setup.seed,
             server_round=server_round,
         )
+
+    def set_teacher_space(
+        self, space: str, *, spaces: Sequence[str] = TEACHER_SPACES, from_uplink: bool
+    ) -> None:
+        """Check and adopt ``strategy.teacher_space``: the rule must be a mean outside
+        ``probs``; teachers averaged from the clients' uploaded rows (``from_uplink``) need
+        rows that keep small probabilities (float32, or float16 read with its own floor);
+        ``tempered_probs`` needs a ``kd`` loss at a fixed temperature, which is then told
+        that the targets are already softened."""
+        self.teacher_space = check_teacher_space(
+            space, self.target_rule.get("name", "mean"), spaces=spaces
+        )
+        if space == "probs":
+            return
+        encoding = self.encoding.name
+        if from_uplink and encoding not in ("float32", "float16"):
+            raise ConfigError(
+                f"strategy.teacher_space={space} takes the log of every probability, and "
+                f"encoding={encoding} sends zeros for the small ones: use encoding=float32 or "
+                "float16, or strategy.teacher_space=probs"
+            )
+        if from_uplink and encoding == "float16":
+            self.teacher_floor = FLOAT16_FLOOR
+        if space == "tempered_probs":
+            loss = self.assets.distill_loss
+            if not isinstance(loss, KDLoss) or loss.temperature_end is not None:
+                raise ConfigError(
+                    "strategy.teacher_space=tempered_probs averages the clients at the "
+                    "distillation temperature: it needs distill=kd without temperature_end"
+                )
+            self.teacher_temperature = loss.temperature
+            loss.teacher_temperature = loss.temperature
 
     # ------------------------------------------------------------------ distillation loss
     def distilled_architectures(self) -> list[int]:

@@ -24,7 +24,10 @@ def test_teacher_rule_without_a_teacher_ensemble_is_refused(strategy):
 
 @pytest.mark.parametrize("strategy", ["feddf", "fedmd", "dsfl"])
 def test_teacher_rule_of_an_ensemble_method_is_kept(strategy):
-    plan = prepare_run(compose_config([*SMALL, f"strategy={strategy}", "aggregation=median"]))
+    space = ["strategy.teacher_space=probs"]  # the robust rules average probabilities
+    plan = prepare_run(
+        compose_config([*SMALL, f"strategy={strategy}", "aggregation=median", *space])
+    )
     assert plan.strategy.target_rule["name"] == "median"
 
 

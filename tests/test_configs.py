@@ -8,6 +8,7 @@ import pytest
 
 from fedkd.apps.server import prepare_run
 from fedkd.config import compose_config, config_dir
+from fedkd.distill.spaces import MEAN_RULES
 from fedkd.errors import ConfigError
 from simulations.engine import backend_config
 
@@ -78,6 +79,8 @@ def test_group_options_build(group: str) -> None:
         overrides = [*SMALL, "dataset=synthetic", "data.proxy_labeled=true", f"{group}={option}"]
         if (group, option) == ("distill", "attention"):  # needs convolutional feature maps
             overrides = ["num_clients=3", "model=cnn", "student=cnn", f"{group}={option}"]
+        if group == "aggregation" and option not in MEAN_RULES:  # FedDF's logit mean is a mean
+            overrides.append("strategy.teacher_space=probs")
         plan = prepare_run(compose_config(overrides))
         assert plan.config[group]["name"] == option
 

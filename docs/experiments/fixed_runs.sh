@@ -33,10 +33,10 @@ SHORT="backend=inline num_rounds=5"
 run logit_central $SHORT strategy=fedmd privacy=logit_dp privacy.mode=central privacy.reproducible_noise=true
 run logit_local $SHORT strategy=dsfl privacy=logit_dp privacy.mode=local privacy.reproducible_noise=true
 run pate $SHORT strategy=fedmd privacy=pate privacy.reproducible_noise=true
-run int8 $SHORT strategy=fedmd encoding.name=int8
-run topk $SHORT strategy=feddf strategy.teacher_from=predictions encoding.name=topk
+run int8 $SHORT strategy=fedmd encoding.name=int8 strategy.teacher_space=probs
+run topk $SHORT strategy=feddf strategy.teacher_from=predictions encoding.name=topk strategy.teacher_space=probs
 run fd_signflip $SHORT strategy=fd data.proxy_labeled=true attack.kind=sign_flip attack.fraction=0.3
 run proto_random $SHORT strategy=fedproto attack.kind=random attack.fraction=0.3
-run feddf_scale $SHORT strategy=feddf attack.kind=scale attack.fraction=0.2 aggregation=median
+run feddf_scale $SHORT strategy=feddf attack.kind=scale attack.fraction=0.2 aggregation=median strategy.teacher_space=probs
 run fedmd_faults $SHORT strategy=fedmd faults.crash_fraction=0.2 strategy.proxy_round_size=50
 run hetero $SHORT strategy=fedmd model=hetero strategy.fraction_evaluate=0.5

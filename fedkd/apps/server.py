@@ -143,7 +143,9 @@ def run_federation(
         return MetricRecord({"student-accuracy": accuracy, "student-loss": loss})
 
     status, error = "completed", None
-    progress = RoundProgress(num_rounds, enabled=show_progress)
+    progress = RoundProgress(
+        num_rounds, enabled=show_progress, headline=type(strategy).headline_metric
+    )
     if resumed_from:
         progress.advance_to(resumed_from)
     privacy: dict[str, Any] | None = None

@@ -13,9 +13,18 @@ from rich.table import Table
 class RoundProgress:
     """A progress bar over rounds whose description shows the latest accuracies."""
 
-    def __init__(self, num_rounds: int, *, enabled: bool = True, console: Console | None = None):
+    def __init__(
+        self,
+        num_rounds: int,
+        *,
+        enabled: bool = True,
+        console: Console | None = None,
+        headline: str = "student_accuracy",
+    ):
         self.console = console or Console(stderr=True)
         self.enabled = enabled
+        #: The method's paper metric, shown first (``headline_metric`` of the strategy).
+        self.headline = headline
         self._progress = Progress(
             TextColumn("[bold]fedkd[/bold] round"),
             MofNCompleteColumn(),
@@ -44,6 +53,10 @@ class RoundProgress:
     def update(self, row: Mapping[str, Any]) -> None:
         """Show one finished round."""
         parts = [f"student {_pct(row.get('student_accuracy'))}"]
+        if self.headline == "client_accuracy_mean":
+            parts.insert(0, f"clients {_pct(row.get('client_accuracy_mean'))}")
+            if row.get("student_accuracy") is None:
+                parts.pop()
         if row.get("ensemble_accuracy") is not None:
             parts.append(f"ensemble {_pct(row['ensemble_accuracy'])}")
         if row.get("epsilon") is not None:
@@ -69,14 +82,28 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("final", justify="right")
     table.add_column("best (round)", justify="right")
+    headline = (summary.get("headline") or {}).get("metric", "student_accuracy")
+    clients_first = headline == "client_accuracy_mean"
+    own_models = (
+        ("client_accuracy_mean", "clients' models, test (mean)", _pct),
+        ("personalized_accuracy_mean", "clients' models, own splits (mean)", _pct),
+    )
     for key, label, fmt in (
-        ("student_accuracy", "student test accuracy", _pct),
+        *(own_models if clients_first else ()),
+        (
+            "student_accuracy",
+            "student test accuracy (fedkd's addition)"
+            if clients_first
+            else "student test accuracy",
+            _pct,
+        ),
         ("student_balanced_accuracy", "student balanced accuracy", _pct),  # binary tasks
         ("student_auc", "student ROC-AUC", _auc),  # binary tasks
         ("ensemble_accuracy", "teacher ensemble test accuracy", _pct),
         ("client_accuracy", "clients' local test accuracy", _pct),
+        *(() if clients_first else own_models),
     ):
-        if key in final or key in best:
+        if final.get(key) is not None or key in best:
             best_entry = best.get(key)
             table.add_row(
                 label,

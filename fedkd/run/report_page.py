@@ -108,6 +108,13 @@ def report_html(
     ]
     if summary.get("data_seed") is not None:
         run_items.append(("data seed", summary["data_seed"]))
+    headline = summary.get("headline") or {}
+    if headline.get("metric") == "client_accuracy_mean":
+        value = headline.get("value")
+        shown = "-" if value is None else f"{100 * value:.1f}%"
+        run_items.append(
+            ("the paper's metric", f"the clients' own models, mean test accuracy: {shown}")
+        )
     if summary.get("resumed_from_round") is not None:
         run_items.append(("resumed after round", summary["resumed_from_round"]))
     for key in ("stopped_reason", "error"):

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from fedkd.config import strategy_class
 from fedkd.errors import ConfigError
 from fedkd.run.report import ACCURACY_PLOT as ACCURACY_PLOT
 from fedkd.run.report import BYTES_PLOT as BYTES_PLOT
@@ -38,7 +39,25 @@ BEST_KEYS = (
     "student_auc",
     "ensemble_accuracy",
     "client_accuracy",
+    "client_accuracy_mean",
+    "personalized_accuracy_mean",
 )
+#: The metrics a method's paper may report first (``headline`` in ``summary.json``).
+HEADLINE_LABELS = {
+    "student_accuracy": "student test accuracy",
+    "client_accuracy_mean": "clients' own models, mean test accuracy",
+}
+
+
+def headline_metric(config: Mapping[str, Any]) -> str:
+    """The metric the run's method reports first: its class's ``headline_metric`` (the
+    clients' models for FedMD, DS-FL, FD, FedProto and local-only; else the student)."""
+    try:
+        cls = strategy_class(config["strategy"])
+    except (ConfigError, KeyError, TypeError):
+        return "student_accuracy"
+    metric = getattr(cls, "headline_metric", "student_accuracy")
+    return metric if metric in HEADLINE_LABELS else "student_accuracy"
 
 
 class RunWriter:
@@ -194,6 +213,7 @@ def summarize(
     """
     rounds = [r for r in rows if r.get("round", 0) >= 1]
     final = dict(rounds[-1]) if rounds else {}
+    headline = headline_metric(config)
     best: dict[str, Any] = {}
     for key in BEST_KEYS:
         values = [(r[key], r["round"]) for r in rounds if isinstance(r.get(key), int | float)]
@@ -212,6 +232,7 @@ def summarize(
         "rounds_completed": len(rounds),
         "seed": config["seed"],
         "data_seed": config.get("data_seed"),  # null: the data followed seed
+        "headline": {"metric": headline, "value": final.get(headline)},
         "final": final,
         "best": best,
         **({"majority_baseline": dict(majority_baseline)} if majority_baseline else {}),

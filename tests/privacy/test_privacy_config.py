@@ -134,7 +134,13 @@ def test_options_of_another_mechanism_left_by_a_preset_are_ignored(caplog) -> No
 
 
 def test_label_histograms_are_withheld_so_label_aware_rules_are_refused() -> None:
-    overrides = ["strategy=feddf", "privacy=dpsgd", "aggregation=label_aware", "privacy.delta=1e-3"]
+    overrides = [
+        "strategy=feddf",
+        "strategy.teacher_space=probs",
+        "privacy=dpsgd",
+        "aggregation=label_aware",
+        "privacy.delta=1e-3",
+    ]
     with pytest.raises(ConfigError, match="aggregation=label_aware weighs clients by their label"):
         _prepare(overrides)
     _prepare([*overrides, "privacy.allow_unprotected=[label-histogram]"])  # named: allowed

@@ -34,7 +34,11 @@ def test_table_aggregates_seeds_per_method(tmp_path, in_process_run, capsys) -> 
     expected = f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
     assert f"| 2 | {expected} |" in fedavg_row
     local_row = next(line for line in table.splitlines() if line.startswith("| local_only |"))
-    assert "| 2 | – |" in local_row  # no student
+    clients = [summaries[("local_only", s)]["final"]["client_accuracy_mean"] for s in (0, 1)]
+    headline = f"{100 * statistics.fmean(clients):.1f} ± {100 * statistics.stdev(clients):.1f}"
+    # the paper's metric of a method without a global model is the clients' mean; no student
+    assert f"| 2 | {headline} (clients) | – |" in local_row
+    assert f"| 2 | {expected} | {expected} |" in fedavg_row  # FedAvg's is the student
     assert local_row.endswith("| 0 B |")  # nothing uploaded
     # local_only is listed before fedavg (floor first)
     assert table.index("| local_only |") < table.index("| fedavg |")
@@ -77,10 +81,15 @@ def test_binary_setting_adds_balanced_accuracy_auc_and_the_majority_row() -> Non
     ]
     lines = markdown_table(runs).splitlines()
     header = next(line for line in lines if line.startswith("| method |"))
-    assert "| student | ensemble | clients (global test) | clients (own test) " in header
+    assert (
+        "| paper's metric | student | ensemble | clients (global test) | clients (own test) "
+        in header
+    )
     assert "| student bal. acc | student AUC | uplink / client / round |" in header
     majority = next(line for line in lines if line.startswith("| majority class |"))
-    expected = "| majority class | 2 | 78.0 ± 0.0 | – | – | – | 50.0 ± 0.0 | 0.500 ± 0.000 | – |"
+    expected = (
+        "| majority class | 2 | 78.0 ± 0.0 | – | – | – | – | 50.0 ± 0.0 | 0.500 ± 0.000 | – |"
+    )
     assert majority == expected
     fedavg = next(line for line in lines if line.startswith("| fedavg |"))
     assert "| 80.0 ± 0.0 | – | – | – | 65.0 ± 7.1 | 0.720 ± 0.028 |" in fedavg

@@ -56,7 +56,7 @@ MEAN = np.array([[0.4, 0.5, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.5, 0.0, 0
 
 
 def test_fedmd_consensus_is_the_mean_and_is_sent_back_next_round(task_identity, small) -> None:
-    strategy = _strategy(small, "strategy=fedmd")
+    strategy = _strategy(small, "strategy=fedmd", "strategy.teacher_space=probs")
     requests = _requests(strategy)
     config = requests[0].content.config_records[keys.CONFIG]
     assert config[keys.KEEP_MODEL] is True
@@ -80,7 +80,9 @@ def test_fedmd_consensus_is_the_mean_and_is_sent_back_next_round(task_identity, 
 
 
 def test_size_weighted_rule_applies_to_fedmd(task_identity, small) -> None:
-    strategy = _strategy(small, "strategy=fedmd", "aggregation=size_weighted")
+    strategy = _strategy(
+        small, "strategy=fedmd", "aggregation=size_weighted", "strategy.teacher_space=probs"
+    )
     requests = _requests(strategy)
     replies = [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 30)]
     strategy.aggregate_train(1, replies)

@@ -46,6 +46,11 @@ class KDLoss(DistillLoss):
     ``y``. Without labels (an unlabeled proxy) the CE term is skipped and the soft term gets
     full weight; ``alpha`` is then ignored.
 
+    Targets already softened: a method whose teacher is averaged at the temperature
+    (FedDF's ``teacher_space=tempered_probs``) sets :attr:`teacher_temperature` to ``T``;
+    the teacher's logits are then ``T log(p + eps)``, so ``p_T = p`` and the targets are
+    not softened twice. The default 1.0 reads targets as ``T = 1`` probabilities.
+
     Schedules: ``temperature_end`` / ``alpha_end`` anneal ``temperature`` / ``alpha`` over
     one distillation call (the loop reports progress per epoch), ``schedule`` ``linear`` or
     ``cosine``.
@@ -105,6 +110,8 @@ class KDLoss(DistillLoss):
         self.schedule = schedule
         self.temperature = self.temperature_start
         self.alpha = self.alpha_start
+        #: The temperature the teacher targets are given at (set by the method, not YAML).
+        self.teacher_temperature = 1.0
 
     def set_progress(self, fraction: float) -> None:
         """Move scheduled temperature and alpha to ``fraction`` of the way."""
@@ -122,6 +129,8 @@ class KDLoss(DistillLoss):
             )
         t = self.temperature
         teacher_logits = torch.log(teacher_probs.detach().to(student_logits.dtype) + self.eps)
+        if self.teacher_temperature != 1.0:
+            teacher_logits = teacher_logits * self.teacher_temperature
         if self.soft_loss == "kl":
             log_p_t = F.log_softmax(teacher_logits / t, dim=1)
             log_q_t = F.log_softmax(student_logits / t, dim=1)

@@ -128,7 +128,7 @@ def test_digest_options_travel_as_sent_and_clients_keep_no_defaults() -> None:
     ).strategy
     config = ConfigRecord(strategy.train_config(1))
     sent = DigestOptions.from_config(config)
-    assert sent == DigestOptions(2, 0.002, 32, 3.0, "mae", 0) == strategy.digest  # type: ignore[attr-defined]
+    assert sent == DigestOptions(1, 0.002, 256, 3.0, "mae", 0) == strategy.digest  # type: ignore[attr-defined]
     assert DigestOptions.from_config(ConfigRecord({})) is None
     del config[keys.DIGEST_BATCH_SIZE]
     with pytest.raises(ConfigError, match="digest-batch-size"):

@@ -174,6 +174,7 @@ def test_refused_at_config_time_when_privacy_withholds_histograms() -> None:
         "privacy=dpsgd",
         "privacy.delta=1e-3",
         "aggregation=support_filter",
+        "strategy.teacher_space=probs",
     ]
     with pytest.raises(ConfigError, match="aggregation=support_filter weighs clients by their"):
         prepare_run(compose_config(overrides))
