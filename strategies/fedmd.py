@@ -68,6 +68,13 @@ class FedMD(FedKDStrategy):
     warmup_public_epochs : int
         Transfer-learning epochs on the labeled proxy before a client's first round
         (YAML default 0; needs ``data.proxy_labeled=true``).
+    consensus_min_confidence : float
+        Keep only proxy rows whose consensus puts at least this probability on its top
+        class (YAML default 0.0: every row); the clients digest, and the student distills
+        on, those rows only (sent as ``targets-rows``, as PATE's answered queries).
+    digest_from_round : int
+        The first round in which clients digest (YAML default 2: as soon as a consensus
+        exists); the rounds before are local training only (a warm-up of the clients).
     distill_epochs, distill_batch_size, distill_lr, distill_optimizer
         The server student's distillation toward the consensus.
 
@@ -107,9 +114,29 @@ class FedMD(FedKDStrategy):
         digest_optimizer: str = "adam",
         digest_momentum: float = 0.9,
         teacher_space: str = "probs",
+        consensus_min_confidence: float = 0.0,
+        digest_from_round: int = 2,
         **options: Any,
     ) -> None:
         super().__init__(assets, **options)
+        if not 0.0 <= consensus_min_confidence < 1.0:
+            raise ConfigError(
+                "strategy.consensus_min_confidence must be in [0, 1), "
+                f"got {consensus_min_confidence!r}"
+            )
+        if isinstance(digest_from_round, bool) or not isinstance(digest_from_round, int):
+            raise ConfigError(
+                f"strategy.digest_from_round must be an integer >= 2, got {digest_from_round!r}"
+            )
+        if digest_from_round < 2:
+            raise ConfigError(
+                "strategy.digest_from_round must be >= 2 (round 1 has no consensus to "
+                f"digest), got {digest_from_round}"
+            )
+        #: Proxy rows whose consensus is less sure than this are dropped (digest and student).
+        self.consensus_min_confidence = float(consensus_min_confidence)
+        #: The first round whose clients digest a consensus (earlier rounds: local warm-up).
+        self.digest_from_round = digest_from_round
         # the clients digest the consensus with their own loss, which reads T = 1 targets;
         # under logit_dp and pate the mechanism's release replaces the rule (aggregate)
         released = self.privacy is not None and self.privacy.spec.name in ("logit_dp", "pate")
@@ -172,6 +199,12 @@ class FedMD(FedKDStrategy):
             consensus = self.sharpen(release.targets)
         else:
             consensus = self.consensus(client_probs, replies)
+        if self.consensus_min_confidence > 0.0:  # post-processing of what was released
+            sure = consensus.max(axis=1) >= self.consensus_min_confidence
+            rows, consensus = rows[sure], consensus[sure]
+            if len(rows) == 0:
+                self.round_targets = None
+                return ArrayRecord()
         self.targets_round = server_round
         indices = state.proxy_indices[rows]
         if self.canaries is not None:  # the canary audit observes what is released
@@ -179,6 +212,9 @@ class FedMD(FedKDStrategy):
         proxy_x = data.proxy_x[indices]
         proxy_y = None if data.proxy_y is None else data.proxy_y[indices]
         self.distill_student(state, proxy_x, consensus, labels=proxy_y)
+        if server_round + 1 < self.digest_from_round:  # warm-up: nothing to digest yet
+            self.round_targets = None
+            return ArrayRecord()
         targets = self.digest_targets(consensus, proxy_x)
         record = {keys.PROXY_PROBS: Array(np.ascontiguousarray(targets, dtype=np.float32))}
         if len(rows) < len(state.proxy_indices):

@@ -358,3 +358,50 @@ def test_validation_split_is_disjoint_and_seeded(small) -> None:
     again = strategy.validation_split(1, 20)
     np.testing.assert_array_equal(held_out, again[1])
     assert not np.array_equal(held_out, strategy.validation_split(2, 20)[1])
+
+
+def test_fedmd_sends_only_the_rows_the_consensus_is_sure_of(task_identity, small) -> None:
+    # only row 1 of the mean puts 0.55 or more on its top class (0.6): only it travels
+    strategy = _strategy(
+        small,
+        "strategy=fedmd",
+        "strategy.teacher_space=probs",
+        "strategy.consensus_min_confidence=0.55",
+    )
+    requests = _requests(strategy)
+    replies = [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 10)]
+    strategy.aggregate_train(1, replies)
+    targets = strategy.round_targets
+    np.testing.assert_array_equal(targets[keys.TARGETS_ROWS].numpy(), [1])
+    np.testing.assert_allclose(targets[keys.PROXY_PROBS].numpy(), MEAN[[1]], atol=1e-6)
+
+
+def test_fedmd_warm_up_rounds_send_no_consensus(task_identity, small) -> None:
+    strategy = _strategy(
+        small, "strategy=fedmd", "strategy.teacher_space=probs", "strategy.digest_from_round=3"
+    )
+    requests = _requests(strategy)
+    replies = [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 10)]
+    strategy.aggregate_train(1, replies)
+    assert strategy.round_targets is None  # round 2 trains locally only
+    assert "distill_loss" in strategy.round_metrics[1]  # the student still learns
+    strategy.node_of_partition = {0: 11, 1: 22}
+    round2 = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid=None))
+    assert keys.TARGETS not in round2[0].content.array_records
+    replies = [_prediction_reply(round2[0], P0, 10), _prediction_reply(round2[1], P1, 10)]
+    for reply in replies:
+        reply.content[keys.METRICS][keys.SERVER_ROUND] = 2
+    strategy.aggregate_train(2, replies)
+    assert strategy.round_targets is not None  # round 3 digests round 2's consensus
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("strategy.consensus_min_confidence=1.0", r"consensus_min_confidence must be in \[0, 1\)"),
+        ("strategy.digest_from_round=1", r"digest_from_round must be >= 2"),
+    ],
+)
+def test_consensus_levers_are_checked(small, override, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _strategy(small, "strategy=fedmd", override)
