@@ -110,13 +110,15 @@ def test_model_options_build_on_fitting_data(option: str) -> None:
         "cnn": "digits",
         "cnn1d": "mnist1d",
         "cnn_reference": "digits",
+        "convbase": "mnist1d",
         "hetero": "digits",
         "resnet8": "digits",
     }[option]
     extra = [] if dataset == "digits" else ["dataset.num_samples=300"]
     student = "mlp" if option == "hetero" else option
-    # The registered architecture each option builds (cnn_reference is cnn with options).
-    name = {"cnn_reference": "cnn"}.get(option, option)
+    # The registered architecture each option builds (cnn_reference is cnn with options,
+    # convbase cnn1d with options).
+    name = {"cnn_reference": "cnn", "convbase": "cnn1d"}.get(option, option)
     plan = prepare_run(
         compose_config(
             ["num_clients=3", f"dataset={dataset}", *extra, f"model={option}", f"student={student}"]

@@ -71,6 +71,16 @@ DEFAULT_CNN_REFERENCE = [
     ),
 ]
 
+# The layer options added after the references above, spelled out at their defaults.
+LAYER_DEFAULTS = {
+    "kernel_size": 3,
+    "stride": 1,
+    "padding": 1,
+    "norm": "none",
+    "norm_groups": 2,
+    "init": "torch",
+}
+
 # The default cnn's state dict on 8x8 inputs before the change (names and shapes, in order).
 DEFAULT_CNN_LAYOUT = [
     ("blocks.0.0.weight", (16, 1, 3, 3)),
@@ -98,13 +108,13 @@ def test_default_cnn_is_unchanged(
     model = build_model(name, input_shape=shape, num_classes=10, seed=seed, **options)
     assert count_parameters(model) == num_parameters
     assert state_dict_sha256(model) == sha256
-    # Spelling the defaults out builds the same weights.
+    # Spelling the defaults out, the later layer options included, builds the same weights.
     explicit = build_model(
         name,
         input_shape=shape,
         num_classes=10,
         seed=seed,
-        **{"channels": [16, 32], "hidden": 64, **options, "pool": "every"},
+        **{"channels": [16, 32], "hidden": 64, **options, "pool": "every", **LAYER_DEFAULTS},
     )
     assert state_dict_sha256(explicit) == sha256
 
@@ -145,7 +155,12 @@ def test_cnn_reference_config_builds_29066_parameters(group: str) -> None:
     cfg = compose_config([f"{group}=cnn_reference"])
     model = model_from_config(cfg[group], input_shape=(1, 8, 8), num_classes=10)
     assert model.spec["name"] == "cnn"
-    assert model.spec["options"] == {"channels": [32, 64], "hidden": None, "pool": "last"}
+    assert model.spec["options"] == {
+        "channels": [32, 64],
+        "hidden": None,
+        "pool": "last",
+        **LAYER_DEFAULTS,
+    }
     assert count_parameters(model) == 29_066
     again = model_from_spec(model.spec)
     assert state_dict_sha256(again) == state_dict_sha256(model)

@@ -129,7 +129,17 @@ def test_set_weights_mismatch() -> None:
 def test_spec_rebuild() -> None:
     model = build_model("cnn", input_shape=(1, 8, 8), num_classes=3, channels=[4, 6], seed=5)
     assert model.spec["name"] == "cnn"
-    assert model.spec["options"] == {"channels": [4, 6], "hidden": 64, "pool": "every"}
+    assert model.spec["options"] == {
+        "channels": [4, 6],
+        "hidden": 64,
+        "pool": "every",
+        "kernel_size": 3,
+        "stride": 1,
+        "padding": 1,
+        "norm": "none",
+        "norm_groups": 2,
+        "init": "torch",
+    }
     again = model_from_spec(model.spec, seed=5)
     assert all(
         np.array_equal(a, b) for a, b in zip(get_weights(model), get_weights(again), strict=True)
