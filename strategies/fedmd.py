@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -68,10 +69,13 @@ class FedMD(FedKDStrategy):
     warmup_public_epochs : int
         Transfer-learning epochs on the labeled proxy before a client's first round
         (YAML default 0; needs ``data.proxy_labeled=true``).
-    consensus_min_confidence : float
-        Keep only proxy rows whose consensus puts at least this probability on its top
-        class (YAML default 0.0: every row); the clients digest, and the student distills
-        on, those rows only (sent as ``targets-rows``, as PATE's answered queries).
+    consensus_min_confidence, consensus_keep_fraction : float
+        Keep only proxy rows whose consensus puts at least ``consensus_min_confidence`` on
+        its top class (YAML default 0.0: every row), and of those only the
+        ``consensus_keep_fraction`` most confident (YAML default 1.0: all); the clients
+        digest, and the student distills on, those rows only (sent as ``targets-rows``, as
+        PATE's answered queries). Under strong label skew the consensus of many clients is
+        diffuse, so a fixed threshold can drop every row; the fraction always keeps some.
     digest_from_round : int
         The first round in which clients digest (YAML default 2: as soon as a consensus
         exists); the rounds before are local training only (a warm-up of the clients).
@@ -115,6 +119,7 @@ class FedMD(FedKDStrategy):
         digest_momentum: float = 0.9,
         teacher_space: str = "probs",
         consensus_min_confidence: float = 0.0,
+        consensus_keep_fraction: float = 1.0,
         digest_from_round: int = 2,
         **options: Any,
     ) -> None:
@@ -123,6 +128,11 @@ class FedMD(FedKDStrategy):
             raise ConfigError(
                 "strategy.consensus_min_confidence must be in [0, 1), "
                 f"got {consensus_min_confidence!r}"
+            )
+        if not 0.0 < consensus_keep_fraction <= 1.0:
+            raise ConfigError(
+                "strategy.consensus_keep_fraction must be in (0, 1], "
+                f"got {consensus_keep_fraction!r}"
             )
         if isinstance(digest_from_round, bool) or not isinstance(digest_from_round, int):
             raise ConfigError(
@@ -135,6 +145,8 @@ class FedMD(FedKDStrategy):
             )
         #: Proxy rows whose consensus is less sure than this are dropped (digest and student).
         self.consensus_min_confidence = float(consensus_min_confidence)
+        #: Only this share of the rows, the consensus's most confident, is kept.
+        self.consensus_keep_fraction = float(consensus_keep_fraction)
         #: The first round whose clients digest a consensus (earlier rounds: local warm-up).
         self.digest_from_round = digest_from_round
         # the clients digest the consensus with their own loss, which reads T = 1 targets;
@@ -171,6 +183,17 @@ class FedMD(FedKDStrategy):
         """The round's teacher targets on the proxy subset (the configured rule)."""
         return self.sharpen(self.teacher_targets(client_probs, replies))
 
+    def surest(self, rows: np.ndarray, consensus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows (and their consensus) kept by ``consensus_min_confidence`` and
+        ``consensus_keep_fraction``, in their original order."""
+        confidence = consensus.max(axis=1)
+        keep = confidence >= self.consensus_min_confidence
+        if self.consensus_keep_fraction < 1.0:
+            count = math.ceil(self.consensus_keep_fraction * len(confidence))
+            order = np.argsort(-confidence, kind="stable")[:count]
+            keep &= np.isin(np.arange(len(confidence)), order)
+        return rows[keep], consensus[keep]
+
     def sharpen(self, targets: np.ndarray) -> np.ndarray:
         """Post-processing of aggregated targets (DS-FL's ERA); FedMD keeps them."""
         return targets
@@ -199,9 +222,8 @@ class FedMD(FedKDStrategy):
             consensus = self.sharpen(release.targets)
         else:
             consensus = self.consensus(client_probs, replies)
-        if self.consensus_min_confidence > 0.0:  # post-processing of what was released
-            sure = consensus.max(axis=1) >= self.consensus_min_confidence
-            rows, consensus = rows[sure], consensus[sure]
+        if self.consensus_min_confidence > 0.0 or self.consensus_keep_fraction < 1.0:
+            rows, consensus = self.surest(rows, consensus)  # post-processing of the release
             if len(rows) == 0:
                 self.round_targets = None
                 return ArrayRecord()

@@ -395,9 +395,26 @@ def test_fedmd_warm_up_rounds_send_no_consensus(task_identity, small) -> None:
     assert strategy.round_targets is not None  # round 3 digests round 2's consensus
 
 
+def test_fedmd_keeps_the_most_confident_share_of_the_rows(task_identity, small) -> None:
+    # top-class confidences of MEAN: 0.5, 0.6, 0.5, 0.5; half the rows: row 1, then row 0
+    strategy = _strategy(
+        small,
+        "strategy=fedmd",
+        "strategy.teacher_space=probs",
+        "strategy.consensus_keep_fraction=0.5",
+    )
+    requests = _requests(strategy)
+    replies = [_prediction_reply(requests[0], P0, 10), _prediction_reply(requests[1], P1, 10)]
+    strategy.aggregate_train(1, replies)
+    targets = strategy.round_targets
+    np.testing.assert_array_equal(targets[keys.TARGETS_ROWS].numpy(), [0, 1])
+    np.testing.assert_allclose(targets[keys.PROXY_PROBS].numpy(), MEAN[[0, 1]], atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("strategy.consensus_keep_fraction=0", r"consensus_keep_fraction must be in \(0, 1\]"),
         ("strategy.consensus_min_confidence=1.0", r"consensus_min_confidence must be in \[0, 1\)"),
         ("strategy.digest_from_round=1", r"digest_from_round must be >= 2"),
     ],
