@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ def train_local(
     seed: int = 0,
     device: str | torch.device = "cpu",
     proximal_mu: float = 0.0,
+    gradient_correction: Sequence[Tensor] | None = None,
     **hparams: Any,
 ) -> TrainReport:
     """Train ``model`` in place with cross-entropy on ``(x, y)`` (plus FedProx's proximal
@@ -79,6 +80,12 @@ def train_local(
         FedProx (Li et al., 2020): with ``mu > 0`` each batch loss gains
         ``mu / 2 * ||w - w_0||^2`` over the parameters, ``w_0`` their values at the call
         (the global weights); 0 (default) trains exactly as without the term.
+    gradient_correction : sequence of Tensor, optional
+        SCAFFOLD (Karimireddy et al., 2020): one tensor per trainable parameter (in
+        ``model.parameters()`` order, same shapes), added to that parameter's mini-batch
+        gradient before every optimizer step (``g(y) + (c - c_i)``); with momentum or
+        weight decay the optimizer then treats the corrected gradient as the gradient.
+        None (default) registers nothing.
     **hparams
         :class:`TrainSettings` fields one by one (``epochs=5, batch_size=32, lr=0.05``):
         they replace those of ``settings``, or make the settings when none are given.
@@ -111,16 +118,17 @@ def train_local(
     batch_loss = (
         _with_proximal_term(cross_entropy, model, proximal_mu) if proximal_mu > 0 else cross_entropy
     )
-    epoch_losses, steps = run_epochs(
-        model,
-        opt,
-        num_examples=n,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        seed=seed,
-        device=dev,
-        batch_loss=batch_loss,
-    )
+    with _corrected_gradients(model, gradient_correction, dev):
+        epoch_losses, steps = run_epochs(
+            model,
+            opt,
+            num_examples=n,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            seed=seed,
+            device=dev,
+            batch_loss=batch_loss,
+        )
     last_loss = epoch_losses[-1] if epoch_losses else math.nan
     logger.debug("train_local: %d examples, %d steps, last-epoch loss %.4f", n, steps, last_loss)
     return TrainReport(loss=last_loss, num_examples=n, steps=steps)
@@ -139,6 +147,31 @@ def _with_proximal_term(
         return batch_loss(idx) + 0.5 * mu * drift
 
     return proximal_loss
+
+
+@contextlib.contextmanager
+def _corrected_gradients(
+    model: nn.Module, correction: Sequence[Tensor] | None, device: torch.device
+) -> Iterator[None]:
+    """Within the block, every trainable parameter's gradient gains its ``correction``
+    tensor as backward computes it (a tensor hook, removed on exit); None: nothing."""
+    if correction is None:
+        yield
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    if len(correction) != len(params) or any(
+        tuple(c.shape) != tuple(p.shape) for c, p in zip(correction, params, strict=False)
+    ):
+        raise ValueError("gradient_correction must hold one tensor per trainable parameter")
+    handles = []
+    for param, term in zip(params, correction, strict=True):
+        term = term.detach().to(device=device, dtype=param.dtype)
+        handles.append(param.register_hook(lambda grad, term=term: grad + term))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def run_epochs(

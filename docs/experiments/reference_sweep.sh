@@ -16,7 +16,7 @@ set -u
 OUT=${1:-results/reference}
 shift || true
 PARTS=${*:-digits_mlp digits_cnn mnist1d_cnn}
-METHODS=${METHODS:-local_only fedmd dsfl fedet fd fedproto fedavg fedprox fedadam fedyogi fedadagrad feddf centralized}
+METHODS=${METHODS:-local_only fedmd dsfl fedet fd fedproto fedavg fedprox fedadam fedyogi fedadagrad scaffold feddf centralized}
 export FLWR_TELEMETRY_ENABLED=0
 COMMON="experiment=reference progress=false report.html=false report.export=false checkpoint.every=0"
 

@@ -204,6 +204,7 @@ def train(message: Message, context: Context) -> Message:
             attack, _float(config, keys.ATTACK_SCALE, 10.0), attack_target, seed, start_state
         ),
         augmentation=runtime.augmentation,
+        state=context.state,
     )
     digest = DigestOptions.from_config(config)  # None: the strategy has no digest/warm-up
     if digest is not None and keep_model and fresh and digest.warmup_public_epochs > 0:

@@ -64,6 +64,12 @@ PROTO_WEIGHT = "proto-weight"
 PROTO_SOFT_WEIGHT = "proto-soft-weight"
 PROTO_TEMPERATURE = "proto-temperature"
 PROXIMAL_MU = "proximal-mu"  # FedProx (Li et al. 2020): mu of the proximal term, as Flower
+# SCAFFOLD (Karimireddy et al. 2020; fedkd.wire.payloads.control)
+CONTROL = "control"  # ArrayRecord: a reply's control-variate update (client -> server)
+SERVER_CONTROL = "server-control"  # targets entry: the server control c, flat (server -> client)
+CONTROL_DELTA = "control-delta"  # control entry: the client's Delta c_i, flat
+STATE_CONTROL = "fedkd-control"  # context.state: the client's control c_i
+STATE_CONTROL_DELTA = "fedkd-control-delta"  # context.state: this round's Delta c_i (until sent)
 # Privacy (fedkd.privacy)
 DP_HISTORY = "fedkd-dp-history"  # context.state: the client's Opacus accountant history
 DP_EPSILON = "dp-epsilon"  # reply metric: the client's own Opacus epsilon after training

@@ -46,7 +46,7 @@ FAST = settings.get_profile("fedkd-fast")
 FULL = settings.get_profile("fedkd-full")
 
 METHODS = (
-    *("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"),
+    *("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"),
     *("feddf", "fedmd", "dsfl", "fd", "fedet", "fedgkt", "fedproto", "local_only"),
 )
 PARTITIONS = (0, 1, 2, 3)
@@ -144,6 +144,11 @@ def honest_records(strategy, partition: int) -> dict[str, dict[str, np.ndarray]]
             FEATURE_LABELS: labels.astype(np.int64),
         },
         "test-features": {TEST_FEATURES: rng.normal(size=(test_rows, width)).astype(np.float32)},
+        "control": {
+            keys.CONTROL_DELTA: rng.normal(
+                size=sum(p.numel() for p in strategy.architecture_model(0).parameters())
+            ).astype(np.float32)
+        },
     }
     records: dict[str, dict[str, np.ndarray]] = {}
     for payload in strategy.wire_payloads():

@@ -19,6 +19,7 @@ from fedkd.wire.payloads.base import (
     Payload,
     Poisoner,
 )
+from fedkd.wire.payloads.control import ControlVariates
 from fedkd.wire.payloads.diagnostics import TestPredictions
 from fedkd.wire.payloads.discovery import Discovery
 from fedkd.wire.payloads.label_logits import LabelLogits
@@ -36,6 +37,7 @@ __all__ = [
     "PAYLOADS",
     "ClientMetrics",
     "ClientRound",
+    "ControlVariates",
     "Discovery",
     "Expectation",
     "LabelLogits",

@@ -221,6 +221,9 @@ class ClientRound:
         The attack applied to what is shared (inactive for honest clients).
     augmentation
         Transfer-data augmentation of proxy batches (digest steps), if configured.
+    state : RecordDict, optional
+        The client's ``context.state`` (what a payload keeps between rounds: SCAFFOLD's
+        control variate); checkpoints export and import it.
     """
 
     setup: FederationSetup
@@ -238,6 +241,7 @@ class ClientRound:
     encoding: EncodingSpec
     poison: Poisoner
     augmentation: Augmentation | None = None
+    state: RecordDict | None = None
     #: Set by the ClientApp after local training (``ClientMetrics`` reports them).
     train_loss: float = float("nan")
     dp_epsilon: float | None = None

@@ -47,6 +47,7 @@ EXPECTED: dict[str, tuple[tuple[int, ...], str]] = {
     "feature-logits": ((5, C), "float32"),
     "feature-labels": ((5,), "int64"),
     "test-features": ((ROWS, WIDTH), "float32"),
+    "control-delta": ((sum(p.numel() for p in REFERENCE.parameters()),), "float32"),
     **{name: (tuple(v.shape), "float32") for name, v in REFERENCE.state_dict().items()},
 }
 
@@ -152,6 +153,7 @@ def test_the_fuzzer_reaches_acceptance() -> None:
         },
         "test-features": {"test-features": np.zeros((ROWS, WIDTH), np.float32)},
         "weights": {k: v.numpy() for k, v in REFERENCE.state_dict().items()},
+        "control": {"control-delta": np.zeros(EXPECTED["control-delta"][0], np.float32)},
     }
     for payload in ARRAY_PAYLOADS:
         arrays = {k: Array(np.ascontiguousarray(v)) for k, v in valid[payload.name].items()}
