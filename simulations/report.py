@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from fedkd.run.report import html_table
-from fedkd.run.results import CONFIG_FILE, REPORT_HTML, SUMMARY_FILE
+from fedkd.run.results import CONFIG_FILE, REPORT_HTML, SUMMARY_FILE, headline_metric
 
 #: The first column: each method's headline (``summary.json``'s ``headline``: the metric
 #: its paper reports), marked "clients" where that is the clients' models' mean.
@@ -120,12 +120,9 @@ def _mean_std(values: Sequence[float], *, percent: bool = True) -> str:
 
 def headline_of(run: dict[str, Any]) -> str:
     """The metric a run's method reports first (runs written before ``headline`` existed:
-    the clients' mean for the methods without a global model in their paper)."""
+    their strategy class's, read from their config)."""
     metric = (run.get("headline") or {}).get("metric")
-    if metric:
-        return str(metric)
-    clients = ("local_only", "fedmd", "dsfl", "fd", "fedproto")
-    return "client_accuracy_mean" if run.get("strategy") in clients else "student_accuracy"
+    return str(metric) if metric else headline_metric(run.get("config") or {})
 
 
 def _final(run: dict[str, Any], key: str) -> float | None:

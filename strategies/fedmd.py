@@ -190,8 +190,9 @@ class FedMD(FedKDStrategy):
         keep = confidence >= self.consensus_min_confidence
         if self.consensus_keep_fraction < 1.0:
             count = math.ceil(self.consensus_keep_fraction * len(confidence))
-            order = np.argsort(-confidence, kind="stable")[:count]
-            keep &= np.isin(np.arange(len(confidence)), order)
+            top = np.zeros_like(keep)
+            top[np.argsort(-confidence, kind="stable")[:count]] = True
+            keep &= top
         return rows[keep], consensus[keep]
 
     def sharpen(self, targets: np.ndarray) -> np.ndarray:

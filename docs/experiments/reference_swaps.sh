@@ -8,14 +8,7 @@ set -u
 OUT=${1:-results/reference_swaps}
 export FLWR_TELEMETRY_ENABLED=0
 COMMON="experiment=reference progress=false report.html=false report.export=false checkpoint.every=0"
-run() {
-    dir=$1; shift
-    [ -f "$dir/summary.json" ] && grep -q '"status": "completed"' "$dir/summary.json" && return 0
-    [ -e "$dir" ] && mv "$dir" "$dir.failed-$(date +%s)"
-    mkdir -p "$(dirname "$dir")"
-    python -m simulations.run $COMMON "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 \
-        || echo "FAILED $dir (see $dir.log)"
-}
+source "$(dirname "$0")/resumable_run.sh"
 for seed in 0 1 2; do
     run "$OUT/feddf_probs_s$seed" strategy=feddf strategy.teacher_space=probs seed=$seed
     run "$OUT/feddf_logits_s$seed" strategy=feddf strategy.teacher_space=logits seed=$seed

@@ -20,17 +20,7 @@ METHODS=${METHODS:-local_only fedmd dsfl fedet fd fedproto fedavg fedprox fedada
 export FLWR_TELEMETRY_ENABLED=0
 COMMON="experiment=reference progress=false report.html=false report.export=false checkpoint.every=0"
 
-run() {  # run DIR OVERRIDES...
-    dir=$1; shift
-    if [ -f "$dir/summary.json" ] && grep -q '"status": "completed"' "$dir/summary.json"; then
-        return 0
-    fi
-    [ -e "$dir" ] && mv "$dir" "$dir.failed-$(date +%s)"
-    mkdir -p "$(dirname "$dir")"
-    echo "== $dir"
-    python -m simulations.run $COMMON "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 \
-        || echo "FAILED $dir (see $dir.log)"
-}
+source "$(dirname "$0")/resumable_run.sh"
 
 for part in $PARTS; do
     case $part in

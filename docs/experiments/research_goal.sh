@@ -10,14 +10,7 @@ set -u
 OUT=${1:-results/research_goal}
 export FLWR_TELEMETRY_ENABLED=0
 COMMON="experiment=reference model=cnn student=cnn progress=false report.html=false report.export=false checkpoint.every=0"
-run() {
-    dir=$1; shift
-    [ -f "$dir/summary.json" ] && grep -q '"status": "completed"' "$dir/summary.json" && return 0
-    [ -e "$dir" ] && mv "$dir" "$dir.failed-$(date +%s)"
-    mkdir -p "$(dirname "$dir")"
-    python -m simulations.run $COMMON "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 \
-        || echo "FAILED $dir (see $dir.log)"
-}
+source "$(dirname "$0")/resumable_run.sh"
 V="$OUT/validation"
 K="+model.init=kaiming +student.init=kaiming"
 P="strategy=fedmd strategy.teacher_space=probs"

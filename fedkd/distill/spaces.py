@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedkd.distill.target_registry import check_probs
+from fedkd.distill.target_registry import _num_examples, check_probs, teacher_targets
 from fedkd.errors import ConfigError
 
 __all__ = [
@@ -103,16 +103,16 @@ def space_targets(
         Malformed probabilities (:func:`~fedkd.distill.target_registry.check_probs`) or
         weights; an unknown space.
     """
+    if space == "probs":  # the registry's own mean rules
+        if num_examples is None:
+            return teacher_targets(client_probs, rule="mean")
+        return teacher_targets(client_probs, rule="size_weighted", num_examples=num_examples)
     probs = check_probs(client_probs).astype(np.float64)
     k = probs.shape[0]
     if num_examples is None:
         weights = np.full(k, 1.0 / k)
     else:
-        weights = np.asarray(num_examples, dtype=np.float64)
-        if weights.shape != (k,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-            raise ValueError(f"num_examples must be {k} finite non-negative sizes")
-        if weights.sum() <= 0:
-            raise ValueError("num_examples must not all be zero")
+        weights = _num_examples(num_examples, k, "size_weighted")
         weights = weights / weights.sum()
     if space == "logits":
         log_probs = np.log(np.maximum(probs, floor))
@@ -125,8 +125,5 @@ def space_targets(
         tempered = np.exp(log_probs)
         tempered /= tempered.sum(axis=2, keepdims=True)
         mean = np.einsum("k,knc->nc", weights, tempered)
-        return (mean / mean.sum(axis=1, keepdims=True)).astype(np.float32)
-    if space == "probs":
-        mean = np.einsum("k,knc->nc", weights, probs)
         return (mean / mean.sum(axis=1, keepdims=True)).astype(np.float32)
     raise ValueError(f"unknown teacher space {space!r}; expected one of {TEACHER_SPACES}")
