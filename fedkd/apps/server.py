@@ -46,7 +46,8 @@ from fedkd.run.checkpoint import (
 )
 from fedkd.run.progress import RoundProgress, summary_table
 from fedkd.run.report import ReportSpec
-from fedkd.run.results import RunWriter, failure_status, summarize
+from fedkd.run.results import RunWriter, failure_status, record_outputs_seconds, summarize
+from fedkd.run.timing import run_origin
 from fedkd.train import evaluate, predict_probs
 from strategies.base import RoundAborted, RunAssets, student_arrays
 
@@ -60,12 +61,16 @@ def run_federation(
     *,
     show_progress: bool = True,
     resume: bool = False,
+    defer_summary: bool = False,
 ) -> dict[str, Any]:
     """Run all rounds on ``grid`` and write the run directory; returns the summary.
 
     With ``resume``, ``run_dir`` holds a run with a checkpoint: its state is restored (the
     student, the strategy, the generators, and every client's state through a
-    ``state-import`` query) and the rounds after the checkpoint are run.
+    ``state-import`` query) and the rounds after the checkpoint are run. With
+    ``show_progress`` the results table is printed at the end; ``defer_summary`` leaves that
+    to the caller, once the engine has shut down (``simulations.run``: the table's wall time
+    then covers the whole command), except when the run ends in an exception.
     """
     cfg, run_options, assets, strategy = plan.config, plan.options, plan.assets, plan.strategy
     writer = RunWriter(run_dir, report=run_options.report)
@@ -90,13 +95,14 @@ def run_federation(
     validation_x, validation_y = validation_set(assets.data)
     baseline = majority_class_baseline(assets.data)
     started = last_round_end = time.perf_counter()
+    first_round_start: float | None = None  # start-up ends here (fedkd.run.timing)
 
     def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
         if every and (server_round % every == 0 or server_round == num_rounds):
             write_checkpoint(plan, grid, run_dir, server_round, arrays, timeout=timeout)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        nonlocal last_round_end
+        nonlocal last_round_end, first_round_start
         # The strategy's student is the model under test; ``arrays`` is whatever the method
         # sends between rounds (student weights, or consensus targets).
         loss: float | None = None
@@ -124,6 +130,8 @@ def run_federation(
             "student_validation_accuracy": validation_accuracy,
         }
         if server_round >= 1:
+            if first_round_start is None:
+                first_round_start = last_round_end
             round_metrics = strategy.round_metrics.get(server_round, {})
             row.update(
                 {
@@ -173,10 +181,16 @@ def run_federation(
         status, error = failure_status(exc), f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        rounds_start = last_round_end if first_round_start is None else first_round_start
         summary = summarize(
             writer.rows,
             config=cfg,
             wall_seconds=time.perf_counter() - started,
+            timing={
+                "startup_seconds": rounds_start - run_origin(),
+                "rounds_seconds": last_round_end - rounds_start,
+                "outputs_seconds": time.perf_counter() - last_round_end,  # so far
+            },
             student_parameters=count_parameters(assets.student),
             student_size_bytes=model_size_bytes(assets.student),
             status=status,
@@ -192,7 +206,8 @@ def run_federation(
         summary.update(final_student)
         # Partition ids -> label counts, as the clients reported them at discovery.
         summary = writer.finish(summary, label_histograms=strategy.label_histograms)
-        if show_progress:
+        summary = record_outputs_seconds(run_dir, summary)  # the report included
+        if show_progress and (not defer_summary or error is not None):
             progress.console.print(summary_table(summary))
             progress.console.print(f"results in {run_dir}")
     return summary
@@ -356,14 +371,27 @@ def validation_set(data: FederatedData) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_server_app(
-    plan: RunPlan, run_dir: Path, *, show_progress: bool = True, resume: bool = False
+    plan: RunPlan,
+    run_dir: Path,
+    *,
+    show_progress: bool = True,
+    resume: bool = False,
+    defer_summary: bool = False,
 ) -> ServerApp:
-    """A ServerApp bound to an already validated plan (the simulation runner's path)."""
+    """A ServerApp bound to an already validated plan (the simulation runner's path);
+    ``defer_summary``: the caller prints the results table (:func:`run_federation`)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, plan, run_dir, show_progress=show_progress, resume=resume)
+        run_federation(
+            grid,
+            plan,
+            run_dir,
+            show_progress=show_progress,
+            resume=resume,
+            defer_summary=defer_summary,
+        )
 
     return server_app
 

@@ -110,12 +110,36 @@ def _check_hf(options: Mapping[str, Any]) -> None:
 
 
 def _load_digits() -> RawDataset:
-    from sklearn.datasets import load_digits
+    data = _read_digits_file()
+    if data is None:
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = (np.asarray(bunch.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    y = np.asarray(bunch.target, dtype=np.int64)
+        bunch = load_digits()
+        pixels, target = bunch.data, bunch.target
+    else:
+        pixels, target = data[:, :-1], data[:, -1].astype(int)
+    x = (np.asarray(pixels, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = np.asarray(target, dtype=np.int64)
     return RawDataset(x=x, y=y, num_classes=10, input_shape=(1, 8, 8), name="digits")
+
+
+def _read_digits_file() -> np.ndarray | None:
+    """scikit-learn's ``digits.csv.gz`` read as ``load_digits`` reads it (``np.loadtxt``),
+    without importing scikit-learn (about 1 s: scipy, pandas); None when the file is not
+    where scikit-learn 1.x keeps it, and ``load_digits`` is used."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, mode="rt", encoding="utf-8") as handle:
+                return np.loadtxt(handle, delimiter=",")
+    return None
 
 
 def _load_breast_cancer() -> RawDataset:

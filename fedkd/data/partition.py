@@ -1,4 +1,4 @@
-"""Partitioning of a training pool into client index sets via flwr-datasets.
+"""Partitioning of a training pool into client index sets, as flwr-datasets partitions.
 
 Label skew (``dirichlet``, ``pathological``), IID, and feature skew (``feature_skew``: by
 the value of one input feature).
@@ -14,6 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from fedkd.data.partitioners import (
+    continuous_parts,
+    dirichlet_parts,
+    iid_parts,
+    pathological_parts,
+)
 from fedkd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -148,9 +154,8 @@ def partition_indices(
 ) -> list[np.ndarray]:
     """Split sample indices into ``num_partitions`` client partitions.
 
-    Uses the flwr-datasets partitioners on a ``datasets.Dataset`` holding the labels (or,
-    for ``feature_skew``, one feature column) and the original row index, and reads back
-    the index column of each partition.
+    The flwr-datasets partitioners, as restated on numpy arrays in
+    :mod:`fedkd.data.partitioners` (the same partitions, without importing ``datasets``).
 
     Parameters
     ----------
@@ -239,74 +244,12 @@ def partition_indices(
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     seed = int(seed)
 
-    import datasets as hf_datasets
-    from flwr_datasets.partitioner import (
-        ContinuousPartitioner,
-        DirichletPartitioner,
-        IidPartitioner,
-        PathologicalPartitioner,
-    )
-
-    order = np.arange(num_samples, dtype=np.int64)
-    if name == "iid":
-        # IidPartitioner shards contiguously without shuffling; shuffle (seeded) first.
-        order = np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
-    columns: dict[str, Any] = {"label": labels[order].astype(np.int64), "idx": order}
-    if name == "feature_skew":
-        assert flat_features is not None
-        columns["feature"] = _skew_feature_column(
-            flat_features, resolved["feature"], resolved["strictness"]
-        )
-    table = hf_datasets.Dataset.from_dict(columns)
-
-    partitioner: Any
-    if name == "feature_skew":
-        # Contiguous shards of np.array_split: sizes differ by <= 1, so a client can only
-        # end up with a single sample when num_partitions > N / 2; the federated view
-        # rejects such tiny clients (MIN_CLIENT_SAMPLES).
-        partitioner = ContinuousPartitioner(
-            num_partitions=num_partitions,
-            partition_by="feature",
-            strictness=resolved["strictness"],
-            shuffle=True,
-            seed=seed,
-        )
-    elif name == "iid":
-        partitioner = IidPartitioner(num_partitions=num_partitions)
-    elif name == "dirichlet":
-        if resolved["min_partition_size"] * num_partitions > num_samples:
-            raise ConfigError(
-                f"partition.min_partition_size ({resolved['min_partition_size']}) x "
-                f"num_clients ({num_partitions}) exceeds the {num_samples} available "
-                "samples; use fewer clients or a smaller min_partition_size"
-            )
-        partitioner = DirichletPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            alpha=resolved["alpha"],
-            min_partition_size=resolved["min_partition_size"],
-            self_balancing=resolved["self_balancing"],
-            shuffle=True,
-            seed=seed,
-        )
-    else:
-        partitioner = PathologicalPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            num_classes_per_partition=resolved["classes_per_client"],
-            class_assignment_mode=resolved["class_assignment_mode"],
-            shuffle=True,
-            seed=seed,
-        )
-    partitioner.dataset = table
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = [
-                np.sort(np.asarray(partitioner.load_partition(pid)["idx"], dtype=np.int64))
-                for pid in range(num_partitions)
-            ]
+            result = _partition(name, labels, flat_features, num_partitions, seed, resolved)
+        except ConfigError:
+            raise
         except ValueError as error:
             raise _translate_partition_error(name, resolved, num_partitions, error) from error
     for warning in caught:
@@ -320,6 +263,53 @@ def partition_indices(
             num_samples,
         )
     return result
+
+
+def _partition(
+    name: str,
+    labels: np.ndarray,
+    flat_features: np.ndarray | None,
+    num_partitions: int,
+    seed: int,
+    resolved: Mapping[str, Any],
+) -> list[np.ndarray]:
+    """The partitioner ``name`` on checked arguments (:mod:`fedkd.data.partitioners`)."""
+    num_samples = len(labels)
+    if name == "iid":
+        # IidPartitioner shards contiguously without shuffling; shuffle (seeded) first.
+        order = np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
+        return [np.sort(order[rows]) for rows in iid_parts(num_samples, num_partitions)]
+    if name == "feature_skew":
+        assert flat_features is not None
+        # Contiguous shards of np.array_split: sizes differ by <= 1, so a client can only
+        # end up with a single sample when num_partitions > N / 2; the federated view
+        # rejects such tiny clients (MIN_CLIENT_SAMPLES).
+        column = _skew_feature_column(flat_features, resolved["feature"], resolved["strictness"])
+        return continuous_parts(
+            column, num_partitions, strictness=resolved["strictness"], seed=seed
+        )
+    if name == "dirichlet":
+        if resolved["min_partition_size"] * num_partitions > num_samples:
+            raise ConfigError(
+                f"partition.min_partition_size ({resolved['min_partition_size']}) x "
+                f"num_clients ({num_partitions}) exceeds the {num_samples} available "
+                "samples; use fewer clients or a smaller min_partition_size"
+            )
+        return dirichlet_parts(
+            labels.astype(np.int64),
+            num_partitions,
+            alpha=resolved["alpha"],
+            min_partition_size=resolved["min_partition_size"],
+            self_balancing=resolved["self_balancing"],
+            seed=seed,
+        )
+    return pathological_parts(
+        labels.astype(np.int64),
+        num_partitions,
+        classes_per_client=resolved["classes_per_client"],
+        class_assignment_mode=resolved["class_assignment_mode"],
+        seed=seed,
+    )
 
 
 def _skew_feature_column(features: np.ndarray, feature: int, strictness: float) -> np.ndarray:

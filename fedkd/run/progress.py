@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -119,7 +120,8 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_row(
         "student size", f"{summary['parameters']:,} params / {_bytes(summary['size_bytes'])}", ""
     )
-    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s", "")
+    for row in _wall_time(summary):
+        table.add_row(*row)
     privacy = summary.get("privacy") or {}
     if privacy.get("epsilon") is not None:
         table.add_row(
@@ -154,6 +156,28 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     if summary.get("stopped_reason"):
         table.add_row("stopped", str(summary["stopped_reason"]), "")
     return table
+
+
+def print_summary(summary: Mapping[str, Any], run_dir: Path) -> None:
+    """Print the results table and where the run directory is (on stderr, as the progress)."""
+    console = Console(stderr=True)
+    console.print(summary_table(summary))
+    console.print(f"results in {run_dir}")
+
+
+def _wall_time(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The run's wall time: with ``summary.json``'s timing keys, the whole command and its
+    parts (start-up, rounds, outputs: :mod:`fedkd.run.timing`); else ``wall_seconds``."""
+    keys = ("startup_seconds", "rounds_seconds", "outputs_seconds")
+    if not all(isinstance(summary.get(key), int | float) for key in keys):
+        return [("wall time", f"{summary['wall_seconds']:.1f} s", "")]
+    startup, rounds, outputs = (float(summary[key]) for key in keys)
+    return [
+        ("wall time (whole command)", f"{startup + rounds + outputs:.1f} s", ""),
+        ("  start-up", f"{startup:.1f} s", ""),
+        ("  rounds", f"{rounds:.1f} s", ""),
+        ("  outputs", f"{outputs:.1f} s", ""),
+    ]
 
 
 def _accountant(name: str | None) -> str:

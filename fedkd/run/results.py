@@ -19,6 +19,7 @@ from fedkd.run.report import BYTES_PLOT as BYTES_PLOT
 from fedkd.run.report import REPORT_HTML as REPORT_HTML
 from fedkd.run.report import ReportSpec, TensorBoardLog, write_report
 from fedkd.run.report import write_plots as write_plots
+from fedkd.run.timing import seconds_since_start
 
 logger = logging.getLogger(__name__)
 
@@ -205,11 +206,13 @@ def summarize(
     status: str = "completed",
     error: str | None = None,
     majority_baseline: Mapping[str, Any] | None = None,
+    timing: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Build ``summary.json`` from the per-round rows (round 0 is the initial evaluation).
 
     ``majority_baseline`` (:func:`fedkd.metrics.majority_baseline`) is written after
-    ``best`` when given.
+    ``best`` when given; ``timing`` (``startup_seconds``, ``rounds_seconds``,
+    ``outputs_seconds``: :mod:`fedkd.run.timing`) after ``wall_seconds``.
     """
     rounds = [r for r in rows if r.get("round", 0) >= 1]
     final = dict(rounds[-1]) if rounds else {}
@@ -241,12 +244,37 @@ def summarize(
             "downlink_bytes": sum(int(r.get("downlink_bytes", 0)) for r in rounds),
         },
         "wall_seconds": wall_seconds,
+        **dict(timing or {}),
         "environment": environment(),
         "parameters": student_parameters,
         "size_bytes": student_size_bytes,
     }
     if error is not None:
         summary["error"] = error
+    return summary
+
+
+def record_outputs_seconds(
+    run_dir: Path, summary: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Set ``summary.json``'s ``outputs_seconds`` to the time since the rounds ended, now
+    (:mod:`fedkd.run.timing`): the run's start plus its ``startup_seconds`` and
+    ``rounds_seconds`` is when the last round ended. The server calls it once the report is
+    written, and ``simulations.run`` again once the engine has shut down. ``summary`` is the
+    file's content (read when not given); returns it as written. A summary without those
+    keys is returned unchanged."""
+    written = dict(summary) if summary is not None else read_summary(run_dir)
+    startup, rounds = written.get("startup_seconds"), written.get("rounds_seconds")
+    if not isinstance(startup, int | float) or not isinstance(rounds, int | float):
+        return written
+    written["outputs_seconds"] = max(0.0, seconds_since_start() - startup - rounds)
+    _atomic_write_json(Path(run_dir) / SUMMARY_FILE, written)
+    return written
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """Read ``summary.json`` back."""
+    summary: dict[str, Any] = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
     return summary
 
 

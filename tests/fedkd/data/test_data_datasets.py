@@ -29,6 +29,24 @@ def test_digits_shapes_and_scaling() -> None:
     assert set(np.unique(data.y).tolist()) == set(range(10))
 
 
+def test_digits_read_without_sklearn_equal_load_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digits are read from scikit-learn's file without importing it (issue 20), and are
+    exactly what ``load_digits`` gives; without the file, ``load_digits`` is used."""
+    from sklearn.datasets import load_digits
+
+    from fedkd.data import datasets
+
+    bunch = load_digits()
+    expected_x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    data = load_dataset("digits")
+    np.testing.assert_array_equal(data.x, expected_x)
+    np.testing.assert_array_equal(data.y, bunch.target)
+    monkeypatch.setattr(datasets, "_read_digits_file", lambda: None)
+    fallback = load_dataset("digits")
+    np.testing.assert_array_equal(fallback.x, data.x)
+    np.testing.assert_array_equal(fallback.y, data.y)
+
+
 def test_breast_cancer_raw_features() -> None:
     data = load_dataset("breast_cancer")
     assert data.x.shape == (569, 30)
