@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from flwr.app import Array, ArrayRecord
 
+from fedkd.wire.arrays import array_values
 from fedkd.wire.payloads import ModelWeights
 from strategies.base import ClientReply, FedKDStrategy, RoundState, weighted_average
 
@@ -48,7 +49,7 @@ def average_replies(replies: list[ClientReply]) -> ArrayRecord:
     """The example-weighted average of the weights in ``replies`` as an ArrayRecord."""
     averaged = weighted_average(
         [
-            {name: array.numpy() for name, array in r.values[ModelWeights.name].items()}
+            {name: array_values(array) for name, array in r.values[ModelWeights.name].items()}
             for r in replies
         ],
         [float(r.num_examples) for r in replies],

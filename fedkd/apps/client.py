@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from flwr.app import (
     ArrayRecord,
@@ -37,7 +38,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedkd.apps.local_training import train_dpsgd, train_supervised, warm_up
-from fedkd.apps.runtime import client_runtime
+from fedkd.apps.runtime import ClientRuntime, client_runtime
 from fedkd.errors import FedKDError
 from fedkd.privacy import PrivacySpec
 from fedkd.privacy.config import public_examples
@@ -78,6 +79,21 @@ def safe_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__} (details in the client's log)"
 
 
+def error_reply(exc: Exception, message: Message, context: Context, stage: str) -> Message:
+    """The Error reply to ``message`` for an exception raised while handling it (logged
+    in full here; the server sees only :func:`safe_reason`)."""
+    injected = isinstance(exc, faults.InjectedFault)  # asked for: no alarm
+    logger.log(
+        logging.DEBUG if injected else logging.ERROR,
+        "ClientApp %s failed on node %s: %s",
+        stage,
+        context.node_id,
+        exc,
+        exc_info=not injected,
+    )
+    return Message(Error(code=CLIENT_APP_ERROR_CODE, reason=safe_reason(exc)), reply_to=message)
+
+
 def _safe_errors(
     handler: Callable[[Message, Context], Message],
 ) -> Callable[[Message, Context], Message]:
@@ -88,18 +104,7 @@ def _safe_errors(
         try:
             return handler(message, context)
         except Exception as exc:
-            injected = isinstance(exc, faults.InjectedFault)  # asked for: no alarm
-            logger.log(
-                logging.DEBUG if injected else logging.ERROR,
-                "ClientApp %s failed on node %s: %s",
-                handler.__name__,
-                context.node_id,
-                exc,
-                exc_info=not injected,
-            )
-            return Message(
-                Error(code=CLIENT_APP_ERROR_CODE, reason=safe_reason(exc)), reply_to=message
-            )
+            return error_reply(exc, message, context, handler.__name__)
 
     return wrapper
 
@@ -167,7 +172,30 @@ def train(message: Message, context: Context) -> Message:
     payload computes, protects, poisons and encodes itself. Simulation harness keys, set by
     the server for chosen clients only: ``fault`` (crash, straggle or kill first, see
     :mod:`fedkd.reliability.faults`) and ``attack-kind`` (poison what is shared, see
-    :mod:`fedkd.reliability.attacks`)."""
+    :mod:`fedkd.reliability.attacks`). The three stages are separate functions so that
+    ``backend=batched`` can train many clients' local step together (:func:`begin_train`,
+    :func:`train_locally`, :func:`finish_train`)."""
+    job = begin_train(message, context)
+    train_locally(job)
+    return finish_train(job)
+
+
+@dataclass
+class TrainJob:
+    """One ``train`` message between its stages: the client's round after the warm-up and
+    digest, before local training on private data."""
+
+    message: Message
+    context: Context
+    runtime: ClientRuntime
+    client: ClientRound
+    payloads: list[Payload]
+    keep_model: bool
+
+
+def begin_train(message: Message, context: Context) -> TrainJob:
+    """Everything before local training: faults, label poisoning, start weights, the
+    warm-up on the labeled proxy and each payload's digest of the server's targets."""
     runtime = client_runtime(message, context)
     config = message.content.config_records[keys.CONFIG]
     fault = str(config.get(keys.FAULT, ""))
@@ -212,15 +240,25 @@ def train(message: Message, context: Context) -> Message:
     if client.targets is not None:
         for payload in payloads:
             payload.digest(client)
-    if runtime.privacy.name == "dpsgd":
-        client.train_loss, client.dp_epsilon = train_dpsgd(client, context, runtime.privacy)
+    return TrainJob(message, context, runtime, client, payloads, keep_model)
+
+
+def train_locally(job: TrainJob) -> None:
+    """Local training on private data (DP-SGD under ``privacy=dpsgd``)."""
+    client = job.client
+    if job.runtime.privacy.name == "dpsgd":
+        client.train_loss, client.dp_epsilon = train_dpsgd(client, job.context, job.runtime.privacy)
     else:
-        client.train_loss = _train(client, payloads)
-    if keep_model:
-        context.state[keys.STATE_MODEL] = runtime.weights_record()
+        client.train_loss = _train(client, job.payloads)
+
+
+def finish_train(job: TrainJob) -> Message:
+    """Save the client's model when it keeps one, then reply with every payload."""
+    if job.keep_model:
+        job.context.state[keys.STATE_MODEL] = job.runtime.weights_record()
     content = RecordDict()
-    for payload in payloads:
-        values = payload.compute(client)
+    for payload in job.payloads:
+        values = payload.compute(job.client)
         if payload.record == keys.METRICS:
             content[keys.METRICS] = MetricRecord(values)
         elif payload.record in content.array_records:
@@ -229,7 +267,7 @@ def train(message: Message, context: Context) -> Message:
                 record[name] = array
         else:
             content[payload.record] = ArrayRecord(values)
-    return _reply("train", content, message, runtime.privacy)
+    return _reply("train", content, job.message, job.runtime.privacy)
 
 
 def requested_payloads(config: ConfigRecord) -> list[Payload]:

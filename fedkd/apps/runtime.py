@@ -19,6 +19,7 @@ from fedkd.data import (
     ClientData,
     FederatedData,
     LocalDataSpec,
+    clear_federated_data_cache,
     get_federated_data,
     load_local_data,
     local_split,
@@ -32,6 +33,7 @@ from fedkd.privacy.canary_run import with_canaries
 from fedkd.reliability.attacks import poison_labels
 from fedkd.setup import FederationSetup, architecture_index
 from fedkd.wire import keys
+from fedkd.wire.arrays import array_values
 from fedkd.wire.encoding import EncodingSpec
 
 
@@ -72,10 +74,10 @@ class ClientRuntime:
         state_dict: Mapping[str, torch.Tensor] = self.initial_state
         fresh = True
         if keys.ARRAYS in message.content.array_records:
-            state_dict = message.content.array_records[keys.ARRAYS].to_torch_state_dict()
+            state_dict = torch_state(message.content.array_records[keys.ARRAYS])
             fresh = False
         elif keep_model and keys.STATE_MODEL in context.state.array_records:
-            state_dict = context.state.array_records[keys.STATE_MODEL].to_torch_state_dict()
+            state_dict = torch_state(context.state.array_records[keys.STATE_MODEL])
             fresh = False
         self.model.load_state_dict(
             {k: v.to(self.device) for k, v in state_dict.items()}, strict=True
@@ -86,8 +88,21 @@ class ClientRuntime:
         return ArrayRecord({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
 
+def torch_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """``record.to_torch_state_dict()``, reading each array with :func:`array_values`."""
+    return {name: torch.from_numpy(array_values(array)) for name, array in record.items()}
+
+
 _runtimes: dict[tuple[str, int, str], ClientRuntime] = {}
 _models: dict[tuple[str, str], tuple[FedKDModel, dict[str, torch.Tensor]]] = {}
+
+
+def clear_client_runtimes() -> None:
+    """Forget this process's runtimes, models and datasets (a Ray actor that a sweep keeps
+    for its next run starts from nothing, as a new one would)."""
+    _runtimes.clear()
+    _models.clear()
+    clear_federated_data_cache()
 
 
 def _partition_id(context: Context, setup: FederationSetup) -> int:

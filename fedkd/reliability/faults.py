@@ -99,9 +99,9 @@ class FaultSpec:
 
     def check_backend(self, backend: str) -> None:
         """A killed process is only survivable where clients run in their own process."""
-        if self.kill_actor_round is not None and backend == "inline":
+        if self.kill_actor_round is not None and backend in ("inline", "batched"):
             raise ConfigError(
-                "faults.kill_actor_round kills a client's process, but backend=inline runs "
+                f"faults.kill_actor_round kills a client's process, but backend={backend} runs "
                 "clients in the server's process; use backend=ray_cpu (or ray_gpu)"
             )
 

@@ -38,7 +38,9 @@ from fedkd.reliability.attacks import (
     poison_probs,
     poison_weights,
 )
+from fedkd.train import predict_probs
 from fedkd.wire import keys
+from fedkd.wire.arrays import array_values
 
 if TYPE_CHECKING:
     from fedkd.data import ClientData, FederatedData
@@ -245,6 +247,18 @@ class ClientRound:
     #: Set by the ClientApp after local training (``ClientMetrics`` reports them).
     train_loss: float = float("nan")
     dp_epsilon: float | None = None
+    #: The trained model's softmax on shared inputs, computed ahead by name
+    #: (``backend=batched`` predicts all its clients' at once); read by :meth:`predict`.
+    predicted: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def predict(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The trained model's softmax on ``x``, the shared input a payload calls ``name``
+        (:meth:`Payload.shared_inputs`): taken from :attr:`predicted` when computed ahead,
+        else computed now."""
+        ahead = self.predicted.get(name)
+        if ahead is not None:
+            return ahead
+        return predict_probs(self.model, x, device=self.device)
 
     @property
     def train_settings(self) -> TrainSettings:
@@ -396,6 +410,12 @@ class Payload:
         arrays, or metric values for a payload whose record is ``metrics``."""
         raise NotImplementedError
 
+    def shared_inputs(self, client: ClientRound) -> dict[str, np.ndarray]:
+        """Inputs every client of the round predicts on in :meth:`compute` (through
+        :meth:`ClientRound.predict`), by name: an engine that trains clients together may
+        predict them together too (default: none)."""
+        return {}
+
     # ------------------------------------------------------------------ privacy
     #: The payload is an output of the client's model on public inputs, so ``privacy=dpsgd``
     #: (which protects the model) covers it as post-processing.
@@ -433,7 +453,7 @@ class Payload:
         record = content.array_records.get(self.record)
         if record is None:
             return None
-        return {name: record[name].numpy() for name in self.owned(record)}
+        return {name: array_values(record[name]) for name in self.owned(record)}
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         """Why this payload in ``content`` is unusable, or None."""
@@ -465,7 +485,7 @@ def read_array(array: Array) -> np.ndarray | None:
     client can send any bytes under any declared dtype and shape; Flower only loads them
     on :meth:`~flwr.app.Array.numpy`, never with pickles)."""
     try:
-        return array.numpy()
+        return array_values(array)
     except (ValueError, TypeError, OSError, EOFError):
         return None
 

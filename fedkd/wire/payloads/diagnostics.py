@@ -7,7 +7,6 @@ from typing import ClassVar
 import numpy as np
 from flwr.app import Array, RecordDict
 
-from fedkd.train import predict_probs
 from fedkd.wire import keys
 from fedkd.wire.payloads.base import (
     ClientRound,
@@ -42,8 +41,11 @@ class TestPredictions(Payload):
     required: ClassVar[bool] = False
 
     def compute(self, client: ClientRound) -> dict[str, Array]:
-        test_probs = predict_probs(client.model, client.data.test_x, device=client.device)
+        test_probs = client.predict("test", client.data.test_x)
         return {keys.TEST_PROBS: as_array(test_probs)}
+
+    def shared_inputs(self, client: ClientRound) -> dict[str, np.ndarray]:
+        return {"test": client.data.test_x}
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         values, reason = shared_floats(

@@ -19,7 +19,6 @@ from fedkd.errors import ConfigError, check_types
 from fedkd.privacy import PrivacySpec
 from fedkd.privacy.mechanisms import clip_rows, local_release, noise_generator, one_hot_votes
 from fedkd.setup import FederationSetup
-from fedkd.train import predict_probs
 from fedkd.wire import keys
 from fedkd.wire.encoding import MalformedEncoding
 from fedkd.wire.payloads.base import (
@@ -259,14 +258,21 @@ class ProxyPredictions(Payload):
             augmentation=client.augmentation,
         )
 
-    def compute(self, client: ClientRound) -> dict[str, Array]:
+    def shared_inputs(self, client: ClientRound) -> dict[str, np.ndarray]:
+        """This round's proxy rows (the same for every client)."""
+        size = client.int_option(keys.PROXY_ROUND_SIZE)
         rows = round_rows(
             len(client.data.proxy_x),
-            size=client.int_option(keys.PROXY_ROUND_SIZE),
+            size=size,
             seed=client.setup.seed,
             server_round=client.server_round,
         )
-        probs = predict_probs(client.model, client.data.proxy_x[rows], device=client.device)
+        name = f"proxy/{client.setup.seed}/{client.server_round}/{size}"
+        return {name: client.data.proxy_x[rows]}
+
+    def compute(self, client: ClientRound) -> dict[str, Array]:
+        ((name, inputs),) = self.shared_inputs(client).items()
+        probs = client.predict(name, inputs)
         released = protect(
             probs,
             client.privacy,

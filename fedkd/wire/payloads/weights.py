@@ -9,6 +9,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from fedkd.wire import keys
+from fedkd.wire.arrays import array_values
 from fedkd.wire.payloads.base import MAX_ABS_VALUE, ClientRound, Expectation, Payload, to_record
 from fedkd.wire.payloads.registry import register
 
@@ -33,7 +34,7 @@ class ModelWeights(Payload):
         record = ArrayRecord({k: v.detach().cpu() for k, v in client.model.state_dict().items()})
         if not client.poison.active:
             return client.poison.reply(self, dict(record.items()), client)
-        state = {name: array.numpy() for name, array in record.items()}
+        state = {name: array_values(array) for name, array in record.items()}
         return to_record(client.poison.weights(state))
 
     def owned(self, record: ArrayRecord) -> list[str]:
@@ -63,7 +64,7 @@ def check_weights(record: ArrayRecord, reference: torch.nn.Module) -> str | None
     for name, array in record.items():
         if tuple(array.shape) != tuple(expected[name].shape):
             return f"weights: wrong shape for {name}"
-        values = array.numpy()
+        values = array_values(array)
         if values.dtype != torch.empty(0, dtype=expected[name].dtype).numpy().dtype:
             return f"weights: wrong dtype for {name}"
         if values.dtype.kind == "f" and not np.isfinite(values).all():
