@@ -1,32 +1,45 @@
 """``python -m simulations.bench``: fedkd's simulation against a plain PyTorch loop doing the
-same work, for N clients, in one invocation.
+same work, for N clients and one or more backends, in one invocation.
 
-Workload (stated, and printed with the results): FedAvg of the default MLP on the
-``synthetic`` dataset (20 features, 4 classes, IID partitions), every client sampled every
-round. A client's round, in both paths, is what fedkd's ClientApp does for FedAvg: load the
-global weights, ``client.epochs`` epochs of SGD over its ``--samples-per-client`` training
-records, accuracy on its local test split, and its predictions on the server test set of
-2000 rows (the evaluation-only diagnostics every fedkd round computes). The server
+Workloads (``--workload``; stated in :mod:`simulations.bench_workloads`, printed with the
+results and written into the JSON):
+
+- ``default``: FedAvg of the default MLP on the ``synthetic`` dataset (20 features, 4
+  classes, IID partitions), ``--samples-per-client`` (1000) records and ``--epochs`` (5)
+  epochs per client, about 0.1 s per client round on one core of the machine the docs were
+  measured on;
+- ``tiny`` (``--tiny`` is its deprecated alias): the same with 20 records and 1 epoch, where
+  fixed costs dominate;
+- ``reference``: ``experiment=reference`` with FedAvg (digits, the reference MLP, 2 local
+  epochs of SGD), with the partition scaled to N where the reference's cannot be drawn.
+
+A client's round, in both paths, is what fedkd's ClientApp does for FedAvg: load the global
+weights, local SGD over its training records, accuracy on its local test split (when it has
+one), its predictions on the server test set (the evaluation-only diagnostics,
+``diagnostics.client_test_predictions``), and, when the strategy's ``fraction_evaluate`` asks,
+the federated evaluation of the new global model on its local test split. The server
 averages the weights by example count and evaluates the model on the test set and on the
 pooled local test splits.
-The defaults (1000 records, 5 epochs) cost about 0.1 s per client round on one core of the
-machine the docs were measured on; ``--tiny`` is a workload where Flower's fixed costs
-dominate (20 records, 1 epoch).
 
 Both paths run the same seeded computation, so their final accuracies are equal (reported
 as ``same_result``): the plain loop is the simulation without Flower, Ray and messages. The
-plain loop runs on one torch thread in this process, before and after the simulation (a
-shared machine's speed drifts; the two loops bracket it); the simulation runs in a child
-process (``python -m simulations.run``) with Ray actors of one thread each, one per core
-(``--set backend.max_actors=1`` for one), or in process with ``--backend inline``.
+plain loop runs on one torch thread in this process, before and after the simulations (a
+shared machine's speed drifts; the two loops bracket them); each simulation runs in a child
+process (``python -m simulations.run``): with Ray actors of one thread each, one per core
+(``--set backend.max_actors=1`` for one), or in that process (``inline``, ``batched``).
+``--backend inline,batched,ray_cpu`` measures every backend against the same plain loops.
 
-Reported per N: ``sim_seconds_per_round`` and ``plain_seconds_per_round`` (median over the
-rounds after the first; for the plain loop, over both loops' rounds), ``ratio`` (sim /
-plain: 1/actors is the physical limit), ``overhead_ms_per_message`` (actor time per
-training message beyond the plain loop's, ``(sim - plain / actors) * actors / N``),
-``startup_seconds`` (the simulation's wall time not spent in rounds: imports, data, Ray
-start and shutdown), ``peak_rss_bytes`` (the simulation's whole process tree),
-``uplink_bytes_per_round``.
+Reported per N and backend (the JSON's ``results``): ``sim_seconds_per_round`` and
+``plain_seconds_per_round`` (median over the rounds after the first; for the plain loop, over
+both loops' rounds), ``ratio`` (sim / plain: 1/actors is the physical limit),
+``overhead_ms_per_message`` (actor time per training message beyond the plain loop's,
+``(sim - plain / actors) * actors / N``), ``startup_seconds`` (process start to the first
+round's first message, from the run's ``summary.json``; where the run does not report it, the
+simulation's wall time not spent in rounds), ``outputs_seconds`` (plots, report, export,
+shutdown, from ``summary.json``; else null), ``peak_rss_bytes`` (the simulation's whole
+process tree), ``uplink_bytes_per_round``. The file also holds ``import_floor_seconds``: the
+median wall time of three bare ``python -c "import torch"`` processes, measured in the same
+invocation.
 """
 
 from __future__ import annotations
@@ -47,56 +60,34 @@ from typing import Any
 
 import torch
 
+from simulations.bench_workloads import (
+    IN_PROCESS_BACKENDS,
+    WORKLOAD_NAMES,
+    Backend,
+    Workload,
+    import_floor_seconds,
+    make_workload,
+    parse_backends,
+)
+
 REPO = Path(__file__).resolve().parent.parent
-#: The server test set, fixed in size so that each client's evaluation-only predictions on
-#: it (part of every fedkd round) cost the same at every N.
-TEST_ROWS = 2000
-#: Shares of the synthetic dataset that are not client training data, besides the test set:
-#: the public proxy (FedAvg does not use it) and each partition's local test split (0.2).
-_PROXY_FRACTION = 0.02
-_TRAIN_SHARE = (1 - _PROXY_FRACTION) * 0.8
-
-
-@dataclass
-class Workload:
-    """What one benchmark point runs."""
-
-    clients: int
-    rounds: int
-    samples_per_client: int
-    epochs: int
-    seed: int = 0
-
-    def overrides(self) -> list[str]:
-        """Hydra overrides of the run (the simulation and the plain loop read the same)."""
-        pool = round(self.samples_per_client * self.clients / _TRAIN_SHARE)
-        num_samples = pool + TEST_ROWS
-        return [
-            "strategy=fedavg",
-            "dataset=synthetic",
-            f"dataset.num_samples={num_samples}",
-            f"data.test_fraction={TEST_ROWS / num_samples}",
-            f"data.proxy_fraction={_PROXY_FRACTION}",
-            "partition=iid",
-            f"num_clients={self.clients}",
-            f"num_rounds={self.rounds}",
-            f"client.epochs={self.epochs}",
-            f"seed={self.seed}",
-            "checkpoint.every=0",
-            "progress=false",
-        ]
 
 
 @dataclass
 class Point:
-    """One line of the results (the JSON file's ``results`` entries)."""
+    """One line of the results (the JSON file's ``results`` entries): one backend at N."""
 
     clients: int
+    backend: str
+    engine: str | None  # fedkd or flower on Ray backends, None in process
     sim_seconds_per_round: float
     plain_seconds_per_round: float
     ratio: float
     overhead_ms_per_message: float
     startup_seconds: float
+    startup_source: str  # "summary" (the run's own figure) or "harness" (wall not in rounds)
+    outputs_seconds: float | None
+    wall_seconds: float
     peak_rss_bytes: int
     uplink_bytes_per_round: int
     downlink_bytes_per_round: int
@@ -106,6 +97,8 @@ class Point:
     plain_before_seconds_per_round: float
     plain_after_seconds_per_round: float
     same_result: bool
+    workload: str
+    data: str
 
 
 # ---------------------------------------------------------------------- the plain loop
@@ -115,13 +108,15 @@ def plain_loop(overrides: Sequence[str]) -> tuple[list[float], float]:
     from fedkd.config import compose_config
     from fedkd.train import evaluate, predict_probs, train_local
     from strategies.base import round_seed, student_arrays, weighted_average
+    from strategies.core.transport import sample_partitions
 
     torch.set_num_threads(1)  # what each simulated client gets
     plan = prepare_run(compose_config(list(overrides)))
     setup, data = plan.assets.setup, plan.assets.data
     device = plan.assets.device
     student = plan.assets.student
-    model = plan.strategy.architecture_model(0)  # a separate object, as a client's
+    strategy = plan.strategy
+    model = strategy.architecture_model(0)  # a separate object, as a client's
     valid_x, valid_y = validation_set(data)
     clients = [data.client_data(p) for p in range(setup.num_clients)]
     seconds: list[float] = []
@@ -130,7 +125,15 @@ def plain_loop(overrides: Sequence[str]) -> tuple[list[float], float]:
         started = time.perf_counter()
         start_state = {k: v.clone() for k, v in student.state_dict().items()}
         states, sizes = [], []
-        for partition_id, client in enumerate(clients):
+        sampled = sample_partitions(
+            range(len(clients)),
+            strategy.fraction_train,
+            seed=setup.seed,
+            server_round=server_round,
+            stream=0,
+        )
+        for partition_id in sampled:  # the train message
+            client = clients[partition_id]
             model.load_state_dict(start_state, strict=True)
             train_local(
                 model,
@@ -140,15 +143,30 @@ def plain_loop(overrides: Sequence[str]) -> tuple[list[float], float]:
                 seed=round_seed(setup.seed, server_round, 0, partition_id),
                 device=device,
             )
-            if len(client.test_y):
+            if len(client.test_y):  # the reply's local-accuracy
                 evaluate(model, client.test_x, client.test_y, device=device)
-            predict_probs(model, data.test_x, device=device)
+            if plan.assets.client_test_predictions:
+                predict_probs(model, data.test_x, device=device)
             states.append({k: v.numpy() for k, v in student_arrays(model).items()})
             sizes.append(float(len(client.train_y)))
         averaged = weighted_average(states, sizes)
         student.load_state_dict({k: torch.from_numpy(v) for k, v in averaged.items()})
         _, accuracy = evaluate(student, data.test_x, data.test_y, device=device)
-        evaluate(student, valid_x, valid_y, device=device)
+        if len(valid_y):
+            evaluate(student, valid_x, valid_y, device=device)
+        if strategy.fraction_evaluate > 0:  # federated evaluation: the evaluate message
+            global_state = student.state_dict()
+            for partition_id in sample_partitions(
+                range(len(clients)),
+                strategy.fraction_evaluate,
+                seed=setup.seed,
+                server_round=server_round,
+                stream=1,
+            ):
+                client = clients[partition_id]
+                model.load_state_dict(global_state, strict=True)
+                if len(client.test_y):
+                    evaluate(model, client.test_x, client.test_y, device=device)
         seconds.append(time.perf_counter() - started)
     return seconds, accuracy
 
@@ -213,9 +231,11 @@ def tree_rss(root: int, *, seen: set[int] | None = None) -> int:
     return total
 
 
-def simulate(
-    overrides: Sequence[str], run_dir: Path, *, extra: Sequence[str] = ()
-) -> tuple[float, int, list[dict[str, Any]], dict[str, Any]]:
+#: What :func:`simulate` returns: wall seconds, peak tree RSS, metrics rows, summary.
+Run = tuple[float, int, list[dict[str, Any]], dict[str, Any]]
+
+
+def simulate(overrides: Sequence[str], run_dir: Path, *, extra: Sequence[str] = ()) -> Run:
     """Run ``python -m simulations.run`` in a child process: wall seconds, peak tree RSS,
     the ``metrics.jsonl`` rows and ``summary.json``."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
@@ -246,10 +266,10 @@ def _steady(values: Sequence[float]) -> float:
     return float(statistics.median(values[1:] if len(values) > 1 else values))
 
 
-def actor_count(extra: Sequence[str], clients: int) -> int:
-    """Actors the simulation runs clients on: one per core (at most one per client), one
-    for ``backend=inline``, or ``backend.max_actors``."""
-    if "backend=inline" in extra:
+def actor_count(backend: Backend, extra: Sequence[str], clients: int) -> int:
+    """Processes the simulation runs clients on: one for the in-process backends (inline,
+    batched), else one actor per core (at most one per client), or ``backend.max_actors``."""
+    if backend.name in IN_PROCESS_BACKENDS:
         return 1
     count = min(os.cpu_count() or 1, clients)
     for override in extra:
@@ -258,106 +278,220 @@ def actor_count(extra: Sequence[str], clients: int) -> int:
     return max(1, count)
 
 
-def measure(workload: Workload, work_dir: Path, *, backend: Sequence[str] = ()) -> Point:
-    """One benchmark point on one workload: the plain loop, the simulation, the plain loop
-    again. The plain figure is the median over both loops' steady rounds, so a machine that
-    slows down or speeds up during the point (shared hosts do) moves both sides alike."""
+def measure(
+    workload: Workload,
+    work_dir: Path,
+    *,
+    backends: Sequence[Backend],
+    extra: Sequence[str] = (),
+) -> list[Point | dict[str, Any]]:
+    """One benchmark point per backend on one workload: the plain loop, every backend's
+    simulation, the plain loop again. The plain figure is the median over both loops'
+    steady rounds, so a machine that slows down or speeds up meanwhile (shared hosts do)
+    moves both sides alike, and every backend is compared with the same figure. A backend
+    whose run fails gives ``{"clients", "backend", "engine", "error", ...}`` instead."""
     overrides = workload.overrides()
     before, plain_accuracy = plain_loop(overrides)
-    wall, peak, rows, summary = simulate(
-        overrides, work_dir / f"sim-{workload.clients}", extra=backend
-    )
+    runs: list[tuple[Backend, Run | RuntimeError]] = []
+    for backend in backends:
+        name = f"sim-{workload.name}-{workload.clients}-{backend.label.replace(':', '-')}"
+        run: Run | RuntimeError
+        try:
+            run = simulate(overrides, work_dir / name, extra=[*backend.overrides(), *extra])
+        except RuntimeError as exc:  # this backend failed: measure the others
+            run = exc
+        runs.append((backend, run))
     after, _ = plain_loop(overrides)
-    plain_round = float(statistics.median([*before[1:], *after[1:]]))
+    plain = PlainFigures(
+        seconds_per_round=float(statistics.median([*before[1:], *after[1:]])),
+        before_seconds_per_round=_steady(before),
+        after_seconds_per_round=_steady(after),
+        accuracy=plain_accuracy,
+    )
+    points: list[Point | dict[str, Any]] = []
+    for backend, run in runs:
+        if isinstance(run, RuntimeError):
+            points.append(
+                {
+                    "clients": workload.clients,
+                    "backend": backend.name,
+                    "engine": backend.resolved_engine(extra),
+                    "error": str(run),
+                    "workload": workload.name,
+                    "data": workload.data,
+                }
+            )
+        else:
+            points.append(_point(workload, backend, run, plain, extra=extra))
+    return points
+
+
+@dataclass(frozen=True)
+class PlainFigures:
+    """The plain loops' side of one N: seconds per round (both loops, each) and accuracy."""
+
+    seconds_per_round: float
+    before_seconds_per_round: float
+    after_seconds_per_round: float
+    accuracy: float
+
+
+def _point(
+    workload: Workload,
+    backend: Backend,
+    run: Run,
+    plain: PlainFigures,
+    *,
+    extra: Sequence[str],
+) -> Point:
+    """One backend's result line from its run (:func:`simulate`) and the plain figures."""
+    wall, peak, rows, summary = run
     rounds = [r for r in rows if r.get("round", 0) >= 1]
     sim_round = _steady([r["seconds"] for r in rounds])
-    actors = actor_count(backend, workload.clients)
+    actors = actor_count(backend, extra, workload.clients)
     sim_accuracy = summary["final"].get("student_accuracy")
+    reported = summary.get("startup_seconds")  # the run's own clock (fedkd.run.timing)
+    outputs = summary.get("outputs_seconds")
     return Point(
         clients=workload.clients,
+        backend=backend.name,
+        engine=backend.resolved_engine(extra),
         sim_seconds_per_round=sim_round,
-        plain_seconds_per_round=plain_round,
-        ratio=sim_round / plain_round,
-        overhead_ms_per_message=(sim_round - plain_round / actors)
+        plain_seconds_per_round=plain.seconds_per_round,
+        ratio=sim_round / plain.seconds_per_round,
+        overhead_ms_per_message=(sim_round - plain.seconds_per_round / actors)
         * actors
         / workload.clients
         * 1000,
-        startup_seconds=wall - sum(r["seconds"] for r in rounds),
+        startup_seconds=(
+            float(reported) if reported is not None else wall - sum(r["seconds"] for r in rounds)
+        ),
+        startup_source="summary" if reported is not None else "harness",
+        outputs_seconds=None if outputs is None else float(outputs),
+        wall_seconds=wall,
         peak_rss_bytes=peak,
         uplink_bytes_per_round=int(statistics.median(r["uplink_bytes"] for r in rounds)),
         downlink_bytes_per_round=int(statistics.median(r["downlink_bytes"] for r in rounds)),
         actors=actors,
         sim_accuracy=sim_accuracy,
-        plain_accuracy=plain_accuracy,
-        plain_before_seconds_per_round=_steady(before),
-        plain_after_seconds_per_round=_steady(after),
-        same_result=sim_accuracy is not None and abs(sim_accuracy - plain_accuracy) < 1e-12,
+        plain_accuracy=plain.accuracy,
+        plain_before_seconds_per_round=plain.before_seconds_per_round,
+        plain_after_seconds_per_round=plain.after_seconds_per_round,
+        same_result=sim_accuracy is not None and abs(sim_accuracy - plain.accuracy) < 1e-12,
+        workload=workload.name,
+        data=workload.data,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _line(point: Point | dict[str, Any]) -> str:
+    """One printed result line."""
+    if isinstance(point, dict):
+        return f"N={point['clients']:>5}  {point['backend']:<8} FAILED: {point['error']}"
+    backend = point.backend if point.engine is None else f"{point.backend}:{point.engine}"
+    outputs = "-" if point.outputs_seconds is None else f"{point.outputs_seconds:5.1f} s"
+    return (
+        f"N={point.clients:>5}  {backend:<14} sim {point.sim_seconds_per_round:7.3f} s/round  "
+        f"plain {point.plain_seconds_per_round:7.3f} s/round  ratio {point.ratio:5.2f}  "
+        f"overhead {point.overhead_ms_per_message:6.2f} ms/msg  "
+        f"start-up {point.startup_seconds:5.1f} s ({point.startup_source})  outputs {outputs}  "
+        f"peak RSS {point.peak_rss_bytes / 2**20:7.0f} MiB  "
+        f"uplink {point.uplink_bytes_per_round / 1e6:6.2f} MB/round  "
+        f"same result: {point.same_result}"
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: ``counts`` (list of N), ``workload`` (resolved from
+    ``--tiny``) and ``backends`` (:class:`Backend` list) are added to the namespace."""
+    parser = argparse.ArgumentParser(
+        description="fedkd's simulation against a plain PyTorch loop doing the same work, "
+        "for N clients and one or more backends (docs/BENCHMARKS.md, 'The harness')."
+    )
     parser.add_argument("--clients", default="10,100,1000", help="comma-separated N values")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (default 4)")
-    parser.add_argument("--samples-per-client", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument(
-        "--tiny", action="store_true", help="20 records and 1 epoch per client (fixed costs)"
+        "--workload",
+        choices=WORKLOAD_NAMES,
+        default=None,
+        help="default: synthetic, --samples-per-client records and --epochs epochs per "
+        "client; tiny: 20 records, 1 epoch (fixed costs); reference: experiment=reference "
+        "with FedAvg (digits, partition scaled to N)",
     )
-    parser.add_argument("--backend", default="ray_cpu", help="backend config group option")
+    parser.add_argument("--samples-per-client", type=int, default=1000, help="default workload")
+    parser.add_argument("--epochs", type=int, default=5, help="default workload")
+    parser.add_argument("--tiny", action="store_true", help="deprecated alias of --workload tiny")
+    parser.add_argument(
+        "--backend",
+        default="ray_cpu",
+        help="comma list of backends, each measured against the same plain loops: inline, "
+        "batched, ray_cpu, ray_gpu; NAME:ENGINE picks a Ray engine (ray_cpu:flower)",
+    )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an extra override of the simulation (repeatable), e.g. backend.engine=flower",
+        help="an extra override of every simulation (repeatable), e.g. backend.max_actors=1",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the run directories")
     args = parser.parse_args(argv)
     try:
-        counts = [int(c) for c in args.clients.split(",") if c.strip()]
+        args.counts = [int(c) for c in args.clients.split(",") if c.strip()]
     except ValueError:
         parser.error(f"--clients must be comma-separated integers, got {args.clients!r}")
-    if not counts or min(counts) < 2 or args.rounds < 2:
+    if not args.counts or min(args.counts) < 2 or args.rounds < 2:
         parser.error("--clients values must be >= 2 and --rounds >= 2 (the first is warm-up)")
-    samples, epochs = (20, 1) if args.tiny else (args.samples_per_client, args.epochs)
+    if args.tiny:
+        if args.workload not in (None, "tiny"):
+            parser.error(f"--tiny (--workload tiny) contradicts --workload {args.workload}")
+        args.workload = "tiny"
+    args.workload = args.workload or "default"
+    try:
+        args.backends = parse_backends(args.backend)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="fedkd-bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
+    workloads = [
+        make_workload(
+            args.workload,
+            clients,
+            args.rounds,
+            samples_per_client=args.samples_per_client,
+            epochs=args.epochs,
+        )
+        for clients in args.counts
+    ]
     workload = {
-        "method": "fedavg",
-        "model": "mlp (default)",
-        "data": "synthetic, 20 features, 4 classes, iid",
-        "samples_per_client": samples,
-        "epochs": epochs,
+        **workloads[0].describe(),
         "rounds": args.rounds,
         "backend": args.backend,
+        "backends": [b.label for b in args.backends],
         "overrides": list(args.set),
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
     }
-    print("workload:", json.dumps(workload))
-    results = []
-    for clients in counts:
-        point = measure(
-            Workload(clients, args.rounds, samples, epochs),
-            work_dir,
-            backend=[f"backend={args.backend}", *args.set],
-        )
-        results.append(asdict(point))
-        print(
-            f"N={clients:>5}  sim {point.sim_seconds_per_round:7.3f} s/round  "
-            f"plain {point.plain_seconds_per_round:7.3f} s/round  ratio {point.ratio:5.2f}  "
-            f"overhead {point.overhead_ms_per_message:6.2f} ms/msg  "
-            f"start-up {point.startup_seconds:5.1f} s  "
-            f"peak RSS {point.peak_rss_bytes / 2**20:7.0f} MiB  "
-            f"uplink {point.uplink_bytes_per_round / 1e6:6.2f} MB/round  "
-            f"same result: {point.same_result}",
-            flush=True,
-        )
+    print("workload:", json.dumps(workload), flush=True)
+    floor = import_floor_seconds()
+    print(f"import floor: {floor:.2f} s (python -c 'import torch', median of 3)", flush=True)
+    results: list[dict[str, Any]] = []
+    for point_workload in workloads:
+        print(f"N={point_workload.clients:>5}  data: {point_workload.data}", flush=True)
+        for point in measure(
+            point_workload, work_dir, backends=args.backends, extra=list(args.set)
+        ):
+            results.append(point if isinstance(point, dict) else asdict(point))
+            print(_line(point), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"workload": workload, "results": results}, indent=2))
+        report = {"workload": workload, "import_floor_seconds": floor, "results": results}
+        args.out.write_text(json.dumps(report, indent=2))
         print(f"results in {args.out}")
-    return 0
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
