@@ -1,16 +1,18 @@
 """fedkd's own Ray engine (``backend.engine=fedkd``, the default for ``ray_cpu``/``ray_gpu``).
 
-A :class:`RayGrid` is the in-process :class:`~simulations.engine.InlineGrid` with the
-ClientApp calls farmed out to a pool of Ray actors, one per ``backend.num_cpus`` cores:
+:func:`run_on_pool` runs a ServerApp on a :class:`~simulations.ray_grid.RayGrid`: the
+in-process grid with the ClientApp calls farmed out to a pool of Ray actors
+(:class:`~simulations.ray_grid.ClientWorker`), one per ``backend.num_cpus`` cores. What the
+grid does per message is in :mod:`simulations.ray_grid`; this module starts and stops Ray
+and the actors:
 
-- the Contexts of all simulated nodes live in the driver and travel with each message
-  (the actor returns the updated ``context.state``), so any actor can serve any node and
-  a restarted actor loses nothing;
-- one object-store copy per distinct message content: a broadcast (the same global
-  weights to every sampled client) is serialized once, not once per client;
-- each actor has up to :data:`PIPELINE_DEPTH` messages queued, so it never waits for the
-  driver between two clients; messages to the same node run in order;
-- no LinkState, no per-node polling thread, no gRPC: the driver blocks in ``ray.wait``.
+- the actors start while the driver starts the run (run directory, round 0): nothing
+  waits for them until the first message does;
+- within one process, Ray and the actors can stay up from one run to the next
+  (:func:`keep_pool`, which the jobs of a ``-m`` sweep turn on): a run with the same Ray
+  settings reuses Ray, and with the same client resources, torch threads and environment
+  also the actors (each forgets the previous run's cached data first). They are shut down
+  at process exit, or at once when a run fails or is interrupted.
 
 Flower's simulation engine (``backend.engine=flower``) is kept in
 :func:`simulations.engine.run_on_ray`; docs/BENCHMARKS.md compares the two.
@@ -18,327 +20,103 @@ Flower's simulation engine (``backend.engine=flower``) is kept in
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
-import math
 import os
-import time
 import warnings
-from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedkd.errors import ConfigError
-from fedkd.run.interrupt import check_stop
 from simulations.engine import (
-    InlineGrid,
     backend_config,
     set_ray_environment,
     set_task_identity,
     stop_on_ctrl_c,
 )
+from simulations.ray_grid import ACTOR_DIED, ClientWorker, RayGrid
+
+__all__ = [
+    "ACTOR_DIED",
+    "ClientWorker",
+    "RayGrid",
+    "keep_pool",
+    "kept_pool",
+    "pool_size",
+    "run_on_pool",
+    "shutdown_pool",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Calls queued on one actor at a time: one running, one waiting, so an actor never
-#: idles while the driver handles the previous reply.
-PIPELINE_DEPTH = 2
-#: Work one actor call should carry: short messages (a tiny client round) are batched
-#: until a call takes about this long, so Ray's fixed cost per call is paid once per batch;
-#: long ones go one per call, so the end of a round stays balanced across actors.
-BATCH_SECONDS = 0.05
-MAX_BATCH = 32
-#: Longest single wait in ``ray.wait`` before the driver checks for Ctrl-C again.
-WAIT_SLICE_SECONDS = 0.2
-#: The reason a message gets when the actor running it died (the strategy resends it once,
-#: see ``strategies.base.TRANSIENT_ERRORS``).
-ACTOR_DIED = "ActorUnavailableError"
-
-
-class ClientWorker:
-    """One Ray actor: runs the ClientApp on messages for whichever node they are for."""
-
-    def __init__(self, client_app: ClientApp, torch_threads: int, env: dict[str, str]) -> None:
-        os.environ.update(env)
-        if torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(torch_threads)
-        self.client_app = client_app
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def run(
-        self, metadata: Any, content: RecordDict, context: Context
-    ) -> tuple[Message, RecordDict]:
-        """The reply and the node's updated state; an exception becomes an Error reply."""
-        message = Message(metadata=metadata, content=content)  # type: ignore[call-overload]
-        try:
-            reply = self.client_app(message, context)
-        except Exception as exc:  # the engine's job, as Flower's workers do
-            logger.debug("ClientApp raised on node %s", context.node_id, exc_info=True)
-            reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
-        return reply, context.state
-
-    def run_batch(
-        self, metadatas: list[Any], contexts: list[Context], *contents: RecordDict
-    ) -> tuple[list[tuple[Message, RecordDict]], float]:
-        """:meth:`run` for several nodes' messages in one Ray call (their contents are
-        top-level arguments, so Ray resolves them), and the seconds they took."""
-        started = time.perf_counter()
-        results = [
-            self.run(metadata, content, context)
-            for metadata, content, context in zip(metadatas, contents, contexts, strict=True)
-        ]
-        return results, time.perf_counter() - started
+#: Results of actor calls up to this size travel back inside the call's reply instead of
+#: through Ray's object store (Ray's default is 100 KB, less than one batch of short
+#: messages' replies): no object-store round trip and less work for the raylet, about 7 %
+#: off a tiny round on 2 cores. Only for a Ray this module starts (INTERNAL Ray setting).
+DIRECT_RESULT_BYTES = 8 * 2**20
 
 
 @dataclass
-class _Task:
-    key: int
-    node_id: int
-    message: Message
+class KeptPool:
+    """Ray (started by this module) and the actors one run leaves for the next."""
+
+    ray_settings: str  # the ``ray.init`` arguments, as compared between runs
+    actor_settings: str  # resources, torch threads and environment of the actors
+    client_app: ClientApp
+    actors: list[Any] = field(default_factory=list)
+    runs: int = 0  # runs served so far
 
 
-@dataclass
-class _Call:
-    """One actor call: the messages it carries, all of one message type."""
-
-    actor: int
-    kind: str
-    tasks: list[_Task]
+_keep = False
+_kept: KeptPool | None = None
+_exit_hook = False
 
 
-class RayGrid(InlineGrid):
-    """A Grid whose ClientApp calls run on a pool of Ray actors (see the module docstring).
+def keep_pool(keep: bool = True) -> None:
+    """Keep Ray and the actor pool up between the runs of this process (``True``), or not.
 
-    ``send_and_receive`` returns the replies in the order of the messages, as the inline
-    grid does, so both give the same results for the same seed. A reply that misses the
-    deadline is dropped; its client still finishes, and its state update is kept (as on
-    Flower's engine and a real SuperNode).
+    Hydra's multirun (``simulations.run -m``) turns it on, so the jobs of a sweep share one
+    Ray and one pool. What is kept is shut down at process exit, when a run fails or is
+    interrupted, when a run needs other Ray settings, and by ``keep_pool(False)``.
     """
+    global _keep, _exit_hook
+    _keep = keep
+    if not keep:
+        shutdown_pool()
+    elif not _exit_hook:
+        atexit.register(shutdown_pool)
+        _exit_hook = True
 
-    synchronous = True  # strategies call send_and_receive, which checks for Ctrl-C itself
 
-    def __init__(
-        self, client_app: ClientApp, num_nodes: int, actors: list[Any], *, seed: int = 0
-    ) -> None:
-        super().__init__(client_app, num_nodes, seed=seed)
-        if not actors:
-            raise ValueError("RayGrid needs at least one actor")
-        self.actors = actors
-        self._load = [0] * len(actors)
-        self._queue: deque[tuple[int, Message]] = deque()
-        self._inflight: dict[Any, _Call] = {}
-        # seconds per message, per message type, as the actors report them (batch sizing)
-        self._seconds: dict[str, float] = {}
-        self._busy_nodes: set[int] = set()
-        self._done: dict[int, Message] = {}
-        self._wanted: set[int] = set()
-        self._content_refs: dict[int, tuple[RecordDict, Any]] = {}
-        self._next_key = 0
-        # an actor whose process died gets no work until a probe says Ray restarted it
-        self._probes: dict[Any, int] = {}
-        self._suspended: set[int] = set()
-        self._gone: set[int] = set()
+def kept_pool() -> KeptPool | None:
+    """What the last run left up for the next (None when nothing is kept)."""
+    return _kept
 
-    # ------------------------------------------------------------------ Grid interface
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        keys = self._enqueue(messages)
-        self._progress(wait=0.0)
-        return [str(k) for k in keys]
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        self._progress(wait=0.0)
-        found = []
-        for message_id in message_ids:
-            reply = self._done.pop(int(message_id), None)
-            if reply is not None:
-                self._wanted.discard(int(message_id))
-                found.append(reply)
-        return found
+def shutdown_pool() -> None:
+    """Remove the kept actors and shut down the Ray this module started (if any)."""
+    global _kept
+    kept, _kept = _kept, None
+    if kept is not None:
+        _stop(kept.actors, shutdown=True)
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        keys = self._enqueue(messages)
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
-        while not all(k in self._done for k in keys):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            check_stop("while clients were training")
-            self._progress(wait=min(WAIT_SLICE_SECONDS, remaining))
-        replies = [self._done.pop(k) for k in keys if k in self._done]
-        self._abandon(set(keys))
-        if len(replies) < len(keys):
-            logger.info("%s of %s replies missed the deadline", len(keys) - len(replies), len(keys))
-        return replies
 
-    # ------------------------------------------------------------------ scheduling
-    def _enqueue(self, messages: Iterable[Message]) -> list[int]:
-        keys = []
-        for message in messages:
-            if message.metadata.dst_node_id not in self.contexts:
-                raise ValueError(f"no simulated node {message.metadata.dst_node_id}")
-            self._next_key += 1
-            keys.append(self._next_key)
-            self._queue.append((self._next_key, message))
-            self._wanted.add(self._next_key)
-        return keys
+def _stop(actors: list[Any], *, shutdown: bool) -> None:
+    import ray
 
-    def _abandon(self, keys: set[int]) -> None:
-        """Forget messages nobody waits for any more: queued ones are not sent, running
-        ones finish (their state update is kept) and their replies are dropped."""
-        self._wanted -= keys
-        self._queue = deque(item for item in self._queue if item[0] not in keys)
-        for key in keys:
-            self._done.pop(key, None)
-
-    def _content_ref(self, content: RecordDict) -> Any:
-        """One object-store copy per distinct content object (broadcasts share theirs)."""
-        import ray
-
-        cached = self._content_refs.get(id(content))
-        if cached is None or cached[0] is not content:
-            cached = (content, ray.put(content))
-            self._content_refs[id(content)] = cached
-        return cached[1]
-
-    def _batch_size(self, kind: str) -> int:
-        """Messages per call for this message type: enough for :data:`BATCH_SECONDS` of
-        work once their cost is known (one until then), at most a fair share of the queue."""
-        seconds = self._seconds.get(kind)
-        size = 1 if seconds is None else int(BATCH_SECONDS / max(seconds, 1e-4))
-        share = -(-len(self._queue) // max(1, 2 * len(self.actors)))  # ceil
-        return max(1, min(size, MAX_BATCH, share))
-
-    def _dispatch(self) -> None:
-        waiting: deque[tuple[int, Message]] = deque()
-        while self._queue:
-            usable = [i for i in range(len(self.actors)) if i not in self._suspended]
-            actor = min(usable, key=self._load.__getitem__) if usable else -1
-            if actor < 0 or self._load[actor] >= PIPELINE_DEPTH:
-                break
-            kind = self._queue[0][1].metadata.message_type
-            size = self._batch_size(kind)
-            batch: list[_Task] = []
-            while self._queue and len(batch) < size:
-                key, message = self._queue[0]
-                node_id = message.metadata.dst_node_id
-                if message.metadata.message_type != kind:
-                    break
-                self._queue.popleft()
-                if node_id in self._busy_nodes:
-                    waiting.append((key, message))
-                    continue
-                batch.append(_Task(key, node_id, message))
-                self._busy_nodes.add(node_id)
-            if not batch:
-                continue
-            ref = self.actors[actor].run_batch.remote(
-                [t.message.metadata for t in batch],
-                [self.contexts[t.node_id] for t in batch],
-                *(self._content_ref(t.message.content) for t in batch),
-            )
-            self._inflight[ref] = _Call(actor, kind, batch)
-            self._load[actor] += 1
-        waiting.extend(self._queue)
-        self._queue = waiting
-        if not self._queue and not self._inflight:
-            self._content_refs.clear()
-
-    def _progress(self, *, wait: float) -> None:
-        """Dispatch what can run, then collect what finished within ``wait`` seconds."""
-        import ray
-
-        self._dispatch()
-        if not self._inflight and not self._probes:
-            if wait > 0 and self._queue:  # every actor is down: let Ray restart them
-                time.sleep(wait)
-            return
-        refs = [*self._inflight, *self._probes]
-        ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
-        if ready:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        for ref in ready:
-            if ref in self._probes:
-                self._probed(ref)
-                continue
-            call = self._inflight.pop(ref)
-            self._load[call.actor] -= 1
-            for task, reply in zip(call.tasks, self._results(ref, call), strict=True):
-                self._busy_nodes.discard(task.node_id)
-                if task.key in self._wanted:
-                    self._done[task.key] = reply
-        if ready:
-            self._dispatch()
-
-    def _results(self, ref: Any, call: _Call) -> list[Message]:
-        """The replies of one call, the nodes' states updated; every message of a call
-        whose actor died gets an :data:`ACTOR_DIED` error."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        try:
-            results, seconds = ray.get(ref)
-        except RayActorError as exc:  # the actor's process died (Ray restarts it)
-            logger.warning(
-                "the actor running nodes %s died: %s",
-                [t.node_id for t in call.tasks],
-                type(exc).__name__,
-            )
-            self._suspend(call.actor)
-            return [
-                Message(
-                    Error(code=3, reason=f"{ACTOR_DIED}: the client's process died"),
-                    reply_to=task.message,
-                )
-                for task in call.tasks
-            ]
-        per_message = seconds / len(call.tasks)
-        previous = self._seconds.get(call.kind)
-        self._seconds[call.kind] = (
-            per_message if previous is None else 0.7 * previous + 0.3 * per_message
-        )
-        replies = []
-        for task, (reply, state) in zip(call.tasks, results, strict=True):
-            self.contexts[task.node_id].state = state
-            replies.append(reply)
-        return replies
-
-    def _suspend(self, actor: int) -> None:
-        if actor not in self._suspended:
-            self._suspended.add(actor)
-            self._probes[self.actors[actor].pid.remote()] = actor
-
-    def _probed(self, ref: Any) -> None:
-        """A probe of a suspended actor answered: back to work, or probe again (still
-        restarting), or stay out (Ray gave up on it after ``max_restarts``)."""
-        import ray
-        from ray.exceptions import ActorDiedError, RayActorError
-
-        actor = self._probes.pop(ref)
-        try:
-            ray.get(ref)
-        except ActorDiedError:
-            logger.error("actor %s is gone for good (out of restarts)", actor)
-            self._gone.add(actor)
-            if len(self._gone) == len(self.actors):
-                raise RuntimeError(
-                    "every Ray actor died more often than backend.max_restarts allows"
-                ) from None
-            return
-        except RayActorError:
-            time.sleep(0.05)
-            self._probes[self.actors[actor].pid.remote()] = actor
-            return
-        self._suspended.discard(actor)
+    if not ray.is_initialized():
+        return
+    for actor in actors:
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(actor)
+    if shutdown:
+        ray.shutdown()
 
 
 def pool_size(
@@ -376,20 +154,7 @@ def pool_size(
     return max(1, min(fits, num_clients))
 
 
-def run_on_pool(
-    server_app: ServerApp,
-    client_app: ClientApp,
-    *,
-    num_clients: int,
-    backend: Mapping[str, Any],
-    verbose: bool = False,
-) -> None:
-    """Run the apps on a :class:`RayGrid`: a local Ray instance, or the cluster at
-    ``backend.address``. Actors are removed afterwards; a local Ray is shut down."""
-    import ray
-
-    set_ray_environment()
-    config = backend_config(backend)
+def _init_args(backend: Mapping[str, Any], config: Mapping[str, Any], verbose: bool) -> dict:
     init_args = dict(config["init_args"])
     if verbose:
         init_args["logging_level"] = "INFO"
@@ -399,41 +164,86 @@ def run_on_pool(
         init_args["address"] = str(address)
         if backend.get("runtime_env"):
             init_args["runtime_env"] = dict(backend["runtime_env"])
-    started_here = not ray.is_initialized()
+    else:  # a Ray of our own: call results return with the reply, not via the object store
+        init_args["_system_config"] = {"max_direct_call_object_size": DIRECT_RESULT_BYTES}
+    return init_args
+
+
+def run_on_pool(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    *,
+    num_clients: int,
+    backend: Mapping[str, Any],
+    verbose: bool = False,
+) -> None:
+    """Run the apps on a :class:`RayGrid`: a local Ray instance, or the cluster at
+    ``backend.address``. Actors are removed afterwards and a local Ray is shut down,
+    unless :func:`keep_pool` keeps them for the next run of this process."""
+    import ray
+
+    global _kept
+    set_ray_environment()
+    config = backend_config(backend)
+    init_args = _init_args(backend, config, verbose)
+    ray_settings = repr(sorted(init_args.items()))
+    if _kept is not None and (_kept.ray_settings != ray_settings or not ray.is_initialized()):
+        shutdown_pool()
+    kept, _kept = _kept, None  # this run's now; handed back at the end if still fit
+    started_here = kept is None and not ray.is_initialized()
     if started_here:
         ray.init(**init_args)
+    owns_ray = kept is not None or started_here
     # Inside a Ray task (a sweep job on a cluster, see hydra_plugins.fedkd_ray_launcher) the
     # worker's signals are Ray's; elsewhere Ctrl-C and SIGTERM stop the run cleanly (the
     # handlers go in after ray.init, which installs a SIGTERM handler of its own).
     in_task = ray.get_runtime_context().worker.mode == ray.WORKER_MODE
-    actors: list[Any] = []
+    actors: list[Any] = [] if kept is None else kept.actors
+    reusable = False
     try:
         with stop_on_ctrl_c(handle_sigint=not in_task):
             # A Ray this run did not start is shared: size the pool by what is free now.
-            free = None if started_here else ray.available_resources()
+            free = None if owns_ray else ray.available_resources()
             size = pool_size(backend, num_clients, ray.cluster_resources(), free)
             resources = config["client_resources"]
-            worker = ray.remote(ClientWorker).options(
-                num_cpus=resources["num_cpus"],
-                num_gpus=resources["num_gpus"],
-                max_restarts=resources["max_restarts"],
-                max_task_retries=0,
-            )
             env = {k: v for k, v in os.environ.items() if k.startswith(("FLWR_", "FEDKD_"))}
             threads = int(backend.get("torch_threads", 1))
-            actors = [worker.remote(client_app, threads, env) for _ in range(size)]
-            ray.get([actor.pid.remote() for actor in actors])  # all started before round 1
-            logger.info("%s actors on %s", size, ray.cluster_resources())
+            actor_settings = repr((sorted(resources.items()), threads, sorted(env.items())))
+            if kept is not None and (
+                kept.actor_settings != actor_settings or kept.client_app is not client_app
+            ):
+                _stop(actors, shutdown=False)
+                actors = []
+            for actor in actors:  # queued before this run's messages, so it runs first
+                actor.new_run.remote()
+            if len(actors) < size:
+                worker = ray.remote(ClientWorker).options(
+                    num_cpus=resources["num_cpus"],
+                    num_gpus=resources["num_gpus"],
+                    max_restarts=resources["max_restarts"],
+                    max_task_retries=0,
+                )
+                # not waited for: they import and start while this process starts the run
+                missing = size - len(actors)
+                actors += [worker.remote(client_app, threads, env) for _ in range(missing)]
+            runs = 0 if kept is None else kept.runs
+            logger.info(
+                "%s actors on %s%s",
+                size,
+                ray.cluster_resources(),
+                f" (Ray and actors kept from {runs} earlier run(s))" if runs else "",
+            )
             set_task_identity()
-            grid = RayGrid(client_app, num_clients, actors)
+            grid = RayGrid(client_app, num_clients, actors[:size])
             context = Context(
                 run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}
             )
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 server_app(grid, context)
+        reusable = grid.reusable()  # after the with: an interrupted run raised on its way out
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started_here:
-            ray.shutdown()
+        if _keep and owns_ray and not in_task and reusable:
+            _kept = KeptPool(ray_settings, actor_settings, client_app, actors, runs + 1)
+        else:
+            _stop(actors, shutdown=owns_ray)

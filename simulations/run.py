@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import shutil
 import sys
@@ -25,9 +24,17 @@ from fedkd.devices import set_torch_threads
 from fedkd.errors import ConfigError
 from fedkd.run.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
 from fedkd.run.interrupt import exit_code, sigterm_raises
-from fedkd.run.results import CONFIG_FILE, RESULT_FILES, SUMMARY_FILE, check_fresh_run_dir
-from simulations.engine import backend_config, run_inline, run_on_ray
-from simulations.pool import run_on_pool
+from fedkd.run.progress import print_summary
+from fedkd.run.results import (
+    CONFIG_FILE,
+    RESULT_FILES,
+    check_fresh_run_dir,
+    record_outputs_seconds,
+)
+from fedkd.run.timing import start_run
+from simulations.batched import run_batched
+from simulations.engine import IN_PROCESS_BACKENDS, backend_config, run_inline, run_on_ray
+from simulations.pool import keep_pool, run_on_pool
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
     is removed again so nothing is left that looks like a result. An existing run's results
     are never overwritten; ``resume`` continues the run in ``run_dir`` from its checkpoint.
     """
+    start_run()  # summary.json's startup_seconds counts from here, or the process's start
     try:
         backend_config(cfg.get("backend", {}))
         checkpoint = load_checkpoint(run_dir) if resume else None
@@ -57,14 +65,21 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
         if not resume:
             _remove_empty_run_dir(run_dir)
         raise
+    show_progress = bool(cfg.get("progress", True))
     server_app = make_server_app(
-        plan, run_dir, show_progress=bool(cfg.get("progress", True)), resume=resume
+        plan, run_dir, show_progress=show_progress, resume=resume, defer_summary=True
     )
-    if cfg["backend"]["name"] == "inline":
+    if cfg["backend"]["name"] in IN_PROCESS_BACKENDS:
         # everything runs in this process: the server's own training and evaluation take
         # backend.torch_threads too, not only the clients (``centralized`` has none)
         set_torch_threads(plan.assets.setup.torch_threads)
-        run_inline(server_app, client_app, num_clients=cfg["num_clients"])
+        if cfg["backend"]["name"] == "batched":
+            threads = int(cfg["backend"].get("compute_threads", 1))
+            run_batched(
+                server_app, client_app, num_clients=cfg["num_clients"], compute_threads=threads
+            )
+        else:
+            run_inline(server_app, client_app, num_clients=cfg["num_clients"])
     else:
         engine = run_on_pool if cfg["backend"].get("engine", "fedkd") == "fedkd" else run_on_ray
         engine(
@@ -74,7 +89,9 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
             backend=cfg["backend"],
             verbose=bool(cfg.get("verbose", False)),
         )
-    summary: dict[str, Any] = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary = record_outputs_seconds(run_dir)  # now with the engine's shutdown
+    if show_progress:
+        print_summary(summary, run_dir)
     return summary
 
 
@@ -205,6 +222,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     and SIGTERM stop the run cleanly (finished rounds kept, ``summary.json`` says
     ``interrupted``) and the command exits with 130 or 143."""
     hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.MULTIRUN:
+        keep_pool()  # a sweep's jobs in this process share one Ray and actor pool
     run_dir = Path(hydra_config.runtime.output_dir)
     plain: dict[str, Any] = {}
     try:

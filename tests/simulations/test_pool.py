@@ -9,13 +9,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedkd.errors import ConfigError
 from fedkd.run.interrupt import RunInterrupted, clear_stop, request_stop
 from simulations.pool import ACTOR_DIED, ClientWorker, RayGrid, pool_size
+from simulations.ray_grid import SHARED_RECORD_BYTES
 
 toy = ClientApp()
 
@@ -38,6 +40,9 @@ def answer(message: Message, context: Context) -> Message:
             "calls": calls,
             "pid": os.getpid(),
             "value": int(config.get("value", 0)),  # type: ignore[arg-type]
+            "w": int(
+                sum(a.numpy().sum() for a in message.content.array_records.get("w", {}).values())
+            ),
         }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
@@ -85,18 +90,30 @@ def test_replies_come_in_message_order_with_state_kept_across_actors(actors, tas
 def test_a_broadcast_is_stored_once_and_messages_to_one_node_run_in_order(actors, task_identity):
     grid = RayGrid(toy, 3, actors)
     nodes = list(grid.get_node_ids())
-    shared = RecordDict({"config": ConfigRecord({"value": 7})})
-    messages = [Message(content=shared, message_type="query", dst_node_id=n) for n in nodes]
-    messages += [_query(grid, nodes[0], value=8)]  # the same node again
+    weights = ArrayRecord({"w": Array(np.zeros(SHARED_RECORD_BYTES, dtype=np.uint8))})
+    config = ConfigRecord({"value": 7})  # shared too, but small: travels in each call
+    messages = [
+        Message(RecordDict({"config": config, "w": weights}), dst_node_id=n, message_type="query")
+        for n in nodes
+    ]
+    own = ArrayRecord({"w": Array(np.ones(SHARED_RECORD_BYTES, dtype=np.uint8))})  # not shared
+    messages += [  # the same node again
+        Message(RecordDict({"config": ConfigRecord({"value": 8}), "w": own}),
+                dst_node_id=nodes[0], message_type="query")
+    ]  # fmt: skip
     grid._enqueue(messages)
     grid._dispatch()
     assert len(grid._inflight) == 3 and len(grid._queue) == 1  # node 0 is busy: it waits
-    assert len(grid._content_refs) == 1  # one object-store copy for the three broadcasts
+    # one object-store copy, of the big record all three broadcasts carry
+    stored = [record for record, ref in grid._record_refs.values() if ref is not None]
+    assert stored == [weights]
     while grid._inflight or grid._queue:
         grid._progress(wait=0.1)
     done = [grid._done[k] for k in sorted(grid._done)]
     assert [_metric(r, "calls") for r in done] == [1, 1, 1, 2]  # node 0 saw both, in order
     assert [_metric(r, "value") for r in done] == [7, 7, 7, 8]
+    assert [_metric(r, "w") for r in done] == [0, 0, 0, SHARED_RECORD_BYTES]  # each its own
+    assert not grid._record_refs  # forgotten once the grid is idle
 
 
 @pytest.mark.ray
@@ -129,6 +146,20 @@ def test_client_errors_and_dead_actors_become_error_replies(actors, task_identit
     while grid._suspended and time.monotonic() < deadline:  # the probe finds it restarted
         grid._progress(wait=0.1)
     assert not grid._suspended  # back in the pool (and healthy for the next test)
+
+
+@pytest.mark.ray
+def test_an_actor_that_cannot_start_says_why(actors, task_identity):
+    """Actors are not waited for at start: a constructor's error surfaces on the first
+    messages, and the run ends naming it."""
+    import ray
+
+    worker = ray.remote(ClientWorker).options(num_cpus=0, max_restarts=0, max_task_retries=0)
+    grid = RayGrid(toy, 1, [worker.remote(toy, "two", {})])  # torch_threads must be an int
+    (node,) = grid.get_node_ids()
+    with pytest.raises(RuntimeError, match="TypeError"):
+        for _ in range(2):
+            grid.send_and_receive([_query(grid, node)], timeout=60)
 
 
 @pytest.mark.ray
