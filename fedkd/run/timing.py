@@ -11,7 +11,8 @@ and ``outputs_seconds``.
   ``summary.json``, the plots and the report, and the engine's shutdown
   (:func:`fedkd.run.results.record_outputs_seconds` completes it once the engine returned).
 
-The process start comes from Linux's ``/proc``; elsewhere from when ``fedkd`` was first
+The process start comes from Linux's ``/proc`` (see :func:`_process_start` for a process
+that ``exec``'d Python late); elsewhere from when ``fedkd`` was first
 imported (:data:`fedkd.IMPORTED_AT`; ``simulations.run`` imports Hydra before it).
 """
 
@@ -21,6 +22,7 @@ import os
 import time
 
 from fedkd import IMPORTED_AT as _IMPORTED
+from fedkd import IMPORTED_CPU as _IMPORTED_CPU
 
 #: The current run's start, on the ``time.perf_counter`` clock (None: not started yet).
 _run_origin: float | None = None
@@ -65,5 +67,18 @@ def seconds_since_start() -> float:
 
 
 def _process_start() -> float:
+    """The process's start, or the interpreter's where the process is older than it.
+
+    A shell may run Python by ``exec`` in a process that already waited on others
+    (``bash -c 'pip install ... && python -m simulations.run'`` runs the last command
+    in place), and ``/proc`` dates the process, not the ``exec``. The imports before
+    fedkd's are CPU-bound, so a process far older at fedkd's import than the CPU time it
+    had used (more than twice, plus 5 s) is counted from fedkd's import minus that CPU
+    time instead: an estimate that leaves out what the interpreter waited for the CPU."""
     age = process_age_seconds()
-    return _IMPORTED if age is None else time.perf_counter() - age
+    if age is None:
+        return _IMPORTED
+    start = time.perf_counter() - age
+    if _IMPORTED - start > 2 * _IMPORTED_CPU + 5:
+        return _IMPORTED - _IMPORTED_CPU
+    return start

@@ -41,12 +41,25 @@ def test_the_first_run_counts_from_the_process_start_later_ones_from_their_own(
     fresh_clock: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(timing, "process_age_seconds", lambda: 100.0)
+    monkeypatch.setattr(timing, "_IMPORTED_CPU", 60.0)  # a process busy all along
     timing.start_run()
     first = timing.run_origin()
     assert timing.seconds_since_start() >= 100.0
     before_second = time.perf_counter()
     timing.start_run()
     assert first < before_second <= timing.run_origin()
+    assert timing.seconds_since_start() < 100.0
+
+
+def test_a_process_that_exec_d_python_late_counts_from_the_interpreter(
+    fresh_clock: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bash -c 'pip install ... && python ...'``: the process is 100 s old but had used 1 s
+    of CPU when fedkd was imported; its start-up counts from the import minus that second."""
+    monkeypatch.setattr(timing, "process_age_seconds", lambda: 100.0)
+    monkeypatch.setattr(timing, "_IMPORTED_CPU", 1.0)
+    timing.start_run()
+    assert timing.run_origin() == pytest.approx(timing._IMPORTED - 1.0)
     assert timing.seconds_since_start() < 100.0
 
 
