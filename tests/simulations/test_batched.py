@@ -50,11 +50,13 @@ def _assert_same_run(batched: list[dict[str, Any]], inline: list[dict[str, Any]]
             assert got["client_accuracies"][node] == pytest.approx(accuracy, abs=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "dsfl", "fedprox"])
+@pytest.mark.parametrize("strategy", ["fedavg", "dsfl", "fedprox", "fedmd"])
 def test_batched_training_matches_the_sequential_path(tmp_path, strategy, caplog) -> None:
-    """FedAvg (weights), DS-FL (proxy predictions, server distillation) and FedProx (the
-    proximal term): every round's accuracies within 1e-4 of the inline engine's, the same
-    bytes, and no client trained sequentially."""
+    """FedAvg (weights), DS-FL (proxy predictions, server distillation), FedProx (the
+    proximal term) and FedMD (clients keep their own models, digest the consensus first:
+    each client's model must survive the shared model object): every round's accuracies
+    within 1e-4 of the inline engine's, the same bytes, and no client trained
+    sequentially."""
     with caplog.at_level(logging.INFO, logger="simulations.batched"):
         batched = _run(tmp_path, "batched", f"strategy={strategy}", "backend=batched")
     inline = _run(tmp_path, "inline", f"strategy={strategy}", "backend=inline")
