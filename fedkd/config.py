@@ -7,6 +7,7 @@ ServerApp under ``flwr run`` (Hydra's compose API with an ``overrides`` run-conf
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -18,9 +19,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
+from hydra.core.utils import filter_overrides
 from hydra.errors import HydraException
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from fedkd.errors import ConfigError
@@ -224,3 +226,25 @@ def _check_nested_keys(
                 )
             path.append(part)
             node = node[part]
+
+
+def sweep_job_configs(
+    config: DictConfig,
+    hydra_context: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    log: logging.Logger,
+) -> list[DictConfig]:
+    """Each job's config of a launcher's batch (what fedkd's Hydra launchers run): the
+    sweep config with the job's overrides, its ``hydra.job.id``/``num`` set to its index;
+    every job is logged as Hydra's basic launcher logs it."""
+    configs = []
+    for offset, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + offset
+        log.info("\t#%s : %s", idx, " ".join(filter_overrides(overrides)))
+        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        configs.append(sweep_config)
+    return configs

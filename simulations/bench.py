@@ -61,7 +61,6 @@ from typing import Any
 import torch
 
 from simulations.bench_workloads import (
-    IN_PROCESS_BACKENDS,
     WORKLOAD_NAMES,
     Backend,
     Workload,
@@ -69,6 +68,7 @@ from simulations.bench_workloads import (
     make_workload,
     parse_backends,
 )
+from simulations.engine import IN_PROCESS_BACKENDS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from simulations.engine import BACKEND_NAMES, IN_PROCESS_BACKENDS
+
 #: ``--workload`` choices.
 WORKLOAD_NAMES = ("default", "tiny", "reference")
 #: The synthetic workloads' server test set, fixed in size so that each client's
@@ -186,10 +188,9 @@ def make_workload(
 
 
 # ---------------------------------------------------------------------- backends
-#: Backends that run every client in the harness's child process (one "actor").
-IN_PROCESS_BACKENDS = ("inline", "batched")
-#: Backends whose clients run on Ray actors (``backend.engine`` applies).
-RAY_BACKENDS = ("ray_cpu", "ray_gpu")
+#: Backends whose clients run on Ray actors (``backend.engine`` applies); the others run
+#: every client in the harness's child process (one "actor").
+RAY_BACKENDS = tuple(name for name in BACKEND_NAMES if name not in IN_PROCESS_BACKENDS)
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,14 @@ from hydra.core.utils import (
     JobReturn,
     JobStatus,
     configure_log,
-    filter_overrides,
     run_job,
     setup_globals,
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
+
+from fedkd.config import sweep_job_configs
 
 logger = logging.getLogger(__name__)
 
@@ -178,17 +179,9 @@ class FedkdParallelLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = []
-        for offset, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + offset
-            logger.info("\t#%s : %s", idx, " ".join(filter_overrides(overrides)))
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)
-            )
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            configs.append(sweep_config)
+        configs = sweep_job_configs(
+            self.config, self.hydra_context, job_overrides, initial_job_idx, logger
+        )
         workers = self.n_jobs or default_workers(configs, available_cores())
         workers = min(workers, len(configs))
         ray_jobs = sum(uses_ray(c) for c in configs)

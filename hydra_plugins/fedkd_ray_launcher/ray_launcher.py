@@ -19,10 +19,12 @@ from typing import Any, Dict, Optional  # noqa: UP035 (OmegaConf reads these at 
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
+
+from fedkd.config import sweep_job_configs
 
 logger = logging.getLogger(__name__)
 
@@ -102,21 +104,13 @@ class FedkdRayLauncher(Launcher):
         where = self.address or "a local Ray"
         logger.info("Launching %s jobs on %s", len(job_overrides), where)
         remote = ray.remote(_run_one).options(num_cpus=self.cpus_per_job, max_retries=0)
-        refs = []
-        for offset, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + offset
-            logger.info("\t#%s : %s", idx, " ".join(filter_overrides(overrides)))
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)
-            )
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            refs.append(
-                remote.remote(
-                    self.hydra_context, self.task_function, sweep_config, Singleton.get_state()
-                )
-            )
+        configs = sweep_job_configs(
+            self.config, self.hydra_context, job_overrides, initial_job_idx, logger
+        )
+        refs = [
+            remote.remote(self.hydra_context, self.task_function, config, Singleton.get_state())
+            for config in configs
+        ]
         try:
             return list(ray.get(refs))
         finally:
