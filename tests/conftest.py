@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,3 +250,43 @@ def target_rule_registration() -> Registration:
     from fedkd.distill import register_target_rule, target_rule_names, unregister_target_rule
 
     return Registration(register_target_rule, unregister_target_rule, target_rule_names)
+
+
+#: The environment variable a test puts on the commands it starts, to find them (and the Ray
+#: processes, which inherit the command's environment) in ``/proc``.
+MARKER_VAR = "FEDKD_TEST_MARKER"
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live, non-zombie processes whose environment holds ``MARKER_VAR=<marker>``."""
+    needle = f"{MARKER_VAR}={marker}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def leftover_pids(marker: str, wait: float) -> list[int]:
+    """The marked processes still alive after up to ``wait`` seconds (Ray reaps its own
+    asynchronously); they are killed, never left running, and returned for the test's
+    assertion."""
+    deadline = time.monotonic() + wait
+    while (left := marked_pids(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+@pytest.fixture
+def leftover_processes() -> Callable[[str, float], list[int]]:
+    """:func:`leftover_pids`: ``leftover_processes(marker, wait)``."""
+    return leftover_pids

@@ -21,8 +21,8 @@ import pytest
 
 from fedkd.run.results import read_metrics
 
+MARKER_VAR = "FEDKD_TEST_MARKER"  # what conftest's leftover_processes looks for
 REPO = Path(__file__).resolve().parents[2]
-MARKER_VAR = "FEDKD_TEST_MARKER"
 TINY = [
     "dataset=synthetic",
     "dataset.num_samples=300",
@@ -36,23 +36,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="scans /proc (Linux)"),
 ]
-
-
-def _marked(marker: str) -> list[int]:
-    """Live, non-zombie processes whose environment holds the test's marker."""
-    needle = f"{MARKER_VAR}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def _signalled_run(
@@ -94,12 +77,7 @@ def _assert_interrupted(run_dir: Path, signame: str, rounds_asked: int) -> dict:
     return summary
 
 
-def _assert_nothing_left(marker: str, output: str) -> None:
-    deadline = time.monotonic() + 15  # Ray reaps its processes asynchronously
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in left:  # never leave them running, then fail
-        os.kill(pid, signal.SIGKILL)
+def _assert_nothing_left(left: list[int], output: str) -> None:
     assert not left, left
     assert "Aborted" not in output and "*** SIGTERM received" not in output, output[-3000:]
 
@@ -135,20 +113,20 @@ def test_sigint_stops_an_inline_run_with_130(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
-def test_sigterm_stops_a_run_on_fedkds_ray_pool(tmp_path: Path) -> None:
+def test_sigterm_stops_a_run_on_fedkds_ray_pool(tmp_path: Path, leftover_processes) -> None:
     run_dir = tmp_path / "run"
     args = [*TINY, *RAY, "strategy=fedmd", "num_rounds=40"]
     code, output, marker = _signalled_run(tmp_path, *args, signum=signal.SIGTERM, run_dir=run_dir)
     assert code == 143, output[-3000:]
     _assert_interrupted(run_dir, "SIGTERM", 40)
-    _assert_nothing_left(marker, output)
+    _assert_nothing_left(leftover_processes(marker, 15), output)
 
 
 @pytest.mark.ray
-def test_sigterm_stops_a_run_on_flowers_engine(tmp_path: Path) -> None:
+def test_sigterm_stops_a_run_on_flowers_engine(tmp_path: Path, leftover_processes) -> None:
     run_dir = tmp_path / "run"
     args = [*TINY, *RAY, "strategy=fedmd", "backend.engine=flower", "num_rounds=40"]
     code, output, marker = _signalled_run(tmp_path, *args, signum=signal.SIGTERM, run_dir=run_dir)
     assert code == 143, output[-3000:]
     _assert_interrupted(run_dir, "SIGTERM", 40)
-    _assert_nothing_left(marker, output)
+    _assert_nothing_left(leftover_processes(marker, 15), output)

@@ -22,8 +22,8 @@ from fedkd.run.results import read_metrics
 from hydra_plugins.fedkd_parallel_launcher.parallel_launcher import default_workers, uses_ray
 from simulations.run import run
 
+MARKER_VAR = "FEDKD_TEST_MARKER"  # what conftest's leftover_processes looks for
 REPO = Path(__file__).resolve().parents[2]
-MARKER_VAR = "FEDKD_TEST_MARKER"
 RAY = ["backend=ray_cpu", "backend.total_cpus=2", "backend.num_cpus=1"]  # two actors
 # FedMD: clients keep their models in the node state, so a job's round 2 depends on what its
 # clients' models became in round 1, on whichever (kept) actor ran them.
@@ -63,33 +63,6 @@ from simulations.run import main
 sys.argv = ["simulations.run", *sys.argv[2:]]
 main()
 """
-
-
-def _marked(marker: str) -> list[int]:
-    """Live, non-zombie processes whose environment holds the test's marker (Ray's
-    processes inherit the command's environment)."""
-    needle = f"{MARKER_VAR}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def _assert_nothing_left(marker: str) -> None:
-    deadline = time.monotonic() + 30  # Ray reaps its processes asynchronously
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in left:  # never leave them running, then fail
-        os.kill(pid, signal.SIGKILL)
-    assert not left, left
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -155,7 +128,7 @@ def _sweep(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]
 @pytest.mark.ray
 @pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="scans /proc (Linux)")
 def test_a_ray_sweep_shares_one_ray_and_pool_and_gives_separate_runs_numbers(
-    tmp_path: Path,
+    tmp_path: Path, leftover_processes
 ) -> None:
     probe = tmp_path / "probe.json"
     sweep = tmp_path / "sweep"
@@ -167,7 +140,8 @@ def test_a_ray_sweep_shares_one_ray_and_pool_and_gives_separate_runs_numbers(
         capture_output=True, text=True, timeout=400, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_nothing_left(marker)  # Ray and the actors went down at the sweep's end
+    left = leftover_processes(marker, 30)
+    assert not left, left  # Ray and the actors went down at the sweep's end
     seen = json.loads(probe.read_text())
     assert seen["inits"] == 1  # one Ray for both jobs
     assert len(seen["grids"]) == 2 and len(seen["grids"][0]) == 2
@@ -179,7 +153,7 @@ def test_a_ray_sweep_shares_one_ray_and_pool_and_gives_separate_runs_numbers(
 
 @pytest.mark.ray
 @pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="scans /proc (Linux)")
-def test_ctrl_c_stops_a_ray_sweep_and_its_kept_pool(tmp_path: Path) -> None:
+def test_ctrl_c_stops_a_ray_sweep_and_its_kept_pool(tmp_path: Path, leftover_processes) -> None:
     """SIGINT in the first job of a Ray sweep: that job stops cleanly, the second never
     starts, the command exits 130 and no Ray process is left."""
     sweep = tmp_path / "sweep"
@@ -190,7 +164,8 @@ def test_ctrl_c_stops_a_ray_sweep_and_its_kept_pool(tmp_path: Path) -> None:
         env={MARKER_VAR: marker},
     )
     assert code == 130, output[-3000:]
-    _assert_nothing_left(marker)
+    left = leftover_processes(marker, 30)
+    assert not left, left
     summary = json.loads((sweep / "0-fedmd-synthetic" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["rounds_completed"] < 1000
     assert not (sweep / "1-fedmd-synthetic").exists()
