@@ -89,7 +89,7 @@ class BatchedGrid(InlineGrid):
                 started = time.monotonic()
                 replies[index] = self._finish(item, failure)
                 seconds[index] += share + time.monotonic() - started
-            self.batched_clients += len(group)
+            self.batched_clients += 0 if failure else len(group)
         kept = []
         for reply, spent in zip(replies, seconds, strict=True):
             assert reply is not None
