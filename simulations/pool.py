@@ -169,6 +169,16 @@ def _init_args(backend: Mapping[str, Any], config: Mapping[str, Any], verbose: b
     return init_args
 
 
+def _pool_line(size: int, num_clients: int, cluster: Mapping[str, float], runs: int) -> str:
+    """The one log line about the pool: actors, clients, and the cluster's CPUs and GPUs."""
+    gpus = int(cluster.get("GPU", 0))
+    line = (
+        f"Ray: {size} client actor{'s' * (size != 1)} for {num_clients} clients on "
+        f"{int(cluster.get('CPU', 0))} CPUs" + (f" and {gpus} GPUs" if gpus else "")
+    )
+    return line + (f" (kept from {runs} earlier run{'s' * (runs != 1)})" if runs else "")
+
+
 def run_on_pool(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -227,12 +237,7 @@ def run_on_pool(
                 missing = size - len(actors)
                 actors += [worker.remote(client_app, threads, env) for _ in range(missing)]
             runs = 0 if kept is None else kept.runs
-            logger.info(
-                "%s actors on %s%s",
-                size,
-                ray.cluster_resources(),
-                f" (Ray and actors kept from {runs} earlier run(s))" if runs else "",
-            )
+            logger.info("%s", _pool_line(size, num_clients, ray.cluster_resources(), runs))
             set_task_identity()
             grid = RayGrid(client_app, num_clients, actors[:size])
             context = Context(

@@ -14,17 +14,21 @@ import hydra
 import yaml
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedkd.apps.client import app as client_app
+from fedkd.apps.plan import RunPlan
 from fedkd.apps.server import make_server_app, prepare_run
 from fedkd.config import check_overrides, config_dir, to_plain
 from fedkd.devices import set_torch_threads
 from fedkd.errors import ConfigError
+from fedkd.run import names
 from fedkd.run.checkpoint import RESUMABLE_KEYS, check_resumable, load_checkpoint
+from fedkd.run.console import phase, quiet_third_party_warnings, results_console
 from fedkd.run.interrupt import exit_code, sigterm_raises
-from fedkd.run.progress import print_summary
+from fedkd.run.progress import RoundProgress, print_summary
 from fedkd.run.results import (
     CONFIG_FILE,
     RESULT_FILES,
@@ -47,11 +51,29 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
     are never overwritten; ``resume`` continues the run in ``run_dir`` from its checkpoint.
     """
     start_run()  # summary.json's startup_seconds counts from here, or the process's start
+    show_progress = bool(cfg.get("progress", True))
+    # one live display from here to the table: the phases before the rounds, then the rounds
+    with RoundProgress(int(cfg.get("num_rounds", 0)), enabled=show_progress):
+        plan = _checked_plan(cfg, run_dir, resume=resume)
+        server_app = make_server_app(
+            plan, run_dir, show_progress=show_progress, resume=resume, defer_summary=True
+        )
+        _run_engine(cfg, plan, server_app)
+    summary = record_outputs_seconds(run_dir)  # now with the engine's shutdown
+    if show_progress:
+        print_summary(summary, run_dir)
+    return summary
+
+
+def _checked_plan(cfg: dict[str, Any], run_dir: Path, *, resume: bool) -> RunPlan:
+    """The validated plan, with the data built (:func:`prepare_run`); a config error leaves
+    no run directory behind (unless resuming one)."""
     try:
         backend_config(cfg.get("backend", {}))
         checkpoint = load_checkpoint(run_dir) if resume else None
         if not resume:
             check_fresh_run_dir(run_dir)
+        phase("checking the config and building the data")
         plan = prepare_run(cfg)  # resolves the config as the checkpointed run's was
         if checkpoint is not None:
             check_resumable(checkpoint["config"], plan.config, run_dir)
@@ -65,50 +87,57 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False) -> dict[str
         if not resume:
             _remove_empty_run_dir(run_dir)
         raise
-    show_progress = bool(cfg.get("progress", True))
-    server_app = make_server_app(
-        plan, run_dir, show_progress=show_progress, resume=resume, defer_summary=True
-    )
-    if cfg["backend"]["name"] in IN_PROCESS_BACKENDS:
+    return plan
+
+
+def _run_engine(cfg: dict[str, Any], plan: RunPlan, server_app: Any) -> None:
+    """Run the apps on the configured backend (:mod:`simulations.engine`)."""
+    name = cfg["backend"]["name"]
+    if name in IN_PROCESS_BACKENDS:
         # everything runs in this process: the server's own training and evaluation take
         # backend.torch_threads too, not only the clients (``centralized`` has none)
         set_torch_threads(plan.assets.setup.torch_threads)
-        if cfg["backend"]["name"] == "batched":
+        phase("starting the clients in this process")
+        if name == "batched":
             threads = int(cfg["backend"].get("compute_threads", 1))
             run_batched(
                 server_app, client_app, num_clients=cfg["num_clients"], compute_threads=threads
             )
         else:
             run_inline(server_app, client_app, num_clients=cfg["num_clients"])
-    else:
-        engine = run_on_pool if cfg["backend"].get("engine", "fedkd") == "fedkd" else run_on_ray
-        engine(
-            server_app,
-            client_app,
-            num_clients=cfg["num_clients"],
-            backend=cfg["backend"],
-            verbose=bool(cfg.get("verbose", False)),
-        )
-    summary = record_outputs_seconds(run_dir)  # now with the engine's shutdown
-    if show_progress:
-        print_summary(summary, run_dir)
-    return summary
+        return
+    phase("starting Ray and the client actors")
+    engine = run_on_pool if cfg["backend"].get("engine", "fedkd") == "fedkd" else run_on_ray
+    engine(
+        server_app,
+        client_app,
+        num_clients=cfg["num_clients"],
+        backend=cfg["backend"],
+        verbose=bool(cfg.get("verbose", False)),
+    )
 
 
 def validation_objective(summary: dict[str, Any]) -> float | None:
     """What a sweeper should maximize: the final round's accuracy on the validation set.
 
-    ``student_validation_accuracy`` is the student on the clients' pooled local test splits,
-    disjoint from the server test set, so tuning never looks at the test set. The final round
-    counts, not the best one: the run keeps no best-round weights, so the final student is the
-    model a user gets. Methods without a student (``local_only``, ``fedproto``) fall back to
-    ``client_accuracy`` (federated evaluation on the same local test splits, when
-    ``strategy.fraction_evaluate > 0``), then to ``personalized_accuracy_mean`` (each client's
-    model on its own local test split). Never a ``*_accuracy`` on the server test set;
-    ``None`` when the run has none of these.
+    ``global_on_local_test_accuracy`` is the global model on the clients' pooled local test
+    splits, disjoint from the server test set, so tuning never looks at the test set. The
+    final round counts, not the best one: the run keeps no best-round weights, so the final
+    model is the one a user gets. Methods without a global model (``local_only``,
+    ``fedproto``) fall back to Flower's federated evaluation on the same local test splits
+    (when ``strategy.fraction_evaluate > 0``), then to ``local_on_local_test_accuracy_mean``
+    (each client's model on its own local test split). Never an accuracy on the server test
+    set; ``None`` when the run has none of these. Summaries of fedkd 0.1 are read by their
+    old keys (:func:`fedkd.run.names.canonical`).
     """
-    final = summary.get("final", {})
-    for key in ("student_validation_accuracy", "client_accuracy", "personalized_accuracy_mean"):
+    final = names.canonical(summary).get("final", {})
+    for key in (
+        names.GLOBAL_LOCAL_TEST,
+        names.GLOBAL_EVALUATED,
+        names.LOCAL_EVALUATED,
+        names.EVALUATED_ALIAS,
+        names.LOCAL_LOCAL_TEST,
+    ):
         value = final.get(key)
         if isinstance(value, int | float):
             return float(value)
@@ -176,6 +205,20 @@ def _configs_root() -> Path:
 CONFIGS = _configs_root()
 
 
+class SweepEnd(Callback):
+    """At the end of a sweep (``-m``), print the command that compares its runs
+    (``hydra.callbacks.fedkd_sweep_end`` in ``configs/config.yaml``)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        results_console().print(
+            f"sweep finished: runs in {sweep_dir}\ncompare them: python -m simulations.report "
+            f"{sweep_dir} --html {sweep_dir / 'compare.html'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 class _UnparsedArguments(Exception):
     """The command line does not parse; Hydra's own parser will say why."""
 
@@ -185,6 +228,7 @@ def main() -> None:
     config group or an unknown top-level key end the command with one line and exit code 2
     (:func:`fedkd.config.check_overrides`) instead of Hydra's several-line report; then
     :func:`hydra_main` runs."""
+    quiet_third_party_warnings()
     try:
         _check_command_line(sys.argv[1:])
     except ConfigError as exc:
@@ -249,7 +293,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"fedkd: interrupted; finished rounds are in {run_dir}", file=sys.stderr)
         raise SystemExit(exit_code(exc)) from None
     objective = validation_objective(summary)
-    logger.info("validation objective: %s", objective)
+    if hydra_config.mode == RunMode.MULTIRUN:  # what the sweeper compares jobs by
+        logger.info(
+            "job %s: objective %s (the global model on the clients' test splits)",
+            hydra_config.job.num,
+            "none" if objective is None else f"{objective:.4f}",
+        )
     return objective
 
 

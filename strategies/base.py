@@ -31,6 +31,7 @@ from fedkd.distill import validate_target_rule
 from fedkd.errors import ConfigError, FedKDError
 from fedkd.models import FedKDModel
 from fedkd.privacy.controller import RoundPlan
+from fedkd.run.names import evaluated
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.ledger import ReleaseLedger
@@ -576,24 +577,23 @@ class FedKDStrategy(MethodToolkit, Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Example-weighted mean of the clients' local test accuracy."""
+        """Example-weighted mean local test accuracy (:func:`fedkd.run.names.evaluated`)."""
         accuracy = mean_client_accuracy(replies)
         if accuracy is None:
             return None
-        self.round_metrics.setdefault(server_round, {})["client_accuracy"] = accuracy
+        global_model = self.sends_weights and not self.keeps_client_models
+        self.round_metrics.setdefault(server_round, {}).update(evaluated(accuracy, global_model))
         return MetricRecord({"client-accuracy": accuracy})
 
     def global_accuracy(self, server_round: int) -> float | None:
-        """``student_accuracy`` of a method whose global model is not the student (FedGKT's
-        server model on the clients' extractors); None: no such model."""
+        """The global model's test accuracy when it is not the student (FedGKT); None: none."""
         return None
 
     def summary(self) -> None:
         """Log the strategy settings (Flower calls this at start)."""
+        name, train, evaluate = type(self).__name__, self.fraction_train, self.fraction_evaluate
         logger.info(
-            "%s: fraction_train=%s fraction_evaluate=%s min_train_replies=%s",
-            type(self).__name__,
-            self.fraction_train,
-            self.fraction_evaluate,
-            self.min_train_replies,
+            "%s: each round %.0f%% of the clients train and %.0f%% evaluate "
+            "(strategy.fraction_train, fraction_evaluate)",
+            *(name, 100 * train, 100 * evaluate),
         )

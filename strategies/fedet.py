@@ -45,7 +45,9 @@ class FedET(FedMD):
         paper's soft-target CE).
     """
 
-    headline_metric: ClassVar[str] = "student_accuracy"  # FedET trains a large server model
+    headline_metric: ClassVar[str] = (
+        "global_on_global_test_accuracy"  # FedET trains a large server model
+    )
 
     def __init__(
         self,

@@ -102,7 +102,7 @@ class FedMD(FedKDStrategy):
     payloads = (ProxyPredictions.name,)
     sends_weights = False
     keeps_client_models = True
-    headline_metric: ClassVar[str] = "client_accuracy_mean"  # the paper's metric
+    headline_metric: ClassVar[str] = "local_on_global_test_accuracy_mean"  # the paper's metric
     forms_ensemble = True
 
     def __init__(

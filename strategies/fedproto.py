@@ -69,7 +69,7 @@ class FedProto(FedKDStrategy):
     payloads: ClassVar[tuple[str, ...]] = (Prototypes.name,)
     sends_weights: ClassVar[bool] = False
     keeps_client_models: ClassVar[bool] = True
-    headline_metric: ClassVar[str] = "client_accuracy_mean"  # the paper's metric
+    headline_metric: ClassVar[str] = "local_on_global_test_accuracy_mean"  # the paper's metric
     forms_ensemble: ClassVar[bool] = False
     requires_student_architecture: ClassVar[bool] = False
     has_student: ClassVar[bool] = False

@@ -29,7 +29,7 @@ class LocalOnly(FedKDStrategy):
 
     sends_weights = False
     keeps_client_models = True
-    headline_metric: ClassVar[str] = "client_accuracy_mean"  # no student: the clients
+    headline_metric: ClassVar[str] = "local_on_global_test_accuracy_mean"  # no student: the clients
     has_student: ClassVar[bool] = False
 
     def aggregate(self, state: RoundState, replies: list[ClientReply]) -> ArrayRecord:

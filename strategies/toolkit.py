@@ -51,7 +51,7 @@ class MethodToolkit:
     #: The metric the method's paper reports, shown first in the run's table and summary
     #: (``headline`` in ``summary.json``): the server student, or for methods whose paper
     #: has no global model (FedMD, DS-FL, FD, FedProto, local-only) the clients' own models.
-    headline_metric: ClassVar[str] = "student_accuracy"
+    headline_metric: ClassVar[str] = "global_on_global_test_accuracy"
     #: Where mean teachers are averaged (:mod:`fedkd.distill.spaces`); methods that take
     #: ``strategy.teacher_space`` set it, the others average probabilities.
     teacher_space: str = "probs"

@@ -4,6 +4,10 @@
 the rows of AFTER's directory of the same name must be equal key for key, value for value
 and in the same key order (so the files are byte-identical but for ``seconds``). Prints one
 line per run and exits 1 when any differs or is missing.
+
+Rows are compared by the metric names of fedkd 0.2 (``fedkd.run.names``): a row of fedkd 0.1
+(old keys only) is renamed first, and the federated evaluation's new key, which 0.1 wrote
+only as ``client_accuracy``, is left out (its value is ``client_accuracy``'s, compared).
 """
 
 from __future__ import annotations
@@ -12,14 +16,22 @@ import json
 import sys
 from pathlib import Path
 
+from fedkd.run import names
+
 TIMING = "seconds"
+SKIPPED = (names.GLOBAL_EVALUATED, names.LOCAL_EVALUATED)
 
 
 def rows(path: Path) -> list[list[tuple[str, object]]]:
-    """The rows of a metrics.jsonl as ordered (key, value) lists, timing fields dropped."""
+    """The rows of a metrics.jsonl as ordered (key, value) lists, by the new names, timing
+    fields and the federated evaluation's new key dropped."""
     with path.open() as lines:
         return [
-            [(k, v) for k, v in json.loads(line).items() if not k.endswith(TIMING)]
+            [
+                (k, v)
+                for k, v in names.with_aliases(json.loads(line)).items()
+                if not k.endswith(TIMING) and k not in SKIPPED
+            ]
             for line in lines
         ]
 

@@ -284,16 +284,16 @@ def build_federated_data(
             + (" or a larger partition.alpha" if partition_name == "dirichlet" else "")
         )
     logger.info(
-        "federated %s: pool %d, proxy %d (%s, from %s), test %d, %d clients (sizes %d..%d)",
+        "data: %s, %d records over %d clients (%d..%d each), proxy %d (%s, from %s), test %d",
         raw.name,
         len(pool_y),
+        num_clients,
+        min(sizes),
+        max(sizes),
         len(proxy_true_y),
         "labeled" if keep_labels else "unlabeled",
         proxy_source,
         len(test_y),
-        num_clients,
-        min(sizes),
-        max(sizes),
     )
     return FederatedData(
         name=raw.name,

@@ -1,4 +1,9 @@
-"""The one progress display of a run, and the final summary table (rich)."""
+"""The one progress display of a run, and the final summary table (rich).
+
+The display is a single live line on :func:`fedkd.run.console.console` (stderr): a spinner,
+the rounds done, the latest accuracies and what the run is doing now
+(:func:`fedkd.run.console.phase`). Log lines print above it. The table goes to stdout.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+
+from fedkd.run import names
+from fedkd.run.console import attach_display, console, results_console
 
 
 class RoundProgress:
-    """A progress bar over rounds whose description shows the latest accuracies."""
+    """A live line over rounds: rounds done, the latest accuracies, the current phase.
+
+    Entering it makes it the display :func:`fedkd.run.console.phase` updates; entering an
+    already started one again (``simulations.run`` starts it before the data is built, the
+    server enters it for the rounds) is a no-op, and only the outermost exit stops it.
+    """
 
     def __init__(
         self,
@@ -20,30 +40,49 @@ class RoundProgress:
         *,
         enabled: bool = True,
         console: Console | None = None,
-        headline: str = "student_accuracy",
+        headline: str = names.GLOBAL_TEST,
     ):
-        self.console = console or Console(stderr=True)
+        self.console = console or _console()
         self.enabled = enabled
         #: The method's paper metric, shown first (``headline_metric`` of the strategy).
-        self.headline = headline
+        self.headline = names.new_name(headline)
+        self._depth = 0
+        self._previous: Any = None
         self._progress = Progress(
+            SpinnerColumn(finished_text=" "),
             TextColumn("[bold]fedkd[/bold] round"),
             MofNCompleteColumn(),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("{task.description}"),
+            TextColumn("[dim]{task.fields[phase]}[/dim]"),
             TimeElapsedColumn(),
             console=self.console,
             disable=not enabled,
             transient=False,
         )
-        self._task = self._progress.add_task("starting", total=num_rounds)
+        self._task = self._progress.add_task("", total=num_rounds, phase="· starting")
 
     def __enter__(self) -> RoundProgress:
-        self._progress.start()
+        if self._depth == 0:
+            self._progress.start()
+            self._previous = attach_display(self)
+        self._depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        self._depth -= 1
+        if self._depth == 0:
+            self._progress.update(self._task, phase="")
+            self._progress.stop()
+            attach_display(self._previous)
+
+    def set_phase(self, text: str) -> None:
+        """Show what the run is doing now (``building the data``, ``round 3: training``)."""
+        self._progress.update(self._task, phase=f"· {text}" if text else "")
+
+    def set_headline(self, headline: str) -> None:
+        """The metric shown first (the strategy's ``headline_metric``, once it is known)."""
+        self.headline = names.new_name(headline)
 
     def advance_to(self, server_round: int) -> None:
         """Show rounds up to ``server_round`` as done (a resumed run)."""
@@ -53,13 +92,15 @@ class RoundProgress:
 
     def update(self, row: Mapping[str, Any]) -> None:
         """Show one finished round."""
-        parts = [f"student {_pct(row.get('student_accuracy'))}"]
-        if self.headline == "client_accuracy_mean":
-            parts.insert(0, f"clients {_pct(row.get('client_accuracy_mean'))}")
-            if row.get("student_accuracy") is None:
-                parts.pop()
-        if row.get("ensemble_accuracy") is not None:
-            parts.append(f"ensemble {_pct(row['ensemble_accuracy'])}")
+        row = names.with_aliases(row)
+        shown = [names.GLOBAL_TEST, names.ENSEMBLE_TEST]
+        if self.headline == names.LOCAL_GLOBAL_TEST:
+            shown.insert(0, names.LOCAL_GLOBAL_TEST)
+        parts = [
+            f"{names.SHORT[key]} {_pct(row[key])}"
+            for key in shown
+            if isinstance(row.get(key), int | float)
+        ]
         if row.get("epsilon") is not None:
             parts.append(f"ε {row['epsilon']:.3g}")
         if row.get("clients_failed"):
@@ -69,8 +110,13 @@ class RoundProgress:
         )
 
 
+def _console() -> Console:
+    return console()
+
+
 def summary_table(summary: Mapping[str, Any]) -> Table:
-    """The results table printed at the end of a run."""
+    """The results table printed at the end of a run (a summary of any fedkd version)."""
+    summary = names.canonical(summary)
     final = summary.get("final", {})
     best = summary.get("best", {})
     table = Table(
@@ -83,34 +129,18 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("final", justify="right")
     table.add_column("best (round)", justify="right")
-    headline = (summary.get("headline") or {}).get("metric", "student_accuracy")
-    clients_first = headline == "client_accuracy_mean"
-    own_models = (
-        ("client_accuracy_mean", "clients' models, test (mean)", _pct),
-        ("personalized_accuracy_mean", "clients' models, own splits (mean)", _pct),
-    )
-    for key, label, fmt in (
-        *(own_models if clients_first else ()),
-        (
-            "student_accuracy",
-            "student test accuracy (fedkd's addition)"
-            if clients_first
-            else "student test accuracy",
-            _pct,
-        ),
-        ("student_balanced_accuracy", "student balanced accuracy", _pct),  # binary tasks
-        ("student_auc", "student ROC-AUC", _auc),  # binary tasks
-        ("ensemble_accuracy", "teacher ensemble test accuracy", _pct),
-        ("client_accuracy", "clients' local test accuracy", _pct),
-        *(() if clients_first else own_models),
-    ):
-        if final.get(key) is not None or key in best:
-            best_entry = best.get(key)
-            table.add_row(
-                label,
-                fmt(final.get(key)),
-                f"{fmt(best_entry['value'])} ({best_entry['round']})" if best_entry else "-",
-            )
+    headline = (summary.get("headline") or {}).get("metric", names.GLOBAL_TEST)
+    for key in accuracy_rows(summary):
+        fmt = _auc if key.endswith("_auc") else _pct
+        best_entry = best.get(key)
+        label = names.LABELS[key]
+        if key == names.GLOBAL_TEST and headline != names.GLOBAL_TEST:
+            label += " (fedkd's addition)"  # the method's paper has no global model
+        table.add_row(
+            label,
+            fmt(final.get(key)),
+            f"{fmt(best_entry['value'])} ({best_entry['round']})" if best_entry else "-",
+        )
     baseline = summary.get("majority_baseline")
     if baseline:
         table.add_row(f"majority class ({baseline['class']}) baseline", _baseline(baseline), "")
@@ -118,7 +148,9 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_row("uplink, all rounds", _bytes(comm.get("uplink_bytes", 0)), "")
     table.add_row("downlink, all rounds", _bytes(comm.get("downlink_bytes", 0)), "")
     table.add_row(
-        "student size", f"{summary['parameters']:,} params / {_bytes(summary['size_bytes'])}", ""
+        "global model size",
+        f"{summary['parameters']:,} params / {_bytes(summary['size_bytes'])}",
+        "",
     )
     for row in _wall_time(summary):
         table.add_row(*row)
@@ -158,11 +190,45 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     return table
 
 
+def accuracy_rows(summary: Mapping[str, Any]) -> list[str]:
+    """The accuracy keys of the results table, in order (:mod:`fedkd.run.names`): the
+    method's headline first; the global model on the clients' test splits, pooled, or else
+    Flower's federated evaluation of it; the clients' own models likewise. ``summary`` is
+    read with the new names (:func:`fedkd.run.names.canonical`)."""
+    final, best = summary.get("final", {}), summary.get("best", {})
+
+    def present(key: str) -> bool:
+        return isinstance(final.get(key), int | float) or key in best
+
+    global_rows = [
+        names.GLOBAL_TEST,
+        "global_on_global_test_balanced_accuracy",  # binary tasks
+        "global_on_global_test_auc",
+        names.ENSEMBLE_TEST,
+        names.GLOBAL_LOCAL_TEST if present(names.GLOBAL_LOCAL_TEST) else names.GLOBAL_EVALUATED,
+    ]
+    evaluated = (names.GLOBAL_LOCAL_TEST, names.GLOBAL_EVALUATED, names.LOCAL_EVALUATED)
+    if not any(present(key) for key in evaluated):  # a fedkd 0.1 run: which model is unknown
+        global_rows.append(names.EVALUATED_ALIAS)
+    local_rows = [
+        names.LOCAL_GLOBAL_TEST,
+        names.LOCAL_LOCAL_TEST if present(names.LOCAL_LOCAL_TEST) else names.LOCAL_EVALUATED,
+    ]
+    headline = (summary.get("headline") or {}).get("metric", names.GLOBAL_TEST)
+    ordered = (
+        local_rows + global_rows
+        if headline == names.LOCAL_GLOBAL_TEST
+        else global_rows + local_rows
+    )
+    return [key for key in ordered if present(key)]
+
+
 def print_summary(summary: Mapping[str, Any], run_dir: Path) -> None:
-    """Print the results table and where the run directory is (on stderr, as the progress)."""
-    console = Console(stderr=True)
-    console.print(summary_table(summary))
-    console.print(f"results in {run_dir}")
+    """Print the results table and where the run directory is, on stdout (the results;
+    progress and logs are on stderr)."""
+    out = results_console()
+    out.print(summary_table(summary))
+    out.print(f"results in {run_dir}", soft_wrap=True, highlight=False)
 
 
 def _wall_time(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:

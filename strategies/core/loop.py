@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
+from fedkd.run.console import phase
 from fedkd.run.interrupt import check_stop
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ def run_rounds(
     evaluate replies that miss ``timeout`` are left behind; they are never read in a later
     round.
     """
-    logger.info("%s: rounds %s..%s", type(strategy).__name__, first_round, num_rounds)
-    strategy.summary()
+    strategy.summary()  # the method's settings, one log line
     train_config = ConfigRecord() if train_config is None else train_config
     evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
     result = Result()
@@ -79,17 +79,20 @@ def run_rounds(
             result.evaluate_metrics_serverapp[0] = metrics
     for server_round in range(first_round, num_rounds + 1):
         check_stop(f"before round {server_round}")
+        phase(_training_phase(server_round, first_round))
         replies = strategy.send_and_receive(
             grid,
             strategy.configure_train(server_round, arrays, train_config, grid),
             timeout=timeout,
             server_round=server_round,
         )
+        phase(f"round {server_round}: aggregating the replies")
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             result.arrays = arrays = new_arrays
         if train_metrics is not None:
             result.train_metrics_clientapp[server_round] = train_metrics
+        phase(f"round {server_round}: evaluating")
         evaluate_replies = strategy.send_and_receive(
             grid,
             strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
@@ -106,3 +109,10 @@ def run_rounds(
         if on_round_end is not None:
             on_round_end(server_round, arrays)
     return result
+
+
+def _training_phase(server_round: int, first_round: int) -> str:
+    """What the progress line says while the clients train."""
+    if server_round == first_round:  # clients build their data and models on first use
+        return f"round {server_round}: clients load data and models, then train"
+    return f"round {server_round}: clients training"

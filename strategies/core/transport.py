@@ -140,7 +140,8 @@ def discover(
         federation.add(node_id, found)
     if not federation.node_of_partition:
         raise RuntimeError("no node answered the discovery query; nothing to train on")
-    logger.info("discovered %s of %s nodes", len(federation.node_of_partition), len(node_ids))
+    count, nodes = len(federation.node_of_partition), len(node_ids)
+    (logger.debug if count == nodes else logger.warning)("discovered %s of %s nodes", count, nodes)
 
 
 def wait_for_nodes(grid: Grid, *, expected: int, timeout: float | None = None) -> list[int]:

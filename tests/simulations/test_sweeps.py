@@ -180,7 +180,10 @@ def test_the_parallel_launcher_gives_the_sequential_sweeps_results(tmp_path: Pat
         f"hydra.sweep.dir={tmp_path / 'parallel'}",
     )  # fmt: skip
     assert parallel.returncode == 0, parallel.stderr[-3000:]
-    assert "Launching 3 jobs on 2 worker processes" in parallel.stderr + parallel.stdout
+    assert "Launching 3 jobs on 2 worker processes" in parallel.stderr
+    # the sweep ends with the command that compares its runs, on stdout (the results)
+    compare = f"python -m simulations.report {tmp_path / 'parallel'} --html"
+    assert compare in parallel.stdout.replace("\n", " "), parallel.stdout[-2000:]
     sequential = _sweep("backend=inline", seeds, f"hydra.sweep.dir={tmp_path / 'sequential'}")
     assert sequential.returncode == 0, sequential.stderr[-3000:]
     for job in range(3):

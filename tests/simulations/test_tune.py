@@ -133,6 +133,14 @@ def test_validation_objective_reads_validation_metrics_never_the_test_set() -> N
     test_only = {"student_accuracy": 0.9, "client_accuracy_mean": 0.8, "ensemble_accuracy": 0.95}
     assert validation_objective({"final": test_only}) is None
     assert validation_objective({"status": "completed", "final": {}}) is None
+    # the new names (fedkd/run/names.py) alone, as a run may write them
+    new = {"global_on_global_test_accuracy": 0.9, "global_on_local_test_accuracy": 0.7}
+    assert validation_objective({"final": new}) == 0.7
+    fedmd = {
+        "local_on_global_test_accuracy_mean": 0.9,
+        "local_on_local_test_accuracy_evaluated": 0.4,
+    }
+    assert validation_objective({"final": fedmd}) == 0.4
 
 
 @needs_optuna

@@ -19,7 +19,11 @@ CLIENT_METHODS = ("fedmd", "dsfl", "fd", "fedproto", "local_only")
 )
 def test_each_method_names_its_papers_metric(strategy) -> None:
     cls = strategy_class(compose_config([f"strategy={strategy}"])["strategy"])
-    expected = "client_accuracy_mean" if strategy in CLIENT_METHODS else "student_accuracy"
+    expected = (
+        "local_on_global_test_accuracy_mean"
+        if strategy in CLIENT_METHODS
+        else "global_on_global_test_accuracy"
+    )
     assert cls.headline_metric == expected
 
 
@@ -27,22 +31,24 @@ def test_a_fedmd_run_leads_with_the_clients_models(in_process_run, tmp_path, sma
     overrides = small_overrides(3, "model.hidden=[8]", "student.hidden=[8]", "num_rounds=2")
     summary = in_process_run([*overrides, "strategy=fedmd"], tmp_path / "fedmd")
     assert summary["headline"] == {
-        "metric": "client_accuracy_mean",
-        "value": summary["final"]["client_accuracy_mean"],
+        "metric": "local_on_global_test_accuracy_mean",
+        "value": summary["final"]["local_on_global_test_accuracy_mean"],
+        "label": "clients' own models, global test set (mean)",
     }
     assert summary["headline"]["value"] is not None
-    assert summary["best"]["client_accuracy_mean"]["round"] in (1, 2)
+    # the fedkd 0.1 key is still written, as an alias with the same value
+    assert summary["final"]["client_accuracy_mean"] == summary["headline"]["value"]
+    assert summary["best"]["local_on_global_test_accuracy_mean"]["round"] in (1, 2)
     _, _, rows = summary_rows(summary)
     labels = [row[0] for row in rows]
-    assert labels[0] == "clients' models, test (mean)"
     assert labels[0:3] == [
-        "clients' models, test (mean)",
-        "clients' models, own splits (mean)",
-        "student test accuracy (fedkd's addition)",
+        "clients' own models, global test set (mean)",
+        "clients' own models, own test splits (mean)",
+        "global model, global test set (fedkd's addition)",
     ]
-    assert rows[0][1] == f"{100 * summary['final']['client_accuracy_mean']:.1f}%"
+    assert rows[0][1] == f"{100 * summary['final']['local_on_global_test_accuracy_mean']:.1f}%"
 
     fedavg = in_process_run([*overrides, "strategy=fedavg"], tmp_path / "fedavg")
-    assert fedavg["headline"]["metric"] == "student_accuracy"
+    assert fedavg["headline"]["metric"] == "global_on_global_test_accuracy"
     table = summary_table(fedavg)
-    assert next(iter(table.columns[0].cells)) == "student test accuracy"
+    assert next(iter(table.columns[0].cells)) == "global model, global test set"
