@@ -1,12 +1,15 @@
-"""The run report's self-contained ``report.html`` page: run facts, results table, plots."""
+"""The run report's self-contained ``report.html`` page: the run, its provenance, the results
+table, the settings and the plots (embedded as ``data:`` URIs: the page alone shows them)."""
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedkd.run import names, provenance
 from fedkd.run.report_plots import (
     ACCURACY_PLOT,
     BYTES_PLOT,
@@ -14,14 +17,25 @@ from fedkd.run.report_plots import (
     COMPRESSION_PLOT,
     FAILURES_PLOT,
     LABEL_DISTRIBUTION_PLOT,
+    LOSS_PLOT,
     PRIVACY_PLOT,
 )
+from fedkd.run.report_settings import named, settings_html
 
 REPORT_HTML = "report.html"
+#: A plot wider than this (pixels) spans the page's two columns.
+WIDE_PIXELS = 800
+#: The files beside the page that it links to (and names as such).
+DATA_FILES = (
+    ("metrics.jsonl", "one row per round"),
+    ("summary.json", "the final numbers"),
+    ("config.yaml", "the resolved configuration"),
+)
 
 _CAPTIONS = {
-    ACCURACY_PLOT: "Test accuracy per round",
-    CLIENT_ACCURACY_PLOT: "Each client's accuracy on the server test set",
+    ACCURACY_PLOT: "Accuracy per round: which model, on which test data",
+    LOSS_PLOT: "Loss per round",
+    CLIENT_ACCURACY_PLOT: "Each client's own model on the global test set",
     BYTES_PLOT: "Communication per round",
     LABEL_DISTRIBUTION_PLOT: "Label distribution per client",
     PRIVACY_PLOT: "Privacy budget spent",
@@ -33,20 +47,33 @@ _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
        max-width: 1100px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+h2 { font-size: 1.15em; margin: 1.4em 0 0.4em; border-bottom: 1px solid #ddd; }
 dl.run { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dl.run dt { font-weight: 600; }
 dl.run dd { margin: 0; }
+dl.settings dd { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace;
+                 font-size: 0.9em; }
 table { border-collapse: collapse; margin: 1em 0; }
 caption { text-align: left; font-weight: 600; padding-bottom: 0.4em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; }
 th { background: #f4f4f4; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .status-completed { color: #17702b; } .status-stopped { color: #a86400; }
-.status-failed { color: #b00020; }
+.status-failed, .status-interrupted { color: #b00020; }
 .errors { background: #fff3f3; border-left: 4px solid #b00020; padding: 0.5em 1em; }
-.figures { display: flex; flex-wrap: wrap; gap: 1.5em; }
-figure { margin: 0; flex: 1 1 500px; }
-figure img { width: 100%; height: auto; border: 1px solid #eee; }
+.note { color: #555; }
+details { margin: 0.6em 0; } summary { cursor: pointer; color: #1a4f8b; }
+.blocks { columns: 3 300px; column-gap: 1.5em; font-size: 0.85em; }
+.blocks table { break-inside: avoid; margin: 0 0 1em; width: 100%; table-layout: fixed; }
+.blocks td { padding: 0.1em 0.4em; font-family: ui-monospace, Menlo, monospace;
+             overflow-wrap: anywhere; }
+.blocks td:first-child { width: 55%; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr));
+           gap: 1.5em; align-items: start; }
+figure { margin: 0; }
+figure.wide { grid-column: 1 / -1; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #555; }
 footer { margin-top: 2em; font-size: 0.85em; color: #666; }
 """
@@ -89,37 +116,32 @@ def html_table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[str
 
 
 def report_html(
-    summary: Mapping[str, Any], images: Sequence[str], *, errors: Sequence[str] = ()
+    summary: Mapping[str, Any],
+    images: Mapping[str, bytes],
+    *,
+    errors: Sequence[str] = (),
+    config_yaml: str | None = None,
 ) -> str:
-    """A self-contained page (inline CSS, no scripts, nothing fetched from the network):
-    the run, its results table and the plots ``images`` (file names in the run directory).
-    Every text from the run is escaped."""
+    """A self-contained page (inline CSS, no scripts, nothing fetched from the network).
+
+    Parameters
+    ----------
+    summary : Mapping
+        The run's ``summary.json``: the run, its provenance and the results table.
+    images : Mapping[str, bytes]
+        The plots in page order: file name (its caption's key) -> PNG bytes, embedded as
+        ``data:image/png`` URIs.
+    errors : Sequence[str]
+        What could not be drawn, listed on the page.
+    config_yaml : str | None
+        The text of the run's ``config.yaml``: the "Settings" section (None: the page says
+        it was not found).
+
+    Every text from the run is escaped.
+    """
     esc = html.escape
     status = str(summary.get("status", "?"))
     title, headers, rows = summary_rows(summary)
-    run_items = [
-        ("method", summary.get("strategy")),
-        ("dataset", summary.get("dataset")),
-        ("partition", summary.get("partition")),
-        ("client model / student", f"{summary.get('model')} / {summary.get('student')}"),
-        ("clients", summary.get("num_clients")),
-        ("rounds", f"{summary.get('rounds_completed', 0)} of {summary.get('num_rounds')}"),
-        ("seed", summary.get("seed")),
-    ]
-    if summary.get("data_seed") is not None:
-        run_items.append(("data seed", summary["data_seed"]))
-    headline = summary.get("headline") or {}
-    if headline.get("metric") == "client_accuracy_mean":
-        value = headline.get("value")
-        shown = "-" if value is None else f"{100 * value:.1f}%"
-        run_items.append(
-            ("the paper's metric", f"the clients' own models, mean test accuracy: {shown}")
-        )
-    if summary.get("resumed_from_round") is not None:
-        run_items.append(("resumed after round", summary["resumed_from_round"]))
-    for key in ("stopped_reason", "error"):
-        if summary.get(key):
-            run_items.append((key.replace("_", " "), summary[key]))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -132,9 +154,12 @@ def report_html(
         "<body>",
         f"<h1>fedkd: {esc(str(summary.get('strategy')))} on "
         f"{esc(str(summary.get('dataset')))}</h1>",
-        f'<p>status: <strong class="status-{esc(status)}">{esc(status)}</strong></p>',
+        f'<p>status: <strong class="status-{esc(status, quote=True)}">{esc(status)}</strong></p>',
         '<dl class="run">',
-        *(f"<dt>{esc(label)}</dt><dd>{esc(str(value))}</dd>" for label, value in run_items),
+        *(
+            f"<dt>{esc(label)}</dt><dd>{esc(str(value))}</dd>"
+            for label, value in run_items(summary, config_yaml)
+        ),
         "</dl>",
         *html_table(title, headers, rows),
     ]
@@ -145,24 +170,77 @@ def report_html(
             "</ul></div>",
         ]
     parts += _compression_html(summary)
-    parts.append('<div class="figures">')
-    for name in images:
+    parts += settings_html(config_yaml)
+    parts += ["<h2>Plots</h2>", '<div class="figures">']
+    for name, png in images.items():
         caption = _CAPTIONS.get(name, name)
+        data = base64.b64encode(png).decode("ascii")
+        wide = ' class="wide"' if png_width(png) > WIDE_PIXELS else ""
         parts.append(
-            f'<figure><img src="{esc(name, quote=True)}" alt="{esc(caption, quote=True)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>"
+            f'<figure{wide}><img src="data:image/png;base64,{data}" '
+            f'alt="{esc(caption, quote=True)}"><figcaption>{esc(caption)}</figcaption></figure>'
         )
+    parts.append("</div>")
+    files = ", ".join(
+        f'<a href="{esc(name, quote=True)}">{esc(name)}</a> ({esc(what)})'
+        for name, what in DATA_FILES
+    )
+    plots = ", ".join(esc(name) for name in images)
     parts += [
-        "</div>",
-        "<footer>Numbers: "
-        '<a href="metrics.jsonl">metrics.jsonl</a> (one row per round), '
-        '<a href="summary.json">summary.json</a>, <a href="config.yaml">config.yaml</a>.'
+        "<footer>",
+        "<p>This page holds everything it shows: the plots are embedded in it, so it can be "
+        "copied or sent alone.</p>",
+        f"<p>The numbers are in files beside it in the run directory: {files}"
+        + (f"; the plots also as PNG files ({plots})" if plots else "")
+        + ". Those links work only where the page sits in its run directory.</p>",
         "</footer>",
         "</body>",
         "</html>",
         "",
     ]
     return "\n".join(parts)
+
+
+def png_width(png: bytes) -> int:
+    """The width in pixels of a PNG (from its header; 0 for anything else)."""
+    if len(png) < 24 or not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        return 0
+    return int.from_bytes(png[16:20], "big")
+
+
+def run_items(summary: Mapping[str, Any], config_yaml: str | None = None) -> list[tuple[str, Any]]:
+    """The page's header: what ran, how far it got, when, where and with what code."""
+    from fedkd.run.report_settings import parse_config
+
+    config, _ = parse_config(config_yaml)
+    partition: Any = summary.get("partition")
+    if config is not None and isinstance(config.get("partition"), Mapping):
+        partition = named(config["partition"])
+    items: list[tuple[str, Any]] = [
+        ("method", summary.get("strategy")),
+        ("dataset", summary.get("dataset")),
+        ("partition", partition),
+        ("client model / student", f"{summary.get('model')} / {summary.get('student')}"),
+        ("clients", summary.get("num_clients")),
+        ("rounds", f"{summary.get('rounds_completed', 0)} of {summary.get('num_rounds')}"),
+        ("seed", summary.get("seed")),
+    ]
+    if summary.get("data_seed") is not None:
+        items.append(("data seed", summary["data_seed"]))
+    headline = names.canonical(summary).get("headline") or {}
+    metric = headline.get("metric")
+    if metric and metric != names.GLOBAL_TEST:  # a method whose paper reports another model
+        value = headline.get("value")
+        shown = "-" if not isinstance(value, int | float) else f"{100 * value:.1f}%"
+        label = names.LABELS.get(str(metric), str(metric))
+        items.append(("the paper's metric", f"{label}: {shown}"))
+    if summary.get("resumed_from_round") is not None:
+        items.append(("resumed after round", summary["resumed_from_round"]))
+    for key in ("stopped_reason", "error"):
+        if summary.get(key):
+            items.append((key.replace("_", " "), summary[key]))
+    items += provenance.items(summary)
+    return items
 
 
 def _compression_html(summary: Mapping[str, Any]) -> list[str]:

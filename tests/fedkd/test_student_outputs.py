@@ -62,13 +62,15 @@ def test_the_comparison_has_one_row_per_compressed_teacher(tiny_run) -> None:
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["compression"] == rows
     page = (run_dir / "report.html").read_text()
-    assert "teacher_pruned_90" in page and 'src="compression.png"' in page
+    assert "teacher_pruned_90" in page and 'alt="The student against the teacher' in page
     assert (run_dir / "compression.png").stat().st_size > 0
 
 
 def test_the_exported_student_reproduces_the_final_student(tiny_run) -> None:
     run_dir, summary = tiny_run
     assert summary["export"]["torchscript"]["max_abs_diff"] <= 1e-5
+    # relative to the run directory, so a copied or moved run still points at its files
+    assert summary["export"]["torchscript"]["path"] == "student.torchscript.pt"
     state = load_checkpoint(run_dir)["student"]  # the final round's student
     student = prepare_run(compose_config(TINY)).assets.student  # same architecture
     student.load_state_dict(state)
