@@ -27,6 +27,7 @@ from fedkd.privacy.guarantees import NOISE_PARAMETER, PlannedRun, calibrate, wor
 from fedkd.reliability.attacks import AttackSpec
 from fedkd.reliability.faults import FaultSpec
 from fedkd.run.report import ReportSpec
+from fedkd.run.trackers import TrackerSpec
 from fedkd.setup import FederationSetup, LocalTraining, architecture_index
 from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec
@@ -60,6 +61,8 @@ class RunOptions:
         The ``attack`` block.
     report : ReportSpec
         The ``report`` block.
+    trackers : TrackerSpec
+        The ``tracker`` key and the ``trackers`` block (``report.tensorboard`` included).
     num_rounds : int
         ``num_rounds``.
     round_timeout : float
@@ -78,6 +81,7 @@ class RunOptions:
     faults: FaultSpec
     attack: AttackSpec
     report: ReportSpec
+    trackers: TrackerSpec
     num_rounds: int
     round_timeout: float
     checkpoint_every: int
@@ -111,6 +115,9 @@ def build_options(cfg: dict[str, Any], strategy_cls: type) -> RunOptions:
         raise ConfigError(f"round_timeout must be > 0 seconds, got {round_timeout!r}")
     every = checkpoint_every(cfg)
     report = ReportSpec.from_config(cfg.get("report"))  # and tensorboard installed when asked
+    trackers = TrackerSpec.from_config(  # and each tracker's package installed
+        cfg.get("tracker"), cfg.get("trackers"), report_tensorboard=report.tensorboard
+    )
     encoding = EncodingSpec.from_config(cfg.get("encoding"))
     distill = resolve_distill(dict(cfg["distill"]))
     privacy = PrivacySpec.from_config(cfg.get("privacy"))
@@ -122,6 +129,7 @@ def build_options(cfg: dict[str, Any], strategy_cls: type) -> RunOptions:
         faults=faults,
         attack=attack,
         report=report,
+        trackers=trackers,
         num_rounds=cfg["num_rounds"],
         round_timeout=float(round_timeout),
         checkpoint_every=every,

@@ -43,6 +43,8 @@ RESUMABLE_KEYS = (
     "verbose",
     "checkpoint",
     "report",
+    "tracker",
+    "trackers",
 )
 
 

@@ -1,10 +1,10 @@
-"""The per-run report: PNG plots, a self-contained ``report.html``, TensorBoard events.
+"""The per-run report: PNG plots, a self-contained ``report.html`` (the plots embedded).
 
 :func:`write_report` is called once at the end of a run, after ``metrics.jsonl`` and
 ``summary.json`` are on disk; every plot is drawn on its own, so one that fails is reported
 (returned, then recorded in ``summary.json`` as ``report_error``) and the others still appear.
-:class:`TensorBoardLog` writes the same per-round metrics as they arrive
-(``report.tensorboard=true``).
+TensorBoard events (``report.tensorboard=true``, an alias of ``tracker=tensorboard``) are
+written by :mod:`fedkd.run.trackers`; ``TensorBoardLog`` is re-exported here for one release.
 
 The plots live in :mod:`fedkd.run.report_plots` and the page in :mod:`fedkd.run.report_page`;
 their public names are re-exported here.
@@ -13,14 +13,11 @@ their public names are re-exported here.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from fedkd.errors import ConfigError, check_block
 from fedkd.run.report_page import REPORT_HTML as REPORT_HTML
@@ -33,6 +30,7 @@ from fedkd.run.report_plots import CLIENT_ACCURACY_PLOT as CLIENT_ACCURACY_PLOT
 from fedkd.run.report_plots import COMPRESSION_PLOT as COMPRESSION_PLOT
 from fedkd.run.report_plots import FAILURES_PLOT as FAILURES_PLOT
 from fedkd.run.report_plots import LABEL_DISTRIBUTION_PLOT as LABEL_DISTRIBUTION_PLOT
+from fedkd.run.report_plots import LOSS_PLOT as LOSS_PLOT
 from fedkd.run.report_plots import MAX_BOX_ROUNDS as MAX_BOX_ROUNDS
 from fedkd.run.report_plots import PRIVACY_PLOT as PRIVACY_PLOT
 from fedkd.run.report_plots import plot_accuracy as plot_accuracy
@@ -41,11 +39,13 @@ from fedkd.run.report_plots import plot_client_accuracies as plot_client_accurac
 from fedkd.run.report_plots import plot_compression as plot_compression
 from fedkd.run.report_plots import plot_failures as plot_failures
 from fedkd.run.report_plots import plot_label_distribution as plot_label_distribution
+from fedkd.run.report_plots import plot_loss as plot_loss
 from fedkd.run.report_plots import plot_privacy as plot_privacy
+from fedkd.run.trackers import TENSORBOARD_DIR as TENSORBOARD_DIR
+from fedkd.run.trackers import TensorBoardLog as TensorBoardLog
+from fedkd.run.trackers import tensorboard_available as tensorboard_available
 
 logger = logging.getLogger(__name__)
-
-TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class ReportSpec:
     html : bool, default True
         Write ``report.html`` (the plots are written either way).
     tensorboard : bool, default False
-        Also log every round's metrics as TensorBoard events into ``<run dir>/tensorboard/``;
-        needs the ``tensorboard`` package.
+        Kept for one release: the same as adding ``tensorboard`` to ``tracker``
+        (:mod:`fedkd.run.trackers`), every round's metrics as TensorBoard events in
+        ``<run dir>/tensorboard/``; needs the ``tensorboard`` package.
     export : bool, default True
         Export the final student as TorchScript (and ONNX when the ``onnx`` extra is
         installed), checked against the student's own outputs (:mod:`fedkd.run.export`).
@@ -138,11 +139,6 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}")
 
 
-def tensorboard_available() -> bool:
-    """Whether the ``tensorboard`` package (needed by torch's SummaryWriter) is importable."""
-    return importlib.util.find_spec("tensorboard") is not None
-
-
 # ---------------------------------------------------------------------------- writing
 @dataclass
 class ReportResult:
@@ -160,7 +156,8 @@ def write_report(
     label_histograms: Mapping[int, Sequence[int]] | None = None,
     spec: ReportSpec | None = None,
 ) -> ReportResult:
-    """Write every plot that applies to this run, then ``report.html`` (when on).
+    """Write every plot that applies to this run, then ``report.html`` (when on): the plots
+    embedded in it, and the settings read from the run directory's ``config.yaml``.
 
     Never raises for a plot or the page: errors are logged and returned.
     """
@@ -177,8 +174,14 @@ def write_report(
             result.errors.append(f"{name}: {type(exc).__name__}: {exc}")
     if spec.html:
         try:
+            images = {path.name: path.read_bytes() for path in result.files}
             (run_dir / REPORT_HTML).write_text(
-                report_html(summary, [p.name for p in result.files], errors=result.errors),
+                report_html(
+                    summary,
+                    images,
+                    errors=result.errors,
+                    config_yaml=_read_config(run_dir),
+                ),
                 encoding="utf-8",
             )
             result.files.append(run_dir / REPORT_HTML)
@@ -186,6 +189,14 @@ def write_report(
             logger.exception("could not write %s", run_dir / REPORT_HTML)
             result.errors.append(f"{REPORT_HTML}: {type(exc).__name__}: {exc}")
     return result
+
+
+def _read_config(run_dir: Path) -> str | None:
+    """The run's resolved ``config.yaml`` as written, or None when there is none."""
+    from fedkd.run.results import CONFIG_FILE  # results imports this module
+
+    path = run_dir / CONFIG_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def write_plots(
@@ -212,6 +223,7 @@ def _figures(
     budget = (summary.get("privacy") or {}).get("max_epsilon")
     return [
         (ACCURACY_PLOT, lambda path: plot_accuracy(rows, path)),
+        (LOSS_PLOT, lambda path: plot_loss(rows, path)),
         (CLIENT_ACCURACY_PLOT, lambda path: plot_client_accuracies(rows, path)),
         (BYTES_PLOT, lambda path: plot_bytes(rows, path)),
         (LABEL_DISTRIBUTION_PLOT, lambda path: plot_label_distribution(label_histograms, path)),
@@ -219,44 +231,3 @@ def _figures(
         (FAILURES_PLOT, lambda path: plot_failures(rows, path)),
         (COMPRESSION_PLOT, lambda path: plot_compression(summary.get("compression") or [], path)),
     ]
-
-
-# ---------------------------------------------------------------------------- TensorBoard
-class TensorBoardLog:
-    """Per-round metrics as TensorBoard scalars (``report.tensorboard=true``).
-
-    Numbers become scalars tagged by their key, mappings of numbers ``key/sub-key``
-    (``faults_injected/crash``), and ``client_accuracies`` a histogram; the step is the
-    round. Lists (``distill_curve``) and texts are left out. A resumed run drops the events
-    of rounds after its checkpoint (``purge_step``), as ``metrics.jsonl`` drops their rows.
-    """
-
-    SKIPPED = frozenset({"round", "failure_reasons"})
-
-    def __init__(self, run_dir: Path, *, purge_step: int | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(
-            log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step
-        )
-
-    def log(self, row: Mapping[str, Any]) -> None:
-        """Log one round's row."""
-        step = int(row.get("round", 0))
-        for key, value in row.items():
-            if key in self.SKIPPED or value is None or isinstance(value, bool | str):
-                continue
-            if isinstance(value, int | float):
-                self._writer.add_scalar(key, value, step)
-            elif key == "client_accuracies" and isinstance(value, Mapping) and value:
-                self._writer.add_histogram(
-                    key, np.array(list(value.values()), dtype=np.float64), step
-                )
-            elif isinstance(value, Mapping):
-                for sub_key, sub_value in value.items():
-                    if isinstance(sub_value, int | float) and not isinstance(sub_value, bool):
-                        self._writer.add_scalar(f"{key}/{sub_key}", sub_value, step)
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()

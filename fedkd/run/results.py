@@ -14,12 +14,15 @@ import yaml
 
 from fedkd.config import strategy_class
 from fedkd.errors import ConfigError
+from fedkd.run import names
+from fedkd.run.provenance import provenance
 from fedkd.run.report import ACCURACY_PLOT as ACCURACY_PLOT
 from fedkd.run.report import BYTES_PLOT as BYTES_PLOT
 from fedkd.run.report import REPORT_HTML as REPORT_HTML
-from fedkd.run.report import ReportSpec, TensorBoardLog, write_report
+from fedkd.run.report import ReportSpec, write_report
 from fedkd.run.report import write_plots as write_plots
 from fedkd.run.timing import seconds_since_start
+from fedkd.run.trackers import Trackers, TrackerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -32,33 +35,41 @@ RESULT_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
 #: ended the run early (``stopped_reason``); the user stopped it (SIGINT or SIGTERM); an
 #: error ended it (``error``). Finished rounds are kept in ``metrics.jsonl`` in every case.
 STATUSES = ("completed", "stopped", "interrupted", "failed")
-#: Row keys whose best value and round ``summary.json`` keeps (``best``); binary tasks add
-#: the student's balanced accuracy and ROC-AUC.
+#: Row keys whose best value and round ``summary.json`` keeps (``best``), by their names
+#: (:mod:`fedkd.run.names`) and, for one release, their fedkd 0.1 aliases; binary tasks add
+#: the global model's balanced accuracy and ROC-AUC.
+_BEST = (
+    names.GLOBAL_TEST,
+    "global_on_global_test_balanced_accuracy",
+    "global_on_global_test_auc",
+    names.ENSEMBLE_TEST,
+    names.GLOBAL_LOCAL_TEST,
+    names.GLOBAL_EVALUATED,
+    names.LOCAL_EVALUATED,
+    names.LOCAL_GLOBAL_TEST,
+    names.LOCAL_LOCAL_TEST,
+)
 BEST_KEYS = (
-    "student_accuracy",
-    "student_balanced_accuracy",
-    "student_auc",
-    "ensemble_accuracy",
-    "client_accuracy",
-    "client_accuracy_mean",
-    "personalized_accuracy_mean",
+    *(key for new in _BEST for key in (new, names.ALIASES.get(new)) if key is not None),
+    names.EVALUATED_ALIAS,
 )
 #: The metrics a method's paper may report first (``headline`` in ``summary.json``).
 HEADLINE_LABELS = {
-    "student_accuracy": "student test accuracy",
-    "client_accuracy_mean": "clients' own models, mean test accuracy",
+    names.GLOBAL_TEST: names.LABELS[names.GLOBAL_TEST],
+    names.LOCAL_GLOBAL_TEST: names.LABELS[names.LOCAL_GLOBAL_TEST],
 }
 
 
 def headline_metric(config: Mapping[str, Any]) -> str:
     """The metric the run's method reports first: its class's ``headline_metric`` (the
-    clients' models for FedMD, DS-FL, FD, FedProto and local-only; else the student)."""
+    clients' own models on the global test set for FedMD, DS-FL, FD, FedProto and local-only;
+    else the global model), by its name in :mod:`fedkd.run.names`."""
     try:
         cls = strategy_class(config["strategy"])
     except (ConfigError, KeyError, TypeError):
-        return "student_accuracy"
-    metric = getattr(cls, "headline_metric", "student_accuracy")
-    return metric if metric in HEADLINE_LABELS else "student_accuracy"
+        return names.GLOBAL_TEST
+    metric = names.new_name(getattr(cls, "headline_metric", names.GLOBAL_TEST))
+    return metric if metric in HEADLINE_LABELS else names.GLOBAL_TEST
 
 
 class RunWriter:
@@ -66,21 +77,33 @@ class RunWriter:
 
     ``metrics.jsonl`` gets one line per round, flushed at once; ``summary.json`` is written
     atomically (temporary file, then rename) at the end, also when the run failed, and only
-    then the report (plots, ``report.html``), which can never lose the numbers.
+    then the report (plots, ``report.html``), which can never lose the numbers. The
+    experiment trackers (:mod:`fedkd.run.trackers`) get the config at the start, each row as
+    it is written, and the summary and files once the report is on disk.
 
     Parameters
     ----------
     run_dir : Path
         The run directory.
     report : ReportSpec | None
-        The ``report`` block (default: plots and ``report.html``, no TensorBoard).
+        The ``report`` block (default: plots and ``report.html``).
+    trackers : TrackerSpec | None
+        The ``tracker`` key and ``trackers`` block (default: none); ``report.tensorboard``
+        adds ``tensorboard``.
     """
 
-    def __init__(self, run_dir: Path, *, report: ReportSpec | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        report: ReportSpec | None = None,
+        trackers: TrackerSpec | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.report = report or ReportSpec()
         self.rows: list[dict[str, Any]] = []
-        self._tensorboard: TensorBoardLog | None = None
+        spec = trackers or TrackerSpec()
+        self.trackers = Trackers(spec.with_tensorboard() if self.report.tensorboard else spec)
 
     def start(self, config: Mapping[str, Any]) -> None:
         """Create the directory, write ``config.yaml`` and start an empty ``metrics.jsonl``.
@@ -95,7 +118,7 @@ class RunWriter:
         self._write_config(config)
         (self.run_dir / METRICS_FILE).write_text("")
         self.rows = []
-        self._open_tensorboard(purge_step=None)
+        self.trackers.start(_jsonable(dict(config)), self.run_dir)
 
     def resume(self, config: Mapping[str, Any], *, last_round: int) -> None:
         """Continue an existing run after ``last_round`` (its checkpoint): rows of later
@@ -107,15 +130,9 @@ class RunWriter:
         os.replace(tmp, self.run_dir / METRICS_FILE)
         (self.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
         self.rows = rows
-        self._open_tensorboard(purge_step=last_round + 1)
-
-    def _open_tensorboard(self, *, purge_step: int | None) -> None:
-        if not self.report.tensorboard:
-            return
-        try:
-            self._tensorboard = TensorBoardLog(self.run_dir, purge_step=purge_step)
-        except Exception:  # the events are a view of the results, never a reason to stop
-            logger.exception("could not start TensorBoard logging in %s", self.run_dir)
+        self.trackers.start(
+            _jsonable(dict(config)), self.run_dir, resume_from_round=last_round, kept_rows=rows
+        )
 
     def _write_config(self, config: Mapping[str, Any]) -> None:
         with (self.run_dir / CONFIG_FILE).open("w") as handle:
@@ -127,20 +144,7 @@ class RunWriter:
         self.rows.append(clean)
         with (self.run_dir / METRICS_FILE).open("a") as handle:
             handle.write(json.dumps(clean) + "\n")
-        if self._tensorboard is not None:
-            try:
-                self._tensorboard.log(clean)
-            except Exception:
-                logger.exception("TensorBoard logging failed; it is off for the rest of the run")
-                self._close_tensorboard()
-
-    def _close_tensorboard(self) -> None:
-        board, self._tensorboard = self._tensorboard, None
-        if board is not None:
-            try:
-                board.close()
-            except Exception:
-                logger.exception("could not close the TensorBoard log")
+        self.trackers.log_round(clean)  # a tracker that fails is switched off, never raises
 
     def finish(
         self,
@@ -153,28 +157,33 @@ class RunWriter:
         ``label_histograms`` are the label counts of each client's training split by
         partition id (``partitions.json``; nothing is written without them). What the report
         could not draw is logged and recorded as ``report_error`` in ``summary.json``,
-        which is then rewritten. Returns the summary as written.
+        which is then rewritten. Then the trackers get the summary and the files written
+        (results and report), and end. Returns the summary as written.
         """
         written = _jsonable(dict(summary))
         _atomic_write_json(self.run_dir / SUMMARY_FILE, written)
-        self._close_tensorboard()
         histograms = {int(p): [int(c) for c in h] for p, h in (label_histograms or {}).items()}
         if histograms:
             _atomic_write_text(self.run_dir / PARTITIONS_FILE, _partitions_json(histograms))
+        report_files: list[Path] = []
         try:
-            errors = write_report(
+            report = write_report(
                 self.run_dir,
                 self.rows,
                 written,
                 label_histograms=histograms,
                 spec=self.report,
-            ).errors
+            )
+            errors, report_files = report.errors, report.files
         except Exception as exc:  # a report failure must not lose the numbers above
             logger.exception("could not write the report into %s", self.run_dir)
             errors = [f"{type(exc).__name__}: {exc}"]
         if errors:
             written["report_error"] = "; ".join(errors)
             _atomic_write_json(self.run_dir / SUMMARY_FILE, written)
+        results = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PARTITIONS_FILE)
+        files = [self.run_dir / n for n in results if (self.run_dir / n).is_file()]
+        self.trackers.finish(written, files=[*files, *report_files])
         return written
 
 
@@ -235,7 +244,11 @@ def summarize(
         "rounds_completed": len(rounds),
         "seed": config["seed"],
         "data_seed": config.get("data_seed"),  # null: the data followed seed
-        "headline": {"metric": headline, "value": final.get(headline)},
+        "headline": {
+            "metric": headline,
+            "value": final.get(headline),
+            "label": HEADLINE_LABELS[headline],
+        },
         "final": final,
         "best": best,
         **({"majority_baseline": dict(majority_baseline)} if majority_baseline else {}),
@@ -246,6 +259,7 @@ def summarize(
         "wall_seconds": wall_seconds,
         **dict(timing or {}),
         "environment": environment(),
+        "provenance": provenance(),  # fedkd's version and commit, date, host
         "parameters": student_parameters,
         "size_bytes": student_size_bytes,
     }
