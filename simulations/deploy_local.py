@@ -9,8 +9,9 @@ the run directory's ``summary.json`` (``flwr run --stream`` exits 0 even when th
 failed). Every process it started is stopped by pid at the end, also on error, Ctrl-C or
 SIGTERM, and every exit once they have started leaves ``summary.json`` in the run directory
 (status ``completed``, ``failed`` or ``interrupted``; written by the launcher from
-``metrics.jsonl`` when the ServerApp did not get to). Exit codes: 0 completed, 1 failed or
-timed out, 2 invalid configuration (nothing started), 130 SIGINT, 143 SIGTERM.
+``metrics.jsonl`` when the ServerApp did not get to). At the end it prints the results
+table of a normal run. Exit codes: 0 completed, 1 failed or timed out, 2 invalid
+configuration (nothing started), 130 SIGINT, 143 SIGTERM.
 
 Arguments are the Hydra overrides of ``python -m simulations.run`` plus launcher options
 written as ``deploy.<key>=<value>``, which are taken out before the config is composed:
@@ -19,10 +20,12 @@ written as ``deploy.<key>=<value>``, which are taken out before the config is co
 ``deploy.nodes``    number of SuperNodes; must equal ``num_clients`` (default: ``num_clients``
                     when given, else 3, and ``num_clients`` is then set to it)
 ``deploy.port``     the SuperLink's one HTTPS port (default: a free port)
-``deploy.out_dir``  the run directory (default ``outputs/deploy-<timestamp>``)
+``deploy.out_dir``  the run directory (default: a normal run's with ``-deploy``,
+                    ``outputs/<date>/<time>-<strategy>-<dataset>-deploy``); every process's
+                    log goes to its ``logs/``
 ``deploy.timeout``  seconds for the whole deployment (default 600)
-``deploy.workdir``  certificates, keys, logs and ``FLWR_HOME`` (default: a temporary
-                    directory, removed after a completed run, kept and printed otherwise)
+``deploy.workdir``  certificates, keys and ``FLWR_HOME`` (default: a temporary directory,
+                    removed at the end)
 ``deploy.certs_dir`` a directory with ``ca.crt``, ``server.crt`` and ``server.key`` to use
                     instead of generating a throwaway CA
 ``deploy.data_files`` ``true``: every SuperNode gets its partition as its own data file;

@@ -10,9 +10,11 @@ Two ways in, one code path:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedkd.apps.flwr_run import (
+    default_run_dir,
+    launcher,
+    quiet_flwr_run_warnings,
+    run_log,
+    superlink_hint,
+)
 from fedkd.apps.plan import (  # noqa: F401  (re-exported: the ServerApp's public names)
     DEFAULT_ROUND_TIMEOUT_SECONDS,
     RunOptions,
@@ -37,6 +46,7 @@ from fedkd.errors import ConfigError
 from fedkd.metrics import binary_scores, majority_baseline
 from fedkd.models import FedKDModel, count_parameters, model_from_config, model_size_bytes
 from fedkd.privacy import PrivacyBudgetExhausted
+from fedkd.run import names
 from fedkd.run.checkpoint import (
     check_resumable,
     load_checkpoint,
@@ -44,9 +54,17 @@ from fedkd.run.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from fedkd.run.progress import RoundProgress, summary_table
+from fedkd.run.console import active_display, phase
+from fedkd.run.progress import RoundProgress, print_summary
 from fedkd.run.report import ReportSpec
-from fedkd.run.results import RunWriter, failure_status, record_outputs_seconds, summarize
+from fedkd.run.results import (
+    SUMMARY_FILE,
+    RunWriter,
+    check_fresh_run_dir,
+    failure_status,
+    record_outputs_seconds,
+    summarize,
+)
 from fedkd.run.timing import run_origin
 from fedkd.train import evaluate, predict_probs
 from strategies.base import RoundAborted, RunAssets, student_arrays
@@ -73,7 +91,7 @@ def run_federation(
     then covers the whole command), except when the run ends in an exception.
     """
     cfg, run_options, assets, strategy = plan.config, plan.options, plan.assets, plan.strategy
-    writer = RunWriter(run_dir, report=run_options.report)
+    writer = RunWriter(run_dir, report=run_options.report, trackers=run_options.trackers)
     first_round, initial_arrays, resumed_from = 1, student_arrays(assets.student), None
     timeout = run_options.round_timeout
     num_rounds = run_options.num_rounds
@@ -144,6 +162,7 @@ def run_federation(
                 }
             )
         last_round_end = now
+        row = names.with_aliases(row)  # the new names and, for one release, the old ones
         writer.append(row)
         progress.update(row)
         if accuracy is None or loss is None:
@@ -151,9 +170,13 @@ def run_federation(
         return MetricRecord({"student-accuracy": accuracy, "student-loss": loss})
 
     status, error = "completed", None
-    progress = RoundProgress(
-        num_rounds, enabled=show_progress, headline=type(strategy).headline_metric
+    shown = active_display()  # simulations.run shows one from before the data is built
+    progress = (
+        shown
+        if isinstance(shown, RoundProgress)
+        else RoundProgress(num_rounds, enabled=show_progress)
     )
+    progress.set_headline(type(strategy).headline_metric)
     if resumed_from:
         progress.advance_to(resumed_from)
     privacy: dict[str, Any] | None = None
@@ -175,6 +198,7 @@ def run_federation(
             except (PrivacyBudgetExhausted, RoundAborted) as exc:  # finished rounds are kept
                 status, stopped_reason = "stopped", str(exc)
                 logger.warning("%s", exc)
+        phase("writing the results")
         privacy = privacy_summary(plan, grid, run_dir)
         final_student = student_outputs(plan, run_dir, writer.report)
     except BaseException as exc:
@@ -208,8 +232,7 @@ def run_federation(
         summary = writer.finish(summary, label_histograms=strategy.label_histograms)
         summary = record_outputs_seconds(run_dir, summary)  # the report included
         if show_progress and (not defer_summary or error is not None):
-            progress.console.print(summary_table(summary))
-            progress.console.print(f"results in {run_dir}")
+            print_summary(summary, run_dir)
     return summary
 
 
@@ -231,7 +254,11 @@ def student_outputs(plan: RunPlan, run_dir: Path, spec: ReportSpec) -> dict[str,
 
         try:
             example = torch.as_tensor(np.asarray(test_x[:4], dtype=np.float32))
-            outputs["export"] = export_student(student, example, run_dir)
+            exported = export_student(student, example, run_dir)
+            for entry in exported.values():  # paths relative to the run directory: it moves
+                if "path" in entry:
+                    entry["path"] = os.path.relpath(entry["path"], run_dir)
+            outputs["export"] = exported
         except Exception as exc:
             logger.exception("could not export the student")
             outputs["export_error"] = f"{type(exc).__name__}: {exc}"
@@ -311,7 +338,8 @@ def write_checkpoint(
             "config": plan.config,
         },
     )
-    logger.info("round %s: checkpoint written", server_round)
+    logger.debug("round %s: checkpoint written", server_round)
+    phase(f"round {server_round}: checkpoint written")
     return True
 
 
@@ -401,7 +429,11 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point under ``flwr run``: config from the run config's ``overrides``."""
+    """Entry point under ``flwr run``: config from the run config's ``overrides``, run
+    directory ``out-dir`` (default :func:`default_run_dir`). As a normal run, it writes
+    ``run.log`` and checkpoints there and prints the results table at the end (unless a
+    fedkd launcher prints it: :data:`fedkd.apps.flwr_run.LAUNCHER_VAR`)."""
+    quiet_flwr_run_warnings()
     overrides = str(context.run_config.get("overrides", ""))
     out_dir = str(context.run_config.get("out-dir", ""))
     cfg = compose_config(overrides)
@@ -410,13 +442,15 @@ def main(grid: Grid, context: Context) -> None:
             "resume: continue a run with `python -m simulations.run resume=<run dir>`; under "
             "flwr run, start a new run (out-dir) instead"
         )
-    # Resuming is a `python -m simulations.run` feature; checkpoints would only cost every
-    # SuperNode a state-export message here.
-    cfg["checkpoint"] = {"every": 0}
-    run_dir = (
-        Path(out_dir)
-        if out_dir
-        else Path("outputs") / f"flwr-run-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-    )
-    plan = prepare_run(cfg)
-    run_federation(grid, plan, run_dir, show_progress=False)
+    run_dir = (Path(out_dir) if out_dir else default_run_dir(cfg)).absolute()
+    check_fresh_run_dir(run_dir)  # before run.log is opened in it
+    try:
+        with run_log(run_dir):
+            plan = prepare_run(cfg)
+            run_federation(grid, plan, run_dir, show_progress=False)
+    finally:
+        summary_file = run_dir / SUMMARY_FILE
+        if cfg.get("progress", True) and launcher() is None and summary_file.is_file():
+            print_summary(json.loads(summary_file.read_text()), run_dir)
+        if (hint := superlink_hint()) is not None:
+            print(hint, file=sys.stderr)

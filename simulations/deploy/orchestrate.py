@@ -10,12 +10,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedkd.apps.flwr_run import LAUNCHER_VAR, default_run_dir
 from fedkd.errors import ConfigError
+from fedkd.run.console import ConsoleLogHandler
 from fedkd.run.interrupt import exit_code
+from fedkd.run.progress import print_summary
 from fedkd.run.results import check_fresh_run_dir
 from simulations.deploy.errors import DeployError
 from simulations.deploy.options import (
@@ -32,24 +34,29 @@ from simulations.deploy.processes import (
     STARTUP_TIMEOUT_SECONDS,
     LocalFederation,
     ProcessRecord,
-    _alive,
     _signals_ignored,
     _signals_raise,
     check_port_free,
     free_port,
     free_ports,
 )
+from simulations.deploy.proctree import alive
 from simulations.deploy.summary import StudentSize, settle_summary
 
 # The original single-module name, so log lines read as before the split.
 logger = logging.getLogger("simulations.deploy_local")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: A deployment's run directory is a normal run's (``outputs/<date>/<time>-<strategy>-
+#: <dataset>``) with this suffix; its ``logs/`` holds every process's log.
+RUN_DIR_SUFFIX = "-deploy"
+LOGS_DIR = "logs"
 
 
 @dataclass
-class DeployResult:
-    """What one deployment produced.
+class RunResult:
+    """What one run on a SuperLink this launcher started produced (``deploy_local``,
+    ``flwr_local``).
 
     ``status`` is Flower's final run status without the ``finished:`` prefix
     (``completed``, ``failed``, ``stopped``), or ``timeout``; ``summary`` is the run
@@ -60,9 +67,7 @@ class DeployResult:
     run_id: int | None
     run_dir: Path
     summary: dict[str, Any] | None
-    node_ids: list[int]
     logs_dir: Path
-    workdir: Path
     status_details: str = ""
     processes: list[ProcessRecord] = field(default_factory=list)
     wall_seconds: float = 0.0
@@ -75,6 +80,14 @@ class DeployResult:
             and self.summary is not None
             and self.summary.get("status") == "completed"
         )
+
+
+@dataclass(kw_only=True)
+class DeployResult(RunResult):
+    """A deployment's run, with its SuperNodes' ids and its work directory."""
+
+    node_ids: list[int]
+    workdir: Path
 
 
 # ---------------------------------------------------------------------------- deploy
@@ -105,11 +118,13 @@ def deploy(
     port : int, optional
         The SuperLink's port; default a free one.
     out_dir : Path, optional
-        The run directory; default ``outputs/deploy-<timestamp>``.
+        The run directory; default ``outputs/<date>/<time>-<strategy>-<dataset>-deploy``.
+        Every process's log goes to its ``logs/``.
     timeout_seconds : float, default 600
         For the whole deployment; an unfinished run ends with status ``timeout``.
     workdir : Path, optional
-        Kept afterwards. Default: a temporary directory, removed when the run completed.
+        Certificates, keys, ``FLWR_HOME``s; kept afterwards. Default: a temporary
+        directory, removed at the end.
     certs_dir : Path, optional
         ``ca.crt``, ``server.crt``, ``server.key`` to use instead of a throwaway CA.
     data_files : bool or sequence of Path, default False
@@ -144,7 +159,7 @@ def deploy(
     cfg, student = validate_config(overrides)
     if port is not None:
         check_port_free(port)
-    run_dir = (out_dir or Path("outputs") / f"deploy-{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    run_dir = (out_dir or default_run_dir(cfg, suffix=RUN_DIR_SUFFIX)).resolve()
     check_fresh_run_dir(run_dir)  # an existing run's results are never overwritten
     if not (REPO_ROOT / "pyproject.toml").is_file():
         raise DeployError(f"no pyproject.toml in {REPO_ROOT}: the Flower app must be a checkout")
@@ -152,7 +167,6 @@ def deploy(
     work = Path(tempfile.mkdtemp(prefix="fedkd-deploy-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
     work = work.resolve()
-    completed = False
     # From the first started process on, every exit leaves summary.json (settle_summary).
     outcome: tuple[str, str | None] | None = None
     try:
@@ -170,7 +184,12 @@ def deploy(
         files.update(node_data or {})
         node_configs = [node_config(i, nodes, files.get(i)) for i in range(nodes)]
         federation = LocalFederation(
-            work, port=free_port() if port is None else port, credentials=credentials, echo=echo
+            work,
+            port=free_port() if port is None else port,
+            credentials=credentials,
+            echo=echo,
+            logs_dir=run_dir / LOGS_DIR,
+            env={LAUNCHER_VAR: "simulations.deploy_local"},  # it prints the table itself
         )
         outcome = ("failed", "deploy_local stopped before the run ended")
         try:
@@ -190,29 +209,16 @@ def deploy(
         except BaseException as exc:
             outcome = ("failed", f"{type(exc).__name__}: {exc}")
             raise
-        if result.status == "timeout":
-            outcome = ("failed", f"deploy.timeout of {timeout_seconds:g} s reached")
-        elif result.status != "completed":
-            outcome = ("failed", f"Flower ended the run {result.status}: {result.status_details}")
-        else:
-            outcome = ("completed", None)
-        result.processes = list(federation.records.values())
-        still_alive = [r.pid for r in result.processes if _alive(r.pid)]
-        if still_alive:
-            raise DeployError(f"processes still alive after shutdown: {still_alive}")
+        outcome = run_outcome(result, federation, "deploy.timeout", timeout_seconds)
         result.wall_seconds = time.monotonic() - started
         result.summary = _settle(run_dir, cfg, student, outcome, started)
         outcome = None  # settled
-        completed = result.ok
         return result
     finally:
         if outcome is not None:  # an exit by exception once processes had started
             _settle(run_dir, cfg, student, outcome, started)
-        if temporary and completed:
+        if temporary:  # the logs are in the run directory; the rest is throwaway
             shutil.rmtree(work, ignore_errors=True)
-        elif temporary:
-            print(f"fedkd deploy: kept the work directory {work} (logs in {work / 'logs'})",
-                  file=sys.stderr)  # fmt: skip
 
 
 def _settle(
@@ -328,25 +334,43 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _print_summary(result: DeployResult) -> None:
-    summary = result.summary or {}
-    final = summary.get("final", {}) if isinstance(summary.get("final"), dict) else {}
-    accuracy = final.get("student_accuracy")
-    lines = [
-        f"fedkd deploy: run {result.run_id} {result.status}"
-        + (f" ({result.status_details})" if result.status_details and not result.ok else ""),
-        f"  nodes          {len(result.node_ids)} SuperNodes (ids {result.node_ids})",
-        f"  run directory  {result.run_dir}",
-        f"  summary        {summary.get('status', 'missing')}, "
-        f"{summary.get('rounds_completed', '?')} rounds",
-        "  student acc.   " + (f"{accuracy:.1%}" if isinstance(accuracy, int | float) else "n/a"),
-        f"  wall time      {result.wall_seconds:.1f} s",
-    ]
-    print("\n".join(lines))
+    """How the deployment ended (stderr, as the logs), then the results table of a normal
+    run from the run directory's ``summary.json`` (:func:`fedkd.run.progress.print_summary`)."""
+    details = f" ({result.status_details})" if result.status_details and not result.ok else ""
+    print(
+        f"fedkd deploy: run {result.run_id} {result.status}{details} on "
+        f"{len(result.node_ids)} SuperNodes in {result.wall_seconds:.1f} s; every process "
+        f"stopped; logs in {result.logs_dir}",
+        file=sys.stderr,
+    )
+    if result.summary is not None:
+        print_summary(result.summary, result.run_dir)
+    else:
+        print(f"fedkd deploy: no summary.json in {result.run_dir}", file=sys.stderr)
+
+
+def run_outcome(
+    result: RunResult, federation: LocalFederation, option: str, timeout: float | None
+) -> tuple[str, str | None]:
+    """``summary.json``'s status and error for a run that returned: ``completed``, or
+    ``failed`` with why (a timed-out run names ``option`` and its ``timeout``). Records the
+    federation's processes in ``result``; any still alive is an error."""
+    if result.status == "timeout":
+        outcome: tuple[str, str | None] = ("failed", f"{option} of {timeout or 0:g} s reached")
+    elif result.status != "completed":
+        outcome = ("failed", f"Flower ended the run {result.status}: {result.status_details}")
+    else:
+        outcome = ("completed", None)
+    result.processes = list(federation.records.values())
+    still_alive = [r.pid for r in result.processes if alive(r.pid)]
+    if still_alive:
+        raise DeployError(f"processes still alive after shutdown: {still_alive}")
+    return outcome
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 only for a completed run)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, handlers=[ConsoleLogHandler()])  # fedkd/run/console.py
     try:
         overrides, options = split_arguments(sys.argv[1:] if argv is None else argv)
         result = deploy(

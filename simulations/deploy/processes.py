@@ -1,4 +1,10 @@
-"""Flower's processes (SuperLink, SuperNodes, ``flwr`` CLI calls), started and stopped by pid."""
+"""Flower's processes (SuperLink, SuperNodes, ``flwr`` CLI calls), started and stopped by pid.
+
+:class:`LocalFederation` serves both launchers: ``simulations.deploy_local`` (a TLS
+SuperLink with SuperNode authentication and real SuperNodes) and
+``simulations.flwr_local`` (the simulation SuperLink that ``flwr run`` would start, but
+owned by the launcher, so it is stopped when the run ends).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -22,13 +28,20 @@ from typing import IO, Any
 
 from simulations.deploy.errors import DeployError, DeployInterrupted
 from simulations.deploy.pki import Credentials, NodeKey, make_node_key
+from simulations.deploy.proctree import (
+    STOP_GRACE_SECONDS,
+    alive,
+    descendants,
+    group_members,
+    start_time,
+    stop_pids,
+)
 
 # The original single-module name, so log lines read as before the split.
 logger = logging.getLogger("simulations.deploy_local")
 
 CONNECTION = "fedkd-local"
 STARTUP_TIMEOUT_SECONDS = 60.0  # SuperLink listening / SuperNode connected (both take ~1 s)
-STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL
 CHILD_EXIT_SECONDS = 15.0  # a superexec notices its parent is gone within ~1-10 s
 
 _NODE_ID_LINE = re.compile(r"SuperNode ID: (\d+)")
@@ -46,16 +59,21 @@ class ProcessRecord:
     exited_by_itself: bool | None = None  # False: the launcher had to stop it
 
 
-def write_cli_config(flwr_home: Path, *, port: int, ca_cert: Path) -> Path:
-    """``$FLWR_HOME/config.toml`` with the ``fedkd-local`` connection as the default."""
+def write_cli_config(flwr_home: Path, *, port: int, ca_cert: Path | None) -> Path:
+    """``$FLWR_HOME/config.toml`` with the ``fedkd-local`` connection as the default: TLS
+    trusting ``ca_cert``, or plain HTTP on loopback when it is None (a simulation)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
+    trust = (
+        "insecure = true\n"
+        if ca_cert is None
+        else f"root-certificates = {json.dumps(str(ca_cert.resolve()))}\n"
+    )
     path.write_text(
         "[superlink]\n"
         f'default = "{CONNECTION}"\n\n'
         f"[superlink.{CONNECTION}]\n"
-        f'address = "127.0.0.1:{port}"\n'
-        f"root-certificates = {json.dumps(str(ca_cert.resolve()))}\n"
+        f'address = "127.0.0.1:{port}"\n' + trust
     )
     return path
 
@@ -111,69 +129,6 @@ def _tail(path: Path, chars: int = 2000) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie (zombies only wait to be reaped)."""
-    if Path("/proc").is_dir():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _live_stats() -> Iterator[tuple[int, list[str]]]:
-    """(pid, the fields of ``/proc/<pid>/stat`` after the command name) of every live,
-    non-zombie process (Linux ``/proc``; nothing elsewhere). Field 0 is the state, 1 the
-    parent's pid, 2 the process group, 19 the start time."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            yield int(entry.name), fields
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live processes in process group ``pgid`` (Linux ``/proc``; empty elsewhere)."""
-    return [pid for pid, fields in _live_stats() if int(fields[2]) == pgid]
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (``/proc/<pid>/stat``): with the pid, it
-    names one process (a pid may be reused once its process is gone); None when gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _descendants(pids: Sequence[int]) -> list[tuple[int, str]]:
-    """Live descendants of ``pids`` as (pid, start time) (Linux ``/proc``; else empty)."""
-    children: dict[int, list[int]] = {}
-    for pid, fields in _live_stats():
-        children.setdefault(int(fields[1]), []).append(pid)
-    found, todo = [], list(pids)
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found.extend(kids)
-        todo.extend(kids)
-    return [(pid, start) for pid in found if (start := _start_time(pid)) is not None]
-
-
 class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
     """Owns the SuperLink, the SuperNodes and the CLI calls of one loopback deployment.
 
@@ -185,30 +140,50 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
     Parameters
     ----------
     workdir : Path
-        Certificates, keys, logs (``logs/``) and the ``FLWR_HOME`` directories go here.
+        Certificates, keys and the ``FLWR_HOME`` directories go here.
     port : int
-        The SuperLink's HTTPS port on 127.0.0.1.
-    credentials : Credentials
-        The SuperLink's TLS files; the CLI and the SuperNodes trust ``ca_cert``.
+        The SuperLink's port on 127.0.0.1 (HTTPS with ``credentials``, else plain HTTP).
+    credentials : Credentials or None
+        The SuperLink's TLS files; the CLI and the SuperNodes trust ``ca_cert``. None: a
+        simulation SuperLink on loopback without TLS (:meth:`start_simulation_superlink`).
     echo : bool, default False
-        Also print ``flwr run --stream``'s output (it always goes to ``logs/flwr-run.log``).
+        Also print ``flwr run --stream``'s output (it always goes to ``flwr-run.log``),
+        except the lines in ``hidden_lines``.
+    logs_dir : Path, optional
+        Every process's log (``<name>.log``); default ``<workdir>/logs``.
+    env : mapping, optional
+        Added to the environment of every process and CLI call.
+    hidden_lines : sequence of str
+        The stream's lines that hold one of these texts are not echoed (they stay in
+        ``flwr-run.log``).
     """
 
     def __init__(
-        self, workdir: Path, *, port: int, credentials: Credentials, echo: bool = False
+        self,
+        workdir: Path,
+        *,
+        port: int,
+        credentials: Credentials | None,
+        echo: bool = False,
+        logs_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        hidden_lines: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir.resolve()
         self.port = port
         self.credentials = credentials
         self.echo = echo
-        self.logs_dir = self.workdir / "logs"
+        self.logs_dir = (logs_dir or self.workdir / "logs").resolve()
         self.keys_dir = self.workdir / "keys"
         self.flwr_home = self.workdir / "flwr-home"  # the CLI's and the SuperLink's
         self.bin_dir = Path(sys.executable).parent  # flwr starts its helpers by bare name
+        self.extra_env = dict(env or {})
+        self.hidden_lines = tuple(hidden_lines)
         self.records: dict[str, ProcessRecord] = {}
         self._procs: dict[str, subprocess.Popen[Any]] = {}
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        write_cli_config(self.flwr_home, port=port, ca_cert=credentials.ca_cert)
+        ca_cert = None if credentials is None else credentials.ca_cert
+        write_cli_config(self.flwr_home, port=port, ca_cert=ca_cert)
 
     # -- environment and commands
 
@@ -221,6 +196,7 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "PYTHONUNBUFFERED": "1",  # log lines reach the log files as they happen
             "PATH": str(self.bin_dir) + os.pathsep + os.environ.get("PATH", ""),
+            **self.extra_env,
         }
 
     def tool(self, name: str) -> str:
@@ -272,12 +248,17 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
         """The pids of every long-running process started (not the short ``flwr`` CLI calls)."""
         return [record.pid for record in self.records.values()]
 
+    def _tls(self) -> Credentials:
+        if self.credentials is None:
+            raise DeployError("a SuperLink with TLS and its SuperNodes need credentials")
+        return self.credentials
+
     # -- SuperLink
 
     def start_superlink(self, *, timeout: float = STARTUP_TIMEOUT_SECONDS) -> ProcessRecord:
         """Start ``flower-superlink`` with TLS and SuperNode auth; return once it listens."""
         check_port_free(self.port)
-        creds = self.credentials
+        creds = self._tls()
         record = self.start(
             "superlink",
             [
@@ -293,6 +274,37 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
             cwd=self.workdir / "superlink",  # the ServerApp's cwd (FLOWER_FACTS A.17)
             flwr_home=self.flwr_home,
         )  # fmt: skip
+        self._wait_listening(timeout)
+        return record
+
+    def start_simulation_superlink(
+        self, *, cwd: Path, timeout: float = STARTUP_TIMEOUT_SECONDS
+    ) -> ProcessRecord:
+        """Start the simulation SuperLink that ``flwr run`` starts for its ``local``
+        connection (``flwr/cli/local_superlink.py``: ``--insecure --simulation --isolation
+        subprocess``), on this federation's port and a free Control API port, without a
+        database; return once it listens. ``cwd`` becomes the ServerApp's working directory.
+        """
+        check_port_free(self.port)
+        record = self.start(
+            "superlink",
+            [
+                self.tool("flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation", "subprocess",
+                "--control-api-address", f"127.0.0.1:{free_ports(1, exclude=[self.port])[0]}",
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+            cwd=cwd,
+            flwr_home=self.flwr_home,
+        )  # fmt: skip
+        self._wait_listening(timeout)
+        return record
+
+    def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not _accepts_connections(self.port):
             self._startup_pause(
@@ -302,7 +314,6 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
                 before=f"listening on port {self.port}",
                 within=f"listen on 127.0.0.1:{self.port} within {timeout:.0f} s",
             )
-        return record
 
     def register(self, key: NodeKey) -> int:
         """``flwr supernode register <key.pub> fedkd-local``; returns the new node id."""
@@ -329,7 +340,7 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
             [
                 self.tool("flower-supernode"),
                 "--superlink", f"127.0.0.1:{self.port}",
-                "--root-certificates", str(self.credentials.ca_cert),
+                "--root-certificates", str(self._tls().ca_cert),
                 "--auth-supernode-private-key", str(key.private_key),
                 "--node-config", node_config,
                 "--port", str(free_port() if port is None else port),
@@ -380,17 +391,26 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
     # -- runs
 
     def submit(
-        self, app_dir: Path, run_config: str, *, timeout: float
+        self,
+        app_dir: Path,
+        run_config: str,
+        *,
+        timeout: float | None,
+        federation_config: str | None = None,
     ) -> tuple[int | None, int | None]:
         """``flwr run <app> fedkd-local --run-config ... --stream``; (run id, exit code).
 
-        The exit code is ``None`` when the stream was still open after ``timeout`` seconds
-        (the ``flwr`` client is then stopped). It says little: ``--stream`` exits 0 even when
-        the ServerApp failed, so use :meth:`run_status`.
+        ``federation_config`` goes to ``--federation-config`` (a simulation's
+        ``num-supernodes=N``). The exit code is ``None`` when the stream was still open
+        after ``timeout`` seconds (None: no limit; the ``flwr`` client is then stopped). It
+        says little: ``--stream`` exits 0 even when the ServerApp failed, so use
+        :meth:`run_status`.
         """
         log = self.logs_dir / "flwr-run.log"
         args = [self.tool("flwr"), "run", str(app_dir), CONNECTION,
                 "--run-config", run_config, "--stream"]  # fmt: skip
+        if federation_config is not None:
+            args += ["--federation-config", federation_config]
         run_id: int | None = None
         with log.open("w") as handle:
             proc = subprocess.Popen(
@@ -428,7 +448,7 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
             handle.flush()
             if not found and (match := _RUN_ID_LINE.search(line)):
                 found.append(int(match.group(1)))
-            if self.echo:
+            if self.echo and not any(text in line for text in self.hidden_lines):
                 sys.stdout.write(line)
                 sys.stdout.flush()
 
@@ -491,24 +511,24 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
         """
         names = sorted(self._procs, key=lambda n: n == "superlink")
         live = [self._procs[n].pid for n in names if self._procs[n].poll() is None]
-        descendants = _descendants(live)
+        seen = descendants(live)
         self._stop_processes(names)
         groups = [self._procs[n].pid for n in names]  # start_new_session: pgid == pid
         deadline = time.monotonic() + CHILD_EXIT_SECONDS
-        while any(_group_members(g) for g in groups) and time.monotonic() < deadline:
+        while any(group_members(g) for g in groups) and time.monotonic() < deadline:
             time.sleep(0.2)
         for pgid in groups:
-            if _group_members(pgid):
+            if group_members(pgid):
                 logger.warning("children of pid %s still running; killing its process group", pgid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
-        _stop_pids(descendants)
+        stop_pids(seen)
         time.sleep(0.1)
-        left = [pid for pid, start in descendants if _start_time(pid) == start]
+        left = [pid for pid, start in seen if start_time(pid) == start]
         return (
-            [pid for pid in self.started_pids if _alive(pid)]
+            [pid for pid in self.started_pids if alive(pid)]
             + left
-            + [pid for g in groups for pid in _group_members(g)]
+            + [pid for g in groups for pid in group_members(g)]
         )
 
     def __exit__(self, *exc_info: object) -> None:
@@ -516,27 +536,6 @@ class LocalFederation(contextlib.AbstractContextManager["LocalFederation"]):
             still_alive = self.stop_all()
         if still_alive:
             logger.error("processes still alive after shutdown: %s", still_alive)
-
-
-def _stop_pids(processes: Sequence[tuple[int, str]]) -> None:
-    """SIGTERM each (pid, start time) still running, SIGKILL it after
-    :data:`STOP_GRACE_SECONDS`; a pid now held by another process is left alone."""
-
-    def running() -> list[int]:
-        return [pid for pid, start in processes if _start_time(pid) == start]
-
-    def send(pids: list[int], signum: int) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-
-    if pids := running():
-        logger.info("stopping pids %s, left behind by the stopped processes", pids)
-        send(pids, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    send(running(), signal.SIGKILL)
 
 
 def _json_object(text: str) -> dict[str, Any]:

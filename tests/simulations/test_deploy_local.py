@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -208,6 +209,10 @@ def test_cli_config_names_the_connection_with_an_absolute_ca(tmp_path):
     assert config["superlink"]["default"] == "fedkd-local"
     assert connection["address"] == "127.0.0.1:12345"
     assert Path(connection["root-certificates"]).is_absolute()
+    assert "insecure" not in connection
+    # simulations.flwr_local's simulation SuperLink: plain HTTP on loopback
+    plain = tomli.loads(write_cli_config(tmp_path, port=1, ca_cert=None).read_text())
+    assert plain["superlink"]["fedkd-local"] == {"address": "127.0.0.1:1", "insecure": True}
 
 
 # --------------------------------------------------- bad input: fails before anything runs
@@ -322,6 +327,14 @@ def test_three_supernodes_run_feddf_over_tls_with_auth(deployment):
     assert result.ok
     assert len(set(result.node_ids)) == 4
     assert (result.run_dir / "config.yaml").is_file()
+    # what a normal run writes besides the numbers: the server's log and the checkpoint
+    assert (result.run_dir / "checkpoint.pt").is_file()
+    assert "][fedkd." in (result.run_dir / "run.log").read_text()
+    # every process's log, in the run directory (the work directory is throwaway)
+    assert result.logs_dir == result.run_dir / "logs"
+    logs = {path.name for path in result.logs_dir.iterdir()}
+    assert {"superlink.log", "flwr-run.log", "intruder.log"} <= logs
+    assert {f"node-{i}.log" for i in range(4)} <= logs
     rows = read_metrics(result.run_dir)
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert [row["clients_ok"] for row in rows[1:]] == [3, 3]  # the malformed node is out
@@ -364,21 +377,26 @@ def test_a_signal_stops_every_started_process_and_leaves_the_summary(tmp_path):
     """Ctrl-C once round 1 is in metrics.jsonl: every process is stopped, and summary.json
     says interrupted with the finished rounds (the ServerApp, killed with the SuperLink,
     does not get to write it; the launcher does). SIGTERM takes the same handler
-    (test_sigterm_unwinds_the_launcher_like_ctrl_c)."""
+    (test_sigterm_unwinds_the_launcher_like_ctrl_c). Without deploy.out_dir, the run
+    directory is a normal run's name plus ``-deploy``, under the working directory, and
+    every log path the launcher printed is still there after it exits."""
     signum, code = signal.SIGINT, 130
-    work, run_dir = tmp_path / "work", tmp_path / "run"
+    work = tmp_path / "work"
     proc = subprocess.Popen(
         [sys.executable, "-m", "simulations.deploy_local", *TINY, "num_rounds=30",
-         "num_clients=2", f"deploy.workdir={work}", f"deploy.out_dir={run_dir}"],
-        cwd=REPO,
+         "num_clients=2", f"deploy.workdir={work}"],
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        metrics = run_dir / "metrics.jsonl"
+        run_dir = None
         while time.monotonic() < deadline and proc.poll() is None:
+            found = list((tmp_path / "outputs").glob("*/*"))
+            run_dir = found[0] if found else None
+            metrics = run_dir / "metrics.jsonl" if run_dir else tmp_path / "none"
             if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
                 break
             time.sleep(0.5)
@@ -392,6 +410,12 @@ def test_a_signal_stops_every_started_process_and_leaves_the_summary(tmp_path):
     assert proc.returncode == code, output[-3000:]
     assert "interrupted" in output
     assert _processes_mentioning(str(work)) == []
+    assert run_dir is not None and run_dir.parent.parent == tmp_path / "outputs"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", run_dir.parent.name), run_dir
+    assert re.fullmatch(r"\d\d-\d\d-\d\d-feddf-synthetic-deploy", run_dir.name), run_dir
+    printed = re.findall(r"log (/\S+\.log)", output)
+    assert len(printed) == 3 and all(Path(path).is_file() for path in printed), output[-3000:]
+    assert {Path(path).parent for path in printed} == {run_dir / "logs"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted", summary
     rounds = [row["round"] for row in read_metrics(run_dir)]
@@ -446,17 +470,22 @@ def test_a_planted_record_in_the_users_data_files_never_reaches_the_server(tmp_p
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-3000:]  # no node could load its data: run failed
+    assert f"results in {run_dir}" in output  # the results table of the failed run
+    logs = run_dir / "logs"
     for i, path in enumerate(files):  # each node loaded its own file, and rejected it
-        assert path.name in (work / "logs" / f"node-{i}.log").read_text(errors="replace")
-    server_log = (work / "logs" / "flwr-run.log").read_text()  # the ServerApp's stream
+        assert path.name in (logs / f"node-{i}.log").read_text(errors="replace")
+    server_log = (logs / "flwr-run.log").read_text()  # the ServerApp's stream
     # the reasons did cross (so the check below is not vacuous), naming file and line
     assert server_log.count("failed discovery") == 3, server_log[-3000:]
     assert "site-0.csv" in server_log and "line 4" in server_log
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
-    seen = {"launcher output": output, "superlink.log": (work / "logs" / "superlink.log")}
-    seen["flwr-run.log"] = server_log
-    seen.update({str(p): p for p in run_dir.rglob("*") if p.is_file()})
+    seen: dict[str, str | Path] = {"launcher output": output}
+    # everything in the run directory but the clients' own logs (logs/node-*.log: what each
+    # SuperNode printed; on real machines they stay with the client that owns the data)
+    seen.update({str(p): p for p in run_dir.rglob("*") if p.is_file()
+                 if not (p.parent == logs and p.name.startswith("node-"))})  # fmt: skip
+    assert {"superlink.log", "flwr-run.log"} <= {Path(p).name for p in seen}
     seen.update({str(p): p for p in (work / "superlink").rglob("*") if p.is_file()})
     for where, source in seen.items():
         text = source if isinstance(source, str) else source.read_text(errors="replace")
