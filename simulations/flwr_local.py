@@ -39,17 +39,20 @@ from typing import Any
 
 from fedkd.apps.flwr_run import LAUNCHER_VAR, default_run_dir
 from fedkd.errors import ConfigError
-from fedkd.run.console import ConsoleLogHandler
-from fedkd.run.interrupt import exit_code
-from fedkd.run.progress import print_summary
 from fedkd.run.results import check_fresh_run_dir
-from simulations.deploy.errors import DeployError
 from simulations.deploy.options import run_config_argument, validate_config
-from simulations.deploy.orchestrate import LOGS_DIR, REPO_ROOT, RunResult, _settle, run_outcome
+from simulations.deploy.orchestrate import (
+    LOGS_DIR,
+    REPO_ROOT,
+    RunResult,
+    _settle,
+    ended,
+    launcher_main,
+    run_and_settle,
+)
 from simulations.deploy.processes import (
     CONNECTION,
     LocalFederation,
-    _signals_raise,
     free_port,
 )
 
@@ -151,7 +154,6 @@ def run_local(
     run_dir = (out_dir or default_run_dir(cfg)).resolve()
     check_fresh_run_dir(run_dir)
     home = Path(tempfile.mkdtemp(prefix="fedkd-flwr-"))  # FLWR_HOME: config, FAB installs
-    outcome: tuple[str, str | None] | None = None
     try:
         run_config = run_config_argument(overrides, run_dir, spill_dir=home)
         federation = LocalFederation(
@@ -163,25 +165,17 @@ def run_local(
             env={LAUNCHER_VAR: "simulations.flwr_local"},
             hidden_lines=HIDDEN_LINES,
         )
-        outcome = ("failed", "flwr_local stopped before the run ended")
-        try:
-            with _signals_raise(), federation:
-                result = _run(federation, cfg["num_clients"], run_config, run_dir,
-                              timeout_seconds=timeout_seconds)  # fmt: skip
-        except KeyboardInterrupt as exc:  # DeployInterrupted: every process is stopped
-            outcome = ("interrupted", f"{type(exc).__name__}: interrupted ({exc})")
-            raise
-        except BaseException as exc:
-            outcome = ("failed", f"{type(exc).__name__}: {exc}")
-            raise
-        outcome = run_outcome(result, federation, "flwr.timeout", timeout_seconds)
-        result.wall_seconds = time.monotonic() - started
-        result.summary = _settle(run_dir, cfg, student, outcome, started)
-        outcome = None  # settled
-        return result
+        return run_and_settle(
+            federation,
+            lambda: _run(
+                federation, cfg["num_clients"], run_config, run_dir, timeout_seconds=timeout_seconds
+            ),
+            launcher="flwr_local",
+            timeout=("flwr.timeout", timeout_seconds),
+            settle=lambda outcome: _settle(run_dir, cfg, student, outcome, started),
+            started=started,
+        )
     finally:
-        if outcome is not None:  # an exit by exception once the SuperLink had started
-            _settle(run_dir, cfg, student, outcome, started)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -220,35 +214,22 @@ def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 only for a completed run)."""
-    logging.basicConfig(level=logging.INFO, handlers=[ConsoleLogHandler()])  # fedkd/run/console.py
-    try:
+
+    def launch() -> LocalRunResult:
         overrides, options = split_arguments(sys.argv[1:] if argv is None else argv)
-        result = run_local(
-            overrides,
-            out_dir=options.out_dir,
-            timeout_seconds=options.timeout_seconds,
-            echo=True,
+        return run_local(
+            overrides, out_dir=options.out_dir, timeout_seconds=options.timeout_seconds, echo=True
         )
-    except ConfigError as exc:
-        print(f"fedkd flwr_local: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    except DeployError as exc:
-        print(f"fedkd flwr_local: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        print(f"fedkd flwr_local: interrupted ({exc}); every started process was stopped",
-              file=sys.stderr)  # fmt: skip
-        return exit_code(exc)  # 130 SIGINT, 143 SIGTERM
-    details = f" ({result.status_details})" if result.status_details and not result.ok else ""
-    print(
-        f"fedkd flwr_local: run {result.run_id} {result.status}{details} in "
-        f"{result.wall_seconds:.1f} s; stopped the SuperLink (pid {result.superlink_pid}) and "
-        f"every process it started; logs in {result.logs_dir}",
-        file=sys.stderr,
+
+    return launcher_main(
+        "flwr_local",
+        launch,
+        lambda result: (
+            f"fedkd flwr_local: {ended(result)} in {result.wall_seconds:.1f} s; stopped the "
+            f"SuperLink (pid {result.superlink_pid}) and every process it started; logs in "
+            f"{result.logs_dir}"
+        ),
     )
-    if result.summary is not None:
-        print_summary(result.summary, result.run_dir)
-    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from rich.progress import (
 from rich.table import Table
 
 from fedkd.run import names
-from fedkd.run.console import attach_display, console, results_console
+from fedkd.run.console import attach_display, results_console
+from fedkd.run.console import console as shared_console
 
 
 class RoundProgress:
@@ -42,7 +43,7 @@ class RoundProgress:
         console: Console | None = None,
         headline: str = names.GLOBAL_TEST,
     ):
-        self.console = console or _console()
+        self.console = console or shared_console()
         self.enabled = enabled
         #: The method's paper metric, shown first (``headline_metric`` of the strategy).
         self.headline = names.new_name(headline)
@@ -108,10 +109,6 @@ class RoundProgress:
         self._progress.update(
             self._task, completed=row.get("round", 0), description="  ".join(parts)
         )
-
-
-def _console() -> Console:
-    return console()
 
 
 def summary_table(summary: Mapping[str, Any]) -> Table:

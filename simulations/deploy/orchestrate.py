@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fedkd.apps.flwr_run import LAUNCHER_VAR, default_run_dir
 from fedkd.errors import ConfigError
@@ -80,6 +80,10 @@ class RunResult:
             and self.summary is not None
             and self.summary.get("status") == "completed"
         )
+
+
+#: A launcher's result type (:func:`run_and_settle`, :func:`launcher_main`).
+R = TypeVar("R", bound=RunResult)
 
 
 @dataclass(kw_only=True)
@@ -167,8 +171,6 @@ def deploy(
     work = Path(tempfile.mkdtemp(prefix="fedkd-deploy-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
     work = work.resolve()
-    # From the first started process on, every exit leaves summary.json (settle_summary).
-    outcome: tuple[str, str | None] | None = None
     try:
         run_config = run_config_argument(overrides, run_dir, spill_dir=work)
         credentials = (
@@ -191,32 +193,23 @@ def deploy(
             logs_dir=run_dir / LOGS_DIR,
             env={LAUNCHER_VAR: "simulations.deploy_local"},  # it prints the table itself
         )
-        outcome = ("failed", "deploy_local stopped before the run ended")
-        try:
-            with _signals_raise(), federation:
-                result = _run_federation(
-                    federation,
-                    keys,
-                    node_configs,
-                    run_config,
-                    run_dir,
-                    deadline=deadline,
-                    on_ready=on_ready,
-                )
-        except KeyboardInterrupt as exc:  # DeployInterrupted: every process is stopped
-            outcome = ("interrupted", f"{type(exc).__name__}: interrupted ({exc})")
-            raise
-        except BaseException as exc:
-            outcome = ("failed", f"{type(exc).__name__}: {exc}")
-            raise
-        outcome = run_outcome(result, federation, "deploy.timeout", timeout_seconds)
-        result.wall_seconds = time.monotonic() - started
-        result.summary = _settle(run_dir, cfg, student, outcome, started)
-        outcome = None  # settled
-        return result
+        return run_and_settle(
+            federation,
+            lambda: _run_federation(
+                federation,
+                keys,
+                node_configs,
+                run_config,
+                run_dir,
+                deadline=deadline,
+                on_ready=on_ready,
+            ),
+            launcher="deploy_local",
+            timeout=("deploy.timeout", timeout_seconds),
+            settle=lambda outcome: _settle(run_dir, cfg, student, outcome, started),
+            started=started,
+        )
     finally:
-        if outcome is not None:  # an exit by exception once processes had started
-            _settle(run_dir, cfg, student, outcome, started)
         if temporary:  # the logs are in the run directory; the rest is throwaway
             shutil.rmtree(work, ignore_errors=True)
 
@@ -333,47 +326,91 @@ def _int_or_none(value: Any) -> int | None:
 # ------------------------------------------------------------------------------- CLI
 
 
-def _print_summary(result: DeployResult) -> None:
-    """How the deployment ended (stderr, as the logs), then the results table of a normal
-    run from the run directory's ``summary.json`` (:func:`fedkd.run.progress.print_summary`)."""
-    details = f" ({result.status_details})" if result.status_details and not result.ok else ""
-    print(
-        f"fedkd deploy: run {result.run_id} {result.status}{details} on "
-        f"{len(result.node_ids)} SuperNodes in {result.wall_seconds:.1f} s; every process "
-        f"stopped; logs in {result.logs_dir}",
-        file=sys.stderr,
-    )
+def run_and_settle(
+    federation: LocalFederation,
+    run: Callable[[], R],
+    *,
+    launcher: str,
+    timeout: tuple[str, float | None],
+    settle: Callable[[tuple[str, str | None]], dict[str, Any] | None],
+    started: float,
+) -> R:
+    """``run()`` inside ``federation`` (its processes stopped on every exit; SIGINT and
+    SIGTERM raise), then ``summary.json`` settled by ``settle(outcome)`` whichever way it
+    ended (:func:`simulations.deploy.summary.settle_summary`): ``completed``; ``failed`` with
+    why (a timed-out run names the ``timeout`` option and its seconds; processes still alive
+    after the shutdown are an error); ``interrupted``. The one path of ``deploy_local`` and
+    ``flwr_local`` from their first started process on."""
+    outcome: tuple[str, str | None] = ("failed", f"{launcher} stopped before the run ended")
+    try:
+        try:
+            with _signals_raise(), federation:
+                result = run()
+        except KeyboardInterrupt as exc:  # DeployInterrupted: every process is stopped
+            outcome = ("interrupted", f"{type(exc).__name__}: interrupted ({exc})")
+            raise
+        except BaseException as exc:
+            outcome = ("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        result.processes = list(federation.records.values())
+        still_alive = [r.pid for r in result.processes if alive(r.pid)]
+        if still_alive:
+            raise DeployError(f"processes still alive after shutdown: {still_alive}")
+        option, seconds = timeout
+        if result.status == "timeout":
+            outcome = ("failed", f"{option} of {seconds or 0:g} s reached")
+        elif result.status != "completed":
+            outcome = ("failed", f"Flower ended the run {result.status}: {result.status_details}")
+        else:
+            outcome = ("completed", None)
+        result.wall_seconds = time.monotonic() - started
+        result.summary = settle(outcome)
+        return result
+    except BaseException:
+        settle(outcome)
+        raise
+
+
+def launcher_main(name: str, launch: Callable[[], R], describe: Callable[[R], str]) -> int:
+    """The command line of a launcher (``deploy_local``, ``flwr_local``): logs on fedkd's
+    console, then ``launch()``. Exit codes: 0 completed, 1 failed or timed out, 2 invalid
+    configuration (nothing started), 130 SIGINT, 143 SIGTERM. At the end, ``describe``'s
+    line (how the run ended, stderr) and the results table of the run directory's
+    ``summary.json`` (:func:`fedkd.run.progress.print_summary`)."""
+    logging.basicConfig(level=logging.INFO, handlers=[ConsoleLogHandler()])  # fedkd/run/console.py
+    try:
+        result = launch()
+    except ConfigError as exc:
+        print(f"fedkd {name}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except DeployError as exc:
+        print(f"fedkd {name}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:  # DeployInterrupted, or Ctrl-C before it was armed
+        print(f"fedkd {name}: interrupted ({exc}); every started process was stopped",
+              file=sys.stderr)  # fmt: skip
+        return exit_code(exc)  # 130 SIGINT, 143 SIGTERM
+    print(describe(result), file=sys.stderr)
     if result.summary is not None:
         print_summary(result.summary, result.run_dir)
     else:
-        print(f"fedkd deploy: no summary.json in {result.run_dir}", file=sys.stderr)
+        print(f"fedkd {name}: no summary.json in {result.run_dir}", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
-def run_outcome(
-    result: RunResult, federation: LocalFederation, option: str, timeout: float | None
-) -> tuple[str, str | None]:
-    """``summary.json``'s status and error for a run that returned: ``completed``, or
-    ``failed`` with why (a timed-out run names ``option`` and its ``timeout``). Records the
-    federation's processes in ``result``; any still alive is an error."""
-    if result.status == "timeout":
-        outcome: tuple[str, str | None] = ("failed", f"{option} of {timeout or 0:g} s reached")
-    elif result.status != "completed":
-        outcome = ("failed", f"Flower ended the run {result.status}: {result.status_details}")
-    else:
-        outcome = ("completed", None)
-    result.processes = list(federation.records.values())
-    still_alive = [r.pid for r in result.processes if alive(r.pid)]
-    if still_alive:
-        raise DeployError(f"processes still alive after shutdown: {still_alive}")
-    return outcome
+def ended(result: RunResult) -> str:
+    """How a run ended, for :func:`launcher_main`'s line: status, and Flower's details
+    when it did not complete."""
+    details = f" ({result.status_details})" if result.status_details and not result.ok else ""
+    return f"run {result.run_id} {result.status}{details}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 only for a completed run)."""
-    logging.basicConfig(level=logging.INFO, handlers=[ConsoleLogHandler()])  # fedkd/run/console.py
-    try:
+
+    def launch() -> DeployResult:
         overrides, options = split_arguments(sys.argv[1:] if argv is None else argv)
-        result = deploy(
+        return deploy(
             overrides,
             nodes=options.nodes,
             port=options.port,
@@ -384,15 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_files=options.data_files,
             echo=True,
         )
-    except ConfigError as exc:
-        print(f"fedkd deploy: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    except DeployError as exc:
-        print(f"fedkd deploy: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:  # DeployInterrupted, or Ctrl-C before it was armed
-        print(f"fedkd deploy: interrupted ({exc}); every started process was stopped",
-              file=sys.stderr)  # fmt: skip
-        return exit_code(exc)  # 130 SIGINT, 143 SIGTERM
-    _print_summary(result)
-    return 0 if result.ok else 1
+
+    return launcher_main(
+        "deploy",
+        launch,
+        lambda result: (
+            f"fedkd deploy: {ended(result)} on {len(result.node_ids)} SuperNodes in "
+            f"{result.wall_seconds:.1f} s; every process stopped; logs in {result.logs_dir}"
+        ),
+    )
