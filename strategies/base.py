@@ -14,7 +14,6 @@ and values that never call back into it) and :class:`strategies.toolkit.MethodTo
 
 from __future__ import annotations
 
-import copy
 import logging
 from abc import abstractmethod
 from collections import Counter
@@ -28,11 +27,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedkd.distill import validate_target_rule
-from fedkd.errors import ConfigError, FedKDError
+from fedkd.errors import FedKDError
 from fedkd.models import FedKDModel
 from fedkd.privacy.controller import RoundPlan
 from fedkd.run.names import evaluated
-from fedkd.wire import keys
+from fedkd.wire import keys, secagg_records
 from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.ledger import ReleaseLedger
 from fedkd.wire.payloads import (
@@ -46,6 +45,7 @@ from fedkd.wire.payloads import (
     resolve,
 )
 from fedkd.wire.payloads.proxy import round_rows
+from strategies.client_states import ClientStates
 from strategies.core import bookkeeping, checks, transport
 from strategies.core.arrays import student_arrays, weighted_average
 from strategies.core.assets import RunAssets, rule_options
@@ -62,6 +62,7 @@ from strategies.core.private_rounds import (
     sample_private,
 )
 from strategies.core.validation import ClientReply, RoundState, validate_replies
+from strategies.secure import SecureAggregation
 from strategies.toolkit import MethodToolkit
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class RoundAborted(FedKDError):
     (``strategy.on_too_few_replies=abort``); every finished round is kept."""
 
 
-class FedKDStrategy(MethodToolkit, Strategy):
+class FedKDStrategy(SecureAggregation, ClientStates, MethodToolkit, Strategy):
     """Base class of fedkd strategies (Flower Message API).
 
     Parameters
@@ -296,48 +297,6 @@ class FedKDStrategy(MethodToolkit, Strategy):
             metrics["messages_resent"] = metrics.get("messages_resent", 0) + resent
         return replies
 
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The method's state between rounds (picklable), for :meth:`load_checkpoint_state`."""
-        return {name: copy.deepcopy(getattr(self, name)) for name in self.checkpoint_attributes}
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`checkpoint_state` saved."""
-        missing = sorted(set(self.checkpoint_attributes) - set(state))
-        if missing:
-            raise ConfigError(
-                f"checkpoint lacks strategy state {missing} for {type(self).__name__}"
-            )
-        for name in self.checkpoint_attributes:
-            setattr(self, name, state[name])
-
-    def keeps_client_state(self) -> bool:
-        """Whether clients hold state between rounds that a checkpoint must save: their own
-        model (``keep-model``) or their DP-SGD accountant history (``privacy=dpsgd``)."""
-        return self.keeps_client_models or (
-            self.privacy is not None and self.privacy.spec.name == "dpsgd"
-        )
-
-    def export_client_states(
-        self, grid: Grid, *, timeout: float | None = None
-    ) -> dict[int, dict[str, Any]]:
-        """Every discovered client's ``context.state`` records, by partition id."""
-        return transport.export_client_states(
-            grid,
-            self.node_of_partition,
-            setup_json=self._setup_json,
-            timeout=timeout,
-            observe=lambda r: self.ledger.record("state-export", r.content, simulation_only=True),
-        )
-
-    def import_client_states(
-        self, grid: Grid, states: dict[int, dict[str, Any]], *, timeout: float | None = None
-    ) -> None:
-        """Give each client back the ``context.state`` a checkpoint saved for its partition."""
-        transport.import_client_states(
-            grid, self.node_of_partition, states, setup_json=self._setup_json, timeout=timeout
-        )
-
     # ------------------------------------------------------------------ discovery, sampling
     def discover(self, grid: Grid, timeout: float | None = None) -> None:
         """Ask every node for its partition id (once); map partition ids to node ids."""
@@ -399,6 +358,15 @@ class FedKDStrategy(MethodToolkit, Strategy):
         )
         self.current = state
         state.metrics["clients_sampled"] = len(partitions)
+        state.proxy_indices = round_rows(
+            len(self.assets.data.proxy_x),
+            size=self.proxy_round_size,
+            seed=self.assets.setup.seed,
+            server_round=server_round,
+        )
+        if self.secagg.enabled:  # keys and shares first: only those clients train
+            setup = {keys.SETUP: self._setup_json, keys.SERVER_ROUND: server_round}
+            state.partitions = partitions = self.open_secure_round(grid, state, setup)
         harness = harness_config(
             self.assets.faults,
             self.assets.attack,
@@ -408,12 +376,6 @@ class FedKDStrategy(MethodToolkit, Strategy):
             server_round=server_round,
             round_timeout=self.assets.round_timeout,
             metrics=state.metrics,
-        )
-        state.proxy_indices = round_rows(
-            len(self.assets.data.proxy_x),
-            size=self.proxy_round_size,
-            seed=self.assets.setup.seed,
-            server_round=server_round,
         )
         messages = []
         for partition_id in partitions:
@@ -436,6 +398,10 @@ class FedKDStrategy(MethodToolkit, Strategy):
             targets = self.targets_for(partition_id)
             if targets is not None:
                 content[keys.TARGETS] = targets
+            if self.secure_session is not None:  # the session key and the routed shares
+                session, routed = self.secure_session.train_entries(partition_id)
+                content.config_records[keys.CONFIG].update(session)
+                content[secagg_records.SECAGG] = routed
             node_id = self.node_of_partition[partition_id]
             state.sent_to[node_id] = partition_id
             messages.append(
@@ -458,7 +424,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         """What the payload checks compare a reply of ``partition_id`` with."""
         noisy = self.privacy is not None and self.privacy.spec.name == "logit_dp"
         central = noisy and self.assets.privacy.mode == "central"
-        return Expectation(
+        expect = Expectation(
             num_classes=self.assets.data.num_classes,
             proxy_rows=len(state.proxy_indices),
             test_rows=len(self.assets.data.test_y),
@@ -476,6 +442,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
             reporting=self.federation.reporting,
             options=self.payload_options(),
         )
+        return self.secure_expectation(expect)
 
     def payload_options(self) -> dict[str, Any]:
         """Method-specific references for payload checks (e.g. an embedding width)."""
@@ -495,7 +462,7 @@ class FedKDStrategy(MethodToolkit, Strategy):
         return validate_replies(
             replies,
             state,
-            self.wire_payloads(),
+            self.validated_payloads(),
             lambda partition_id, count: self.expectation(state, partition_id, count),
             lambda partition_id: self.architecture_of.get(partition_id, 0),
         )
@@ -509,19 +476,24 @@ class FedKDStrategy(MethodToolkit, Strategy):
         state = self.current
         valid, failures = self._validate(replies)
         bookkeeping.record_replies(state, valid, failures, received=len(replies))
+        clients = valid  # one reply per client; under secagg, one standing for the survivors
+        if self.secure_session is not None:
+            valid = self.finish_secure_round(state, clients)
         bookkeeping.record_diagnostics(
             state,
             valid,
             test_labels=self.assets.data.test_y,
             ensemble=self.teacher_targets if self.forms_ensemble else None,
+            local=clients,
         )
         audit = self.assets.privacy.audit and self.shares_weights
         bookkeeping.record_privacy(
-            state, valid, self.privacy, self.canaries, self.last_client_weights if audit else None
+            state, clients, self.privacy, self.canaries, self.last_client_weights if audit else None
         )
         metrics = state.metrics
-        if len(valid) < self.min_train_replies:
-            reason = f"{len(valid)} valid replies < min_train_replies={self.min_train_replies}"
+        counted = len(valid) if state.secure is None or not valid else len(state.secure.partitions)
+        if counted < self.min_train_replies:
+            reason = f"{counted} valid replies < min_train_replies={self.min_train_replies}"
             if self.on_too_few_replies == "abort":
                 raise RoundAborted(
                     f"round {server_round} aborted: {reason} (failures: {dict(failures) or 'none'})"

@@ -212,9 +212,20 @@ class FedMD(FedKDStrategy):
         client_probs = self.proxy_probs(replies)
         if self.privacy is not None and self.privacy.spec.name in ("logit_dp", "pate"):
             # the mechanism's release replaces the rule; sharpening is post-processing
-            release = self.privacy.release(
-                server_round, client_probs, [r.partition_id for r in replies]
-            )
+            secure = state.secure
+            if secure is not None:  # the survivors' sum: the mechanism releases it
+                total = secure.sums[ProxyPredictions.name][keys.PROXY_PROBS]
+                release = self.privacy.release_sum(
+                    server_round,
+                    total,
+                    len(secure.partitions),
+                    secure.partitions,
+                    noise_added=secure.noise_added,
+                )
+            else:
+                release = self.privacy.release(
+                    server_round, client_probs, [r.partition_id for r in replies]
+                )
             if release.rows is not None:
                 rows = release.rows
             if len(rows) == 0:  # PATE answered no query: nothing to learn this round

@@ -37,6 +37,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from fedkd.apps import secure_client
 from fedkd.apps.local_training import train_dpsgd, train_supervised, warm_up
 from fedkd.apps.runtime import ClientRuntime, client_runtime
 from fedkd.errors import FedKDError
@@ -45,7 +46,7 @@ from fedkd.privacy.config import public_examples
 from fedkd.reliability import faults
 from fedkd.reliability.attacks import LABEL_ATTACKS
 from fedkd.train import evaluate
-from fedkd.wire import keys
+from fedkd.wire import keys, secagg_records
 from fedkd.wire.ledger import withhold
 from fedkd.wire.payloads import (
     ClientMetrics,
@@ -124,6 +125,14 @@ def query(message: Message, context: Context) -> Message:
     """
     runtime = client_runtime(message, context)
     config = message.content.config_records[keys.CONFIG]
+    stage = secagg_records.stage_of(config)
+    if stage is not None:  # a secure-aggregation stage (fedkd.apps.secure_client)
+        return _reply(
+            "secagg",
+            secure_client.answer(stage, message, context, runtime),
+            message,
+            runtime.privacy,
+        )
     identity = MetricRecord({keys.PARTITION_ID: runtime.partition_id})
     if bool(config.get(keys.AUDIT_MODEL, False)):
         content = RecordDict()
@@ -134,7 +143,8 @@ def query(message: Message, context: Context) -> Message:
     if bool(config.get(keys.STATE_EXPORT, False)):
         content = RecordDict({keys.METRICS: identity})
         for name, record in context.state.items():
-            content[keys.STATE_PREFIX + name] = record
+            if name != secure_client.STATE:  # a session's keys never leave the client
+                content[keys.STATE_PREFIX + name] = record
         return Message(content, reply_to=message)
     if bool(config.get(keys.STATE_IMPORT, False)):
         for name in list(context.state.keys()):
@@ -267,6 +277,7 @@ def finish_train(job: TrainJob) -> Message:
                 record[name] = array
         else:
             content[payload.record] = ArrayRecord(values)
+    secure_client.mask_reply(job, content)  # under secagg: the masked sum replaces them
     return _reply("train", content, job.message, job.runtime.privacy)
 
 

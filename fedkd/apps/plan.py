@@ -33,6 +33,7 @@ from fedkd.wire import keys
 from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.ledger import check_allowed
 from fedkd.wire.payloads import TestPredictions
+from fedkd.wire.secure import SecAggSpec
 from strategies.base import FedKDStrategy, RunAssets
 from strategies.core import checks
 
@@ -257,6 +258,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
         attack=run_options.attack,
         round_timeout=run_options.round_timeout,
         client_test_predictions=client_test_predictions(cfg, privacy),
+        secagg=SecAggSpec.from_config(cfg.get("secagg")),
     )
     try:
         strategy = cls(assets, **options(cfg["strategy"]))
@@ -267,6 +269,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunPlan:
     )
     strategy.check_distill_loss()
     strategy.check_privacy()
+    strategy.check_secure_aggregation()
     if privacy.enabled:
         strategy = plan_privacy(cls, cfg, assets, strategy, run_options.num_rounds)
         assets, privacy = strategy.assets, strategy.assets.privacy

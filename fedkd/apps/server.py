@@ -358,6 +358,16 @@ def privacy_summary(plan: RunPlan, grid: Grid, run_dir: Path) -> dict[str, Any]:
 
         summary["audit"] = run_audit(plan, grid, run_dir)
     summary["releases"] = strategy.ledger.entries()
+    secagg = plan.assets.secagg
+    if secagg.enabled:  # what the server saw of the summable payloads: their sum only
+        summary["secure_aggregation"] = {
+            "enabled": True,
+            "max_dropouts": secagg.max_dropouts,
+            "degree": secagg.degree,
+            "frac_bits": secagg.frac_bits,
+            "noise": secagg.noise,
+            "server_learns": "the sum over each round's surviving clients of what they share",
+        }
     if spec.enabled:
         # what left the clients in the clear because the user allowed it (nothing else can)
         summary["unprotected"] = strategy.ledger.unprotected()

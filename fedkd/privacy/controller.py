@@ -11,7 +11,8 @@
    ``logit_dp``, ``dpsgd``);
 3. :meth:`PrivacyController.release` with the clients' shared proxy outputs, for the
    server-side mechanisms (central ``logit_dp``, ``pate``) and for local ``logit_dp``
-   (averaging noisy rows, then projecting onto the simplex: post-processing);
+   (averaging noisy rows, then projecting onto the simplex: post-processing), or
+   :meth:`PrivacyController.release_sum` with only their sum (secure aggregation);
 4. :meth:`PrivacyController.round_metrics` for ``metrics.jsonl``.
 
 Two guarantees are accounted side by side (docs/PRIVACY.md "Threat model"):
@@ -56,10 +57,14 @@ from fedkd.privacy.accounting import (
 )
 from fedkd.privacy.config import PrivacySpec
 from fedkd.privacy.mechanisms import (
+    GaussianRelease,
+    PateAnswer,
     central_sum,
     logit_dp_noise_std,
     logit_dp_sensitivity,
     noise_generator,
+    noisy_total,
+    pate_from_histogram,
     pate_labels,
     project_to_simplex,
 )
@@ -91,7 +96,7 @@ def dpsgd_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[flo
 
 @dataclass
 class Release:
-    """The outcome of :meth:`PrivacyController.release`."""
+    """The outcome of :meth:`PrivacyController.release` or ``release_sum``."""
 
     targets: np.ndarray  # (rows, C) probability vectors
     rows: np.ndarray | None = None  # positions within the round's proxy subset (pate)
@@ -274,45 +279,158 @@ class PrivacyController:
         self, server_round: int, shared: np.ndarray, partitions: Sequence[int] = ()
     ) -> Release:
         """Targets from the clients' ``(K, N, C)`` shared outputs under the mechanism;
-        ``partitions``: whose outputs they are (charged at record level)."""
+        ``partitions``: whose outputs they are (charged at record level).
+
+        The server protects what it sees itself: central ``logit_dp`` drops negative parts
+        and clips every client's rows again (:func:`central_sum`), PATE re-derives one vote
+        per client and row (:func:`pate_labels`). Under secure aggregation use
+        :meth:`release_sum`.
+        """
         spec = self.spec
         shared = np.asarray(shared, dtype=np.float64)
         rng = noise_generator(spec.reproducible_noise, self.seed, server_round)
-        if spec.name == "logit_dp" and spec.mode == "local":
-            # rows are already noisy: averaging and projecting are post-processing
-            release = Release(project_to_simplex(shared.mean(axis=0)))
-            std = logit_dp_noise_std(shared.shape[1], spec.clip, "local", spec.noise_multiplier)
-            release.details = {"noise_std": std}
-        elif spec.name == "logit_dp":
-            total, used = central_sum(
+        mechanism = self._server_side()
+        if mechanism == "central":
+            noisy, used = central_sum(
                 shared, clip=spec.clip, noise_multiplier=spec.noise_multiplier, rng=rng
             )
-            for unit, events in self._central_events(partitions).items():
-                if unit == FEDERATION and self.poisson:
-                    continue  # charged in charge_round
-                for key, count in events:
-                    self.ledger.add(unit, key, count)
-            release = Release(project_to_simplex(total / len(shared)))
-            release.details = {"noise_std": used.noise_std, "sensitivity": used.sensitivity}
-        elif spec.name == "pate":
-            answer = pate_labels(
-                shared,
-                sigma=spec.sigma,
+            return self._central_release(server_round, noisy, len(shared), partitions, used)
+        if mechanism == "pate":
+            answer = pate_labels(shared, rng=rng, **self._gnmax_options())
+            return self._pate_release(server_round, answer, shared.shape[2], partitions)
+        return self._local_release(server_round, shared.sum(axis=0), len(shared))
+
+    def _gnmax_options(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "sigma": spec.sigma,
+            "threshold": spec.threshold,
+            "sigma_threshold": spec.sigma_threshold,
+        }
+
+    def release_sum(
+        self,
+        server_round: int,
+        total: np.ndarray,
+        count: int,
+        partitions: Sequence[int],
+        *,
+        noise_added: bool = False,
+    ) -> Release:
+        """Targets from the ``(N, C)`` sum of what ``count`` clients sent (secure aggregation).
+
+        Charges the ledger, reports and returns exactly what :meth:`release` does for the
+        same clients; the server sees only the sum.
+
+        Parameters
+        ----------
+        server_round : int
+            The round (the noise stream of reproducible noise).
+        total : np.ndarray
+            ``(N, C)``, the sum over the surviving clients of what each sent: central
+            ``logit_dp``, its non-negative rows clipped to ``privacy.clip`` (with its share
+            of the noise when ``noise_added``); ``pate``, its one-hot votes (so ``total`` is
+            the vote histogram); local ``logit_dp``, its noisy rows.
+        count : int
+            How many clients the sum is over (``>= 1``).
+        partitions : sequence of int
+            Whose contributions are in the sum (``count`` of them; charged at record level).
+        noise_added : bool
+            Central ``logit_dp`` only: the clients added the noise themselves (distributed
+            noise), so none is added here; the release reports the noise it stands for,
+            which assumes the shares of the surviving clients add up to noise of that std
+            (a client that withholds its share lowers it).
+
+        Notes
+        -----
+        The server can no longer clip rows or re-derive votes: it never sees one client's
+        contribution. The guarantee to an honest client still holds, because it clips its
+        rows (or casts one vote per row) itself, and the noise is calibrated to how far one
+        such contribution moves the sum; a malicious client can distort the sum (scale its
+        rows, cast weighted votes) but not weaken the privacy of the other clients (with
+        ``noise_added``, only by withholding its noise share, see above).
+        """
+        spec = self.spec
+        mechanism = self._server_side()
+        total = np.asarray(total, dtype=np.float64)
+        if total.ndim != 2:
+            raise ValueError(f"total must be an (N, C) sum, got shape {total.shape}")
+        if not np.isfinite(total).all():
+            raise ValueError("total has non-finite entries (a failed secure-aggregation decode?)")
+        if count < 1 or len(partitions) != count:
+            raise ValueError(f"count={count} must be >= 1 and match partitions={partitions}")
+        if noise_added and mechanism != "central":
+            other = "pate" if mechanism == "pate" else "local logit_dp"
+            raise ValueError(f"noise_added=True is for central logit_dp only, not {other}")
+        rng = noise_generator(spec.reproducible_noise, self.seed, server_round)
+        if mechanism == "central":
+            noisy, used = noisy_total(
+                total,
+                num_rows=len(total),
+                clip=spec.clip,
+                noise_multiplier=spec.noise_multiplier,
                 rng=rng,
-                threshold=spec.threshold,
-                sigma_threshold=spec.sigma_threshold,
+                add_noise=not noise_added,
             )
-            for unit in [FEDERATION, *(record_unit(p) for p in partitions)]:
-                self.ledger.add(unit, gaussian(spec.sigma / SQRT2), len(answer.answered))
-                if spec.confident:
-                    assert spec.sigma_threshold is not None
-                    self.ledger.add(unit, gaussian(spec.sigma_threshold), answer.queries)
-            targets = np.zeros((len(answer.answered), shared.shape[2]), dtype=np.float32)
-            targets[np.arange(len(answer.answered)), answer.labels] = 1.0
-            release = Release(targets, rows=answer.answered)
-            release.details = {"queries": answer.queries, "answered": len(answer.answered)}
-        else:
-            raise ValueError(f"privacy={spec.name} has no server-side release")
+            return self._central_release(server_round, noisy, count, partitions, used)
+        if mechanism == "pate":
+            answer = pate_from_histogram(total, rng=rng, **self._gnmax_options())
+            return self._pate_release(server_round, answer, total.shape[1], partitions)
+        return self._local_release(server_round, total, count)
+
+    def _server_side(self) -> str:
+        """Which release the mechanism has: ``central``, ``pate`` or ``local``."""
+        spec = self.spec
+        if spec.name == "logit_dp":
+            return "local" if spec.mode == "local" else "central"
+        if spec.name == "pate":
+            return "pate"
+        raise ValueError(f"privacy={spec.name} has no server-side release")
+
+    def _central_release(
+        self,
+        server_round: int,
+        noisy: np.ndarray,
+        count: int,
+        partitions: Sequence[int],
+        used: GaussianRelease,
+    ) -> Release:
+        """Central ``logit_dp``: charge who took part, project the noisy mean."""
+        for unit, events in self._central_events(partitions).items():
+            if unit == FEDERATION and self.poisson:
+                continue  # charged in charge_round
+            for key, times in events:
+                self.ledger.add(unit, key, times)
+        release = Release(project_to_simplex(noisy / count))
+        release.details = {"noise_std": used.noise_std, "sensitivity": used.sensitivity}
+        return self._recorded(server_round, release)
+
+    def _pate_release(
+        self, server_round: int, answer: PateAnswer, classes: int, partitions: Sequence[int]
+    ) -> Release:
+        """PATE: charge every answer and check, release the answered labels one-hot."""
+        spec = self.spec
+        for unit in [FEDERATION, *(record_unit(p) for p in partitions)]:
+            self.ledger.add(unit, gaussian(spec.sigma / SQRT2), len(answer.answered))
+            if spec.confident:
+                assert spec.sigma_threshold is not None
+                self.ledger.add(unit, gaussian(spec.sigma_threshold), answer.queries)
+        targets = np.zeros((len(answer.answered), classes), dtype=np.float32)
+        targets[np.arange(len(answer.answered)), answer.labels] = 1.0
+        release = Release(targets, rows=answer.answered)
+        release.details = {"queries": answer.queries, "answered": len(answer.answered)}
+        return self._recorded(server_round, release)
+
+    def _local_release(self, server_round: int, total: np.ndarray, count: int) -> Release:
+        """Local ``logit_dp``: rows are already noisy (charged in :meth:`charge_round`), so
+        averaging and projecting are post-processing."""
+        spec = self.spec
+        release = Release(project_to_simplex(total / count))
+        std = logit_dp_noise_std(len(total), spec.clip, "local", spec.noise_multiplier)
+        release.details = {"noise_std": std}
+        return self._recorded(server_round, release)
+
+    def _recorded(self, server_round: int, release: Release) -> Release:
         self._round.setdefault(server_round, {}).update(release.details)
         return release
 

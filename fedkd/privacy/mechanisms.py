@@ -140,20 +140,68 @@ def local_release(
     return noisy.astype(np.float32), GaussianRelease(sensitivity, std, noise_multiplier)
 
 
+def noisy_total(
+    total: np.ndarray,
+    *,
+    num_rows: int,
+    clip: float,
+    noise_multiplier: float,
+    rng: NormalSource,
+    add_noise: bool = True,
+) -> tuple[np.ndarray, GaussianRelease]:
+    """Central ``logit_dp``'s Gaussian noise added to an already-summed ``(N, C)`` total.
+
+    Parameters
+    ----------
+    total : np.ndarray
+        ``(num_rows, C)``: the sum over clients of their clipped non-negative rows.
+    num_rows : int
+        ``N``, the rows each client released (the sensitivity grows with ``sqrt(N)``).
+    clip : float
+        The L2 norm every row was clipped to.
+    noise_multiplier : float
+        ``z``: the noise std is ``z`` times the client-level sensitivity ``clip sqrt(N)``.
+    rng : NormalSource
+        Where the noise comes from (one draw of ``total``'s shape).
+    add_noise : bool
+        ``False`` when the clients added the noise themselves (distributed noise): the
+        total comes back unchanged (float64), and the release reports the noise it stands for.
+
+    Returns
+    -------
+    (np.ndarray, GaussianRelease)
+        The noisy total (float64) and the client-level sensitivity and noise std.
+    """
+    total = np.asarray(total, dtype=np.float64)
+    if total.ndim != 2 or total.shape[0] != num_rows:
+        raise ValueError(
+            f"total must be a (num_rows={num_rows}, classes) sum, got shape {total.shape}"
+        )
+    sensitivity = logit_dp_sensitivity(num_rows, clip, "central", "client")
+    std = noise_multiplier * sensitivity
+    if add_noise:
+        total = total + rng.normal(0.0, std, size=total.shape)
+    return total, GaussianRelease(sensitivity, std, noise_multiplier)
+
+
 def central_sum(
     contributions: np.ndarray, *, clip: float, noise_multiplier: float, rng: NormalSource
 ) -> tuple[np.ndarray, GaussianRelease]:
     """The noisy sum over clients of their clipped ``(K, N, C)`` contributions.
 
     The server drops negative parts and clips again, so the stated sensitivities hold even
-    if a client did neither. ``sensitivity`` is the client-level one (the noise's unit).
+    if a client did neither; the noise is :func:`noisy_total`'s. ``sensitivity`` is the
+    client-level one (the noise's unit).
     """
     contributions = np.clip(np.asarray(contributions, dtype=np.float64), 0.0, None)
-    sensitivity = logit_dp_sensitivity(contributions.shape[1], clip, "central", "client")
-    std = noise_multiplier * sensitivity
     total = clip_rows(contributions, clip).sum(axis=0)
-    noisy = total + rng.normal(0.0, std, size=total.shape)
-    return noisy, GaussianRelease(sensitivity, std, noise_multiplier)
+    return noisy_total(
+        total,
+        num_rows=contributions.shape[1],
+        clip=clip,
+        noise_multiplier=noise_multiplier,
+        rng=rng,
+    )
 
 
 def project_to_simplex(values: np.ndarray) -> np.ndarray:
@@ -192,10 +240,49 @@ def pate_labels(
 ) -> PateAnswer:
     """GNMax (``threshold=None``) or confident GNMax over ``(K, N, C)`` one-hot votes.
 
-    Votes are re-derived as one-hot argmaxes, so a client cannot cast more than one vote.
+    Votes are re-derived as one-hot argmaxes, so a client cannot cast more than one vote;
+    their sum is answered by :func:`pate_from_histogram`.
     """
     counts = one_hot_votes(np.asarray(votes).reshape(-1, votes.shape[-1])).reshape(votes.shape)
     histogram = counts.sum(axis=0).astype(np.float64)  # (N, C)
+    return pate_from_histogram(
+        histogram, sigma=sigma, rng=rng, threshold=threshold, sigma_threshold=sigma_threshold
+    )
+
+
+def pate_from_histogram(
+    histogram: np.ndarray,
+    *,
+    sigma: float,
+    rng: NormalSource,
+    threshold: float | None = None,
+    sigma_threshold: float | None = None,
+) -> PateAnswer:
+    """GNMax (``threshold=None``) or confident GNMax over an ``(N, C)`` vote histogram.
+
+    Parameters
+    ----------
+    histogram : np.ndarray
+        ``(N, C)``: per query, the number of clients voting for each class.
+    sigma : float
+        Std of the noise added to every count before the argmax (sensitivity ``sqrt(2)``).
+    rng : NormalSource
+        Where the noise comes from: the threshold checks are drawn first (``(N,)``), then
+        the answers (``(answered, C)``).
+    threshold : float, optional
+        Confident GNMax: answer only the queries whose ``max count + N(0, sigma_threshold^2)``
+        reaches it (sensitivity 1).
+    sigma_threshold : float, optional
+        Std of the check's noise; required with ``threshold``.
+
+    Returns
+    -------
+    PateAnswer
+        The noisy-argmax labels of the answered queries and their positions.
+    """
+    histogram = np.asarray(histogram, dtype=np.float64)
+    if histogram.ndim != 2:
+        raise ValueError(f"histogram must be (queries, classes), got shape {histogram.shape}")
     queries = len(histogram)
     rows = np.arange(queries)
     if threshold is not None:

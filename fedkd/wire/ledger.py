@@ -20,7 +20,7 @@ from flwr.app import Message, RecordDict
 
 from fedkd.errors import ConfigError
 from fedkd.privacy import PrivacySpec
-from fedkd.wire import keys
+from fedkd.wire import keys, secagg_records
 from fedkd.wire.payloads import PAYLOADS, ModelWeights, Payload
 
 #: Protection labels, from strongest to none.
@@ -59,6 +59,8 @@ def protection(message: str, record: str, key: str, privacy: PrivacySpec) -> str
     """How ``key`` of a ``message`` reply is protected under ``privacy``."""
     if key in PUBLIC_KEYS:
         return "public"
+    if record == secagg_records.SECAGG:  # the secure-aggregation protocol's own messages
+        return secagg_records.REPLY_KEYS.get(key, "none")
     if key == keys.NUM_EXAMPLES and privacy.enabled and message in ("discovery", "train"):
         return "public"  # a public bound under a mechanism (fedkd.privacy.public_examples)
     if key == keys.DP_EPSILON and privacy.name == "dpsgd":

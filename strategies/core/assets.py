@@ -14,6 +14,7 @@ from fedkd.privacy import PrivacySpec
 from fedkd.reliability.attacks import AttackSpec
 from fedkd.reliability.faults import FaultSpec
 from fedkd.setup import FederationSetup
+from fedkd.wire.secure import SecAggSpec
 
 if TYPE_CHECKING:
     from fedkd.distill.augment import Augmentation
@@ -50,6 +51,8 @@ class RunAssets:
         Fault injection (``faults`` block): crashing, straggling and killed clients.
     attack : AttackSpec
         Poisoning simulation (``attack`` block): which clients are malicious and how.
+    secagg : SecAggSpec
+        Secure aggregation of shared predictions (``secagg`` block).
     client_test_predictions : bool
         Clients send their predictions on the server test set
         (``diagnostics.client_test_predictions``, resolved by
@@ -72,6 +75,7 @@ class RunAssets:
     attack: AttackSpec = field(default_factory=AttackSpec)
     round_timeout: float = 3600.0
     client_test_predictions: bool = True
+    secagg: SecAggSpec = field(default_factory=SecAggSpec)
 
 
 def rule_options(spec: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from fedkd.privacy import PrivacyController
 from fedkd.privacy.canary_run import CanaryRecorder
 from fedkd.wire import keys
 from fedkd.wire.payloads import ModelWeights, ProxyPredictions, TestPredictions
+from fedkd.wire.payloads.diagnostics import SummedTestPredictions
 from strategies.core.validation import ClientReply, RoundState
 
 logger = logging.getLogger(__name__)
@@ -68,14 +69,27 @@ def record_diagnostics(
     *,
     test_labels: np.ndarray,
     ensemble: Callable[[np.ndarray, Sequence[ClientReply]], np.ndarray] | None,
+    local: Sequence[ClientReply] | None = None,
 ) -> None:
     """Per-client accuracy on the server test set (mean/min/max, and each client's by
-    partition id), the clients' accuracy on their own local test splits, and the teacher
-    ensemble's test accuracy (``ensemble``: the method's teacher rule, when it forms one)."""
+    partition id), the clients' accuracy on their own local test splits (from ``local``'s
+    metrics, default ``replies``), and the teacher ensemble's test accuracy (``ensemble``:
+    the method's teacher rule, when it forms one). Under secure aggregation ``replies`` is
+    the one reply standing for the survivors: only the mean accuracy and the ensemble's."""
     metrics = state.metrics
-    local = [r.metric(keys.LOCAL_ACCURACY) for r in replies if keys.LOCAL_ACCURACY in r.metrics]
-    if local:
-        metrics["personalized_accuracy_mean"] = float(np.mean(local))
+    reported = replies if local is None else local
+    accuracies = [
+        r.metric(keys.LOCAL_ACCURACY) for r in reported if keys.LOCAL_ACCURACY in r.metrics
+    ]
+    if accuracies:
+        metrics["personalized_accuracy_mean"] = float(np.mean(accuracies))
+    summed = [r.values.get(TestPredictions.name) for r in replies]
+    if summed and isinstance(summed[0], SummedTestPredictions):
+        metrics["client_accuracy_mean"] = summed[0].mean_accuracy(test_labels)
+        if ensemble is not None:
+            targets = ensemble(summed[0].rows[None], replies)
+            metrics["ensemble_accuracy"] = float((targets.argmax(axis=1) == test_labels).mean())
+        return
     found = test_predictions(replies)
     if found is None:
         return

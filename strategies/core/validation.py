@@ -47,6 +47,8 @@ class RoundState:
     sent_to: dict[int, int] = field(default_factory=dict)
     proxy_indices: np.ndarray = field(default_factory=lambda: np.arange(0))
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Under ``secagg``: the survivors' sum (a :class:`strategies.core.secure_rounds.SecureResult`).
+    secure: Any = None
 
 
 @dataclass

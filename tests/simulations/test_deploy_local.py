@@ -49,6 +49,10 @@ TINY = [
     "client.epochs=1",
 ]
 
+#: The end-to-end deployment: FedMD with secure aggregation of its shared predictions (the
+#: protocol's four stages cross TLS between separate SuperNode processes; issue 22).
+SECURE = [*TINY, "strategy=fedmd", "secagg.enabled=true", "num_rounds=1"]
+
 needs_tools = pytest.mark.skipif(
     which("openssl") is None or which("ssh-keygen") is None,
     reason="openssl and ssh-keygen are needed for the certificates and SuperNode keys",
@@ -278,8 +282,9 @@ def _malformed_copy(source: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory) -> dict[str, Any]:
-    """One real deployment of 2 FedDF rounds: 3 SuperNodes that train on their own data files
-    and a fourth whose file is malformed; an unregistered SuperNode tries to join first."""
+    """One real deployment of a FedMD round under secure aggregation: 3 SuperNodes that
+    train on their own data files and a fourth whose file is malformed; an unregistered
+    SuperNode tries to join first."""
     if which("openssl") is None or which("ssh-keygen") is None:
         pytest.skip("openssl and ssh-keygen are needed for the certificates and SuperNode keys")
     if which("flower-superlink", path=str(BIN)) is None:
@@ -298,12 +303,12 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
     from fedkd.config import compose_config
     from simulations.deploy import write_node_data
 
-    overrides, _ = settle_num_clients(TINY, 4)
+    overrides, _ = settle_num_clients(SECURE, 4)
     files = write_node_data(compose_config(overrides), base / "data")
     bad = _malformed_copy(files[3], base / "data" / "node-3-malformed.csv")
     started = time.perf_counter()
     result = deploy(
-        TINY,
+        SECURE,
         nodes=4,
         out_dir=base / "run",
         workdir=base / "work",
@@ -321,7 +326,7 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_three_supernodes_run_feddf_over_tls_with_auth(deployment):
+def test_three_supernodes_aggregate_securely_over_tls_with_auth(deployment):
     result = deployment["result"]
     assert result.status == "completed", (result.status_details, result.logs_dir)
     assert result.ok
@@ -336,14 +341,19 @@ def test_three_supernodes_run_feddf_over_tls_with_auth(deployment):
     assert {"superlink.log", "flwr-run.log", "intruder.log"} <= logs
     assert {f"node-{i}.log" for i in range(4)} <= logs
     rows = read_metrics(result.run_dir)
-    assert [row["round"] for row in rows] == [0, 1, 2]
-    assert [row["clients_ok"] for row in rows[1:]] == [3, 3]  # the malformed node is out
+    assert [row["round"] for row in rows] == [0, 1]
+    assert [row["clients_ok"] for row in rows[1:]] == [3]  # the malformed node is out
+    # secure aggregation: the survivors' sum was unmasked, nothing crossed in the clear
+    assert [row["secagg_survivors"] for row in rows[1:]] == [3]
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["num_clients"] == 4
+    released = {r["key"]: r["protection"] for r in summary["privacy"]["releases"]}
+    assert released["predictions/secagg-masked"] == "secure_aggregation"
+    assert not [key for key in released if key.endswith("proxy-probs")]
     # Every SuperNode connected under the id its registration returned.
     for i, node_id in enumerate(result.node_ids):
         assert f"SuperNode ID: {node_id}" in (result.logs_dir / f"node-{i}.log").read_text()
-    print(f"3-node deployment, 2 rounds: {deployment['seconds']:.1f} s wall")
+    print(f"3-node deployment, 1 round: {deployment['seconds']:.1f} s wall")
 
 
 @pytest.mark.slow

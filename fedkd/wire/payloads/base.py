@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from fedkd.models import FedKDModel
     from fedkd.setup import FederationSetup, TrainSettings
     from fedkd.wire.encoding import EncodingSpec
+    from fedkd.wire.secure import SumRule
 
 #: Largest absolute value accepted in shared weights or statistics: trained models of this
 #: framework's sizes stay far below it, while overflowing or scaled-up uploads do not.
@@ -430,6 +431,34 @@ class Payload:
         """Whether ``key`` leaves the client under ``privacy`` (see
         :func:`fedkd.wire.ledger.withhold`): protected, or allowed unprotected."""
         return self.protection(key, privacy) != "none" or privacy.sends_unprotected(key)
+
+    # ------------------------------------------------------------------ secure aggregation
+    #: ``secagg`` can sum it (:mod:`fedkd.wire.payloads.secure_sum`): the server then reads
+    #: one value built from the survivors' sum (:meth:`from_sums`), never a client's own.
+    summable: ClassVar[bool] = False
+
+    def sum_shapes(self, expect: Expectation) -> dict[str, tuple[int, ...]]:
+        """The shapes of the arrays summed for this payload, by name (the server knows them
+        before any reply arrives)."""
+        raise NotImplementedError(f"payload {self.name} cannot be securely aggregated")
+
+    def summands(
+        self, arrays: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, client: ClientRound
+    ) -> dict[str, np.ndarray]:
+        """A client's contribution to the sum (float64), from what :meth:`compute` produced;
+        ``weight``: its example count when the rule is size-weighted, else 1."""
+        raise NotImplementedError(f"payload {self.name} cannot be securely aggregated")
+
+    def from_sums(
+        self, sums: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, count: int
+    ) -> Any:
+        """The value methods read, from the sums over ``count`` clients of total ``weight``
+        (what :meth:`decode` returns for one reply that stands for all of them)."""
+        raise NotImplementedError(f"payload {self.name} cannot be securely aggregated")
+
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
+        """The largest ``|summand|`` an honest client sends (the fixed-point bound)."""
+        raise NotImplementedError(f"payload {self.name} cannot be securely aggregated")
 
     # ------------------------------------------------------------------ server side
     def owned(self, record: ArrayRecord) -> list[str]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from flwr.app import Array, RecordDict
 
+from fedkd.privacy.mechanisms import one_hot_votes
 from fedkd.wire import keys
 from fedkd.wire.payloads.base import (
     ClientRound,
@@ -17,6 +20,12 @@ from fedkd.wire.payloads.base import (
     shared_floats,
 )
 from fedkd.wire.payloads.registry import register
+
+if TYPE_CHECKING:
+    from fedkd.wire.secure import SumRule
+
+#: Under secure aggregation: one-hot votes of the client's argmax on the test set.
+TEST_VOTES = "test-votes"
 
 
 @register
@@ -55,7 +64,58 @@ class TestPredictions(Payload):
             return reason
         return check_probability_rows(values, keys.TEST_PROBS)
 
+    # ------------------------------------------------------------------ secure aggregation
+    summable: ClassVar[bool] = True
+
+    def sum_shapes(self, expect: Expectation) -> dict[str, tuple[int, ...]]:
+        shape = (expect.test_rows, expect.num_classes)
+        return {keys.TEST_PROBS: shape, TEST_VOTES: shape}
+
+    def summands(
+        self, arrays: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, client: ClientRound
+    ) -> dict[str, np.ndarray]:
+        """The rows in the teacher space (times ``weight``) and one-hot votes of the
+        client's argmax: their sum gives the ensemble and the clients' mean accuracy."""
+        rows = arrays[keys.TEST_PROBS]
+        return {
+            keys.TEST_PROBS: rule.evaluation().to_space(rows) * weight,
+            TEST_VOTES: one_hot_votes(rows).astype(np.float64),
+        }
+
+    def from_sums(
+        self, sums: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, count: int
+    ) -> SummedTestPredictions:
+        rows = rule.evaluation().from_space(sums[keys.TEST_PROBS] / weight)
+        return SummedTestPredictions(rows.astype(np.float32), sums[TEST_VOTES], count)
+
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
+        return max(rule.evaluation().row_bound(value_bound) * max_weight, 1.0)
+
     def decode(self, content: RecordDict, expect: Expectation) -> np.ndarray:
         arrays = self.arrays(content)
         assert arrays is not None
         return arrays[keys.TEST_PROBS]
+
+
+@dataclass(frozen=True)
+class SummedTestPredictions:
+    """Test-set predictions under secure aggregation: no client's own, only the sum.
+
+    Attributes
+    ----------
+    rows : np.ndarray
+        ``(N, C)`` rows standing for the clients' mean in the teacher space (the ensemble).
+    votes : np.ndarray
+        ``(N, C)`` how many clients predicted each class for each test row.
+    count : int
+        The clients summed.
+    """
+
+    rows: np.ndarray
+    votes: np.ndarray
+    count: int
+
+    def mean_accuracy(self, labels: np.ndarray) -> float:
+        """The clients' mean test accuracy: their correct votes over ``count * N``."""
+        correct = self.votes[np.arange(len(labels)), labels].sum()
+        return float(correct / (self.count * len(labels)))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +23,10 @@ from fedkd.wire.payloads.base import (
     sent_number,
 )
 from fedkd.wire.payloads.registry import register
+from fedkd.wire.secure import count_weighted_means, count_weighted_summands
+
+if TYPE_CHECKING:
+    from fedkd.wire.secure import SumRule
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,28 @@ class LabelLogits(Payload):
         if problem is not None:
             return f"label logits: {problem}"
         return None
+
+    # ------------------------------------------------------------------ secure aggregation
+    summable: ClassVar[bool] = True
+
+    def sum_shapes(self, expect: Expectation) -> dict[str, tuple[int, ...]]:
+        classes = expect.num_classes
+        return {keys.LABEL_LOGITS: (classes, classes), keys.LABEL_COUNTS: (classes,)}
+
+    def summands(
+        self, arrays: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, client: ClientRound
+    ) -> dict[str, np.ndarray]:
+        """``n_c L[c]`` and ``n_c``: FD's global logits are their count-weighted mean."""
+        return count_weighted_summands(arrays, keys.LABEL_COUNTS)
+
+    def from_sums(
+        self, sums: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, count: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        means = count_weighted_means(sums, keys.LABEL_COUNTS)
+        return means[keys.LABEL_LOGITS], means[keys.LABEL_COUNTS]
+
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
+        return MAX_ABS_VALUE * max_weight
 
     def decode(self, content: RecordDict, expect: Expectation) -> tuple[np.ndarray, np.ndarray]:
         """``(logits (C, C), counts (C,))`` as float64."""

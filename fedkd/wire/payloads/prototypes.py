@@ -4,8 +4,9 @@ predictions) of a client's private data."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from flwr.app import Array, ConfigRecord, RecordDict
@@ -23,6 +24,10 @@ from fedkd.wire.payloads.base import (
     sent_number,
 )
 from fedkd.wire.payloads.registry import register
+from fedkd.wire.secure import count_weighted_means, count_weighted_summands
+
+if TYPE_CHECKING:
+    from fedkd.wire.secure import SumRule
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,33 @@ class Prototypes(Payload):
             keys.PROTOTYPE_COUNTS: as_array(counts),
         }
         return poison.reply(self, values, client)
+
+    # ------------------------------------------------------------------ secure aggregation
+    summable: ClassVar[bool] = True
+
+    def sum_shapes(self, expect: Expectation) -> dict[str, tuple[int, ...]]:
+        classes, width = expect.num_classes, int(expect.options["embedding_width"])
+        return {
+            keys.PROTOTYPES: (classes, width),
+            keys.PROTOTYPE_SOFT: (classes, classes),
+            keys.PROTOTYPE_COUNTS: (classes,),
+        }
+
+    def summands(
+        self, arrays: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, client: ClientRound
+    ) -> dict[str, np.ndarray]:
+        """``n_c P[c]``, ``n_c S[c]`` and ``n_c``: the global prototypes are their
+        count-weighted means (:func:`fedkd.prototypes.aggregate_prototypes`)."""
+        return count_weighted_summands(arrays, keys.PROTOTYPE_COUNTS)
+
+    def from_sums(
+        self, sums: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, count: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        means = count_weighted_means(sums, keys.PROTOTYPE_COUNTS)
+        return tuple(means[name] for name in self.keys)  # type: ignore[return-value]
+
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
+        return MAX_ABS_VALUE * max_weight
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         arrays = self.arrays(content)

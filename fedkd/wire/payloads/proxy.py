@@ -6,8 +6,9 @@ The downlink side lives here too: the consensus the server sends back (``targets
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ConfigRecord, RecordDict
@@ -22,6 +23,7 @@ from fedkd.setup import FederationSetup
 from fedkd.wire import keys
 from fedkd.wire.encoding import MalformedEncoding
 from fedkd.wire.payloads.base import (
+    NOISE_BOUND_STDS,
     ClientRound,
     Expectation,
     Payload,
@@ -29,6 +31,9 @@ from fedkd.wire.payloads.base import (
     sent_number,
 )
 from fedkd.wire.payloads.registry import register
+
+if TYPE_CHECKING:
+    from fedkd.wire.secure import SumRule
 
 
 def round_rows(num_proxy: int, *, size: int, seed: int, server_round: int) -> np.ndarray:
@@ -284,6 +289,40 @@ class ProxyPredictions(Payload):
         return client.poison.reply(
             self, {name: Array(values) for name, values in encoded.items()}, client
         )
+
+    # ------------------------------------------------------------------ secure aggregation
+    summable: ClassVar[bool] = True
+
+    def sum_shapes(self, expect: Expectation) -> dict[str, tuple[int, ...]]:
+        return {keys.PROXY_PROBS: (expect.proxy_rows, expect.num_classes)}
+
+    def summands(
+        self, arrays: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, client: ClientRound
+    ) -> dict[str, np.ndarray]:
+        """The released rows in the rule's space, times ``weight``; under distributed noise
+        plus this client's Gaussian share of the central ``logit_dp`` noise."""
+        rows = rule.to_space(arrays[keys.PROXY_PROBS]) * weight
+        if rule.noise_std > 0:
+            spec = client.privacy
+            rng = noise_generator(
+                spec.reproducible_noise,
+                client.setup.seed,
+                client.server_round,
+                client.partition_id,
+                2,
+            )
+            rows = rows + rng.normal(0.0, rule.noise_std, size=rows.shape)
+        return {keys.PROXY_PROBS: rows}
+
+    def from_sums(
+        self, sums: Mapping[str, np.ndarray], rule: SumRule, *, weight: float, count: int
+    ) -> np.ndarray:
+        """Rows whose space value is the weighted mean of the clients' (the mean itself
+        under a mechanism, whose release reads the sum instead)."""
+        return rule.from_space(sums[keys.PROXY_PROBS] / weight).astype(np.float32)
+
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
+        return rule.row_bound(value_bound) * max_weight + NOISE_BOUND_STDS * rule.noise_std
 
     # ------------------------------------------------------------------ server
     def raw_rows(self, content: RecordDict, expect: Expectation) -> np.ndarray:

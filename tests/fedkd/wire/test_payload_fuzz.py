@@ -14,6 +14,13 @@ from hypothesis.extra import numpy as hnp
 from fedkd.models import model_from_config
 from fedkd.wire.encoding import EncodingSpec
 from fedkd.wire.payloads import PAYLOADS, ClientMetrics, Expectation, Payload
+from fedkd.wire.payloads.secure_sum import (
+    LAYOUT_OPTION,
+    MASKED,
+    MASKED_EVALUATION,
+    MODULUS_OPTION,
+    SumLayout,
+)
 
 C, ROWS, WIDTH = 3, 4, 2
 DTYPES = ["float16", "float32", "float64", "int8", "int64", "uint8", "bool"]
@@ -23,6 +30,9 @@ REFERENCE = model_from_config(
 # names a weights reply uses: the reference's parameters, so shape and dtype checks are hit
 WEIGHT_NAMES = tuple(REFERENCE.state_dict())
 ARRAY_PAYLOADS = [p for p in PAYLOADS.values() if not isinstance(p, ClientMetrics)]
+# the masked sum (secagg) of one proxy-predictions payload: ROWS * C summands and a weight
+SECURE_LAYOUT = SumLayout.build([PAYLOADS["proxy-predictions"]], Expectation(C, proxy_rows=ROWS))
+SECURE_OPTIONS = {LAYOUT_OPTION: SECURE_LAYOUT, MODULUS_OPTION: 20}
 
 
 def _keys(payload: Payload) -> tuple[str, ...]:
@@ -48,6 +58,7 @@ EXPECTED: dict[str, tuple[tuple[int, ...], str]] = {
     "feature-labels": ((5,), "int64"),
     "test-features": ((ROWS, WIDTH), "float32"),
     "control-delta": ((sum(p.numel() for p in REFERENCE.parameters()),), "float32"),
+    MASKED: ((SECURE_LAYOUT.method_length,), "uint32"),
     **{name: (tuple(v.shape), "float32") for name, v in REFERENCE.state_dict().items()},
 }
 
@@ -94,7 +105,7 @@ def _expectation(encoding: str, noisy: bool) -> Expectation:
         noisy=noisy,
         noisy_clip=1.0 if noisy else None,
         server_round=1,
-        options={"embedding_width": WIDTH, "feature_width": WIDTH},
+        options={"embedding_width": WIDTH, "feature_width": WIDTH, **SECURE_OPTIONS},
     )
 
 
@@ -154,6 +165,8 @@ def test_the_fuzzer_reaches_acceptance() -> None:
         "test-features": {"test-features": np.zeros((ROWS, WIDTH), np.float32)},
         "weights": {k: v.numpy() for k, v in REFERENCE.state_dict().items()},
         "control": {"control-delta": np.zeros(EXPECTED["control-delta"][0], np.float32)},
+        "secure-sum": {MASKED: np.full(SECURE_LAYOUT.method_length, 2**20 - 1, np.uint32)},
+        "secure-sum-evaluation": {MASKED_EVALUATION: np.zeros(3, np.uint32)},
     }
     for payload in ARRAY_PAYLOADS:
         arrays = {k: Array(np.ascontiguousarray(v)) for k, v in valid[payload.name].items()}
