@@ -31,8 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(clients: int, crash: float, secure: bool, rounds: int, out: Path) -> dict[str, float]:
-    """One run; its per-client-and-round bytes and its timing."""
+def run(
+    clients: int, crash: float, secure: bool, rounds: int, out: Path, extra: list[str]
+) -> dict[str, float]:
+    """One run (``extra``: overrides of the secure run only); its per-client-and-round
+    bytes and its timing."""
     if out.exists():
         shutil.rmtree(out)
     command = [
@@ -40,6 +43,7 @@ def run(clients: int, crash: float, secure: bool, rounds: int, out: Path) -> dic
         f"num_clients={clients}", f"num_rounds={rounds}", f"faults.crash_fraction={crash}",
         f"secagg.enabled={str(secure).lower()}", "progress=false", "report.html=false",
         "report.export=false", "checkpoint.every=0", f"hydra.run.dir={out}",
+        *(extra if secure else []),
     ]  # fmt: skip
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=3600)
@@ -65,9 +69,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--crash", type=float, nargs="+", default=[0.0, 0.1, 0.3])
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides of the secure runs")
+    parser.add_argument("--append", action="store_true", help="append rows to --out")
     args = parser.parse_args()
+    invocation = " ".join(sys.argv[1:]).replace(str(REPO) + "/", "")
     lines = [
-        f"`python docs/experiments/secagg_runs.py --rounds {args.rounds}` on "
+        f"`python docs/experiments/secagg_runs.py {invocation}` on "
         f"{datetime.now(UTC):%Y-%m-%d}, {platform.platform()}, {os.cpu_count()} CPUs, "
         f"fedkd {_commit()}: FedMD, digits, inline engine. Bytes per client and round; "
         "time ratios are secure / plain from the same invocation.",
@@ -79,9 +87,9 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for clients in args.clients:
-            for crash in (0.0, 0.1, 0.3):
-                plain = run(clients, crash, False, args.rounds, Path(tmp) / "plain")
-                secure = run(clients, crash, True, args.rounds, Path(tmp) / "secure")
+            for crash in args.crash:
+                plain = run(clients, crash, False, args.rounds, Path(tmp) / "plain", [])
+                secure = run(clients, crash, True, args.rounds, Path(tmp) / "secure", args.extra)
                 total_secure = secure["up"] + secure["proto_up"] + secure["proto_down"]
                 ratio = total_secure / plain["up"]
                 lines.append(
@@ -93,9 +101,12 @@ def main() -> None:
                     f"{secure['accuracy']:.4f} |"
                 )
                 print(lines[-1], flush=True)
+    if args.append:  # a second table under the first, with its own command line
+        lines = ["", *lines]
     text = "\n".join(lines) + "\n"
     if args.out is not None:
-        args.out.write_text(text)
+        with args.out.open("a" if args.append else "w") as handle:
+            handle.write(text)
     print(text)
 
 
