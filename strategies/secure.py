@@ -166,6 +166,7 @@ class SecureAggregation:
         layout = self.sum_layout(state)
         sampled = len(state.partitions)
         try:
+            bound = self.secure_bound(layout, max(sampled, 2))
             self.secure_session = open_session(
                 partial(self._secure_send, grid, state.server_round),
                 spec=self.secagg,
@@ -173,11 +174,11 @@ class SecureAggregation:
                 node_of_partition=self.node_of_partition,
                 layout=layout,
                 rule=self.sum_rule(sampled),
-                bound=self.secure_bound(layout, max(sampled, 2)),
+                bound=bound,
                 query_config=query_config,
                 metrics=state.metrics,
             )
-        except SecureRoundFailed as exc:
+        except (SecureRoundFailed, ConfigError) as exc:  # e.g. a Poisson sample too large
             state.metrics["secagg_failed"] = str(exc)
             logger.warning("round %s: secure aggregation: %s", state.server_round, exc)
             return []

@@ -111,10 +111,17 @@ def main() -> None:
 
 
 def _commit() -> str:
-    result = subprocess.run(
+    """The short commit, with ``+changes`` when the working tree differs from it."""
+    head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
-    return result.stdout.strip() or "unknown"
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return (head or "unknown") + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

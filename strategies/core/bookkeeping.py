@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 
 from fedkd.privacy import PrivacyController
 from fedkd.privacy.canary_run import CanaryRecorder
-from fedkd.wire import keys
+from fedkd.wire import keys, secagg_records
 from fedkd.wire.payloads import ModelWeights, ProxyPredictions, TestPredictions
 from fedkd.wire.payloads.diagnostics import SummedTestPredictions
 from strategies.core.validation import ClientReply, RoundState
@@ -109,11 +109,14 @@ def record_diagnostics(
 
 def downlink_bytes(contents: Sequence[Any]) -> int:
     """Bytes of the ArrayRecords sent (a record sent to many clients counted per client,
-    serialized once)."""
+    serialized once); secure aggregation's routed shares are counted apart
+    (``secagg_downlink_bytes``)."""
     total = 0
     sizes: dict[int, int] = {}
     for content in contents:
-        for record in content.array_records.values():
+        for name, record in content.array_records.items():
+            if name == secagg_records.SECAGG:
+                continue
             if id(record) not in sizes:
                 sizes[id(record)] = record.count_bytes()
             total += sizes[id(record)]

@@ -102,7 +102,8 @@ class SecureSession:
         return {LAYOUT_OPTION: self.layout, MODULUS_OPTION: bits}
 
     def train_entries(self, partition_id: int) -> tuple[dict[str, Any], ArrayRecord]:
-        """The session key for a client's train config and its routed shares."""
+        """The session key for a client's train config and its routed shares (counted in
+        ``secagg_downlink_bytes`` when routed, not in the method's ``downlink_bytes``)."""
         return {secagg_records.SESSION: self.round_params.params.session}, self.routed[partition_id]
 
     def finish(
@@ -300,6 +301,8 @@ def open_session(
     except TooManyDropouts as exc:
         raise SecureRoundFailed(str(exc)) from exc
     session.routed = {p: secagg_records.shares_record(r) for p, r in routed.items()}
+    routed_bytes = sum(record.count_bytes() for record in session.routed.values())
+    metrics["secagg_downlink_bytes"] = metrics.get("secagg_downlink_bytes", 0) + routed_bytes
     metrics["secagg_seconds"] = time.perf_counter() - started
     return session
 
