@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+OUTPUT = "docs/experiments/secagg_runs.md"
 
 
 def run(
@@ -115,8 +116,8 @@ def _commit() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(  # this script's own output does not count
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{OUTPUT}"],
         cwd=REPO,
         capture_output=True,
         text=True,
