@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 
 from fedkd.errors import ConfigError
 from fedkd.privacy.mechanisms import logit_dp_noise_std
+from fedkd.run.console import phase
 from fedkd.wire import keys
 from fedkd.wire.payloads import Expectation, Payload, resolve
 from fedkd.wire.payloads.base import NOISE_BOUND_STDS
@@ -163,6 +164,8 @@ class SecureAggregation:
         """Rounds 0 and 1 with the sampled clients; returns those that get a train message
         (none when the session failed: the round is then skipped with the reason)."""
         self.secure_session, self._secure_grid = None, grid
+        server_round = state.server_round
+        phase(f"round {server_round}: secure aggregation: keys and shares")
         layout = self.sum_layout(state)
         sampled = len(state.partitions)
         try:
@@ -182,6 +185,7 @@ class SecureAggregation:
             state.metrics["secagg_failed"] = str(exc)
             logger.warning("round %s: secure aggregation: %s", state.server_round, exc)
             return []
+        phase(f"round {server_round}: clients training, then masking what they share")
         return self.secure_session.partitions
 
     def _secure_send(  # type: ignore[misc]
@@ -213,6 +217,7 @@ class SecureAggregation:
         if session is None or grid is None:
             return []
         masked = {r.partition_id: r.values[SecureSum.name] for r in valid}
+        phase(f"round {state.server_round}: secure aggregation: unmasking the survivors' sum")
         try:
             result = session.finish(
                 partial(self._secure_send, grid, state.server_round),
@@ -226,6 +231,7 @@ class SecureAggregation:
             return []
         finally:
             self.secure_session = None
+            phase(f"round {state.server_round}: aggregating the replies")
         state.secure = result
         survivors = [r for r in valid if r.partition_id in set(result.partitions)]
         return [

@@ -144,6 +144,9 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     comm = summary.get("communication", {})
     table.add_row("uplink, all rounds", _bytes(comm.get("uplink_bytes", 0)), "")
     table.add_row("downlink, all rounds", _bytes(comm.get("downlink_bytes", 0)), "")
+    if "secagg_uplink_bytes" in comm:  # the server saw only sums; the protocol's own cost
+        up, down = _bytes(comm["secagg_uplink_bytes"]), _bytes(comm["secagg_downlink_bytes"])
+        table.add_row("secure aggregation messages", f"{up} up / {down} down", "")
     table.add_row(
         "global model size",
         f"{summary['parameters']:,} params / {_bytes(summary['size_bytes'])}",

@@ -255,6 +255,7 @@ def summarize(
         "communication": {
             "uplink_bytes": sum(int(r.get("uplink_bytes", 0)) for r in rounds),
             "downlink_bytes": sum(int(r.get("downlink_bytes", 0)) for r in rounds),
+            **_protocol_bytes(rounds),
         },
         "wall_seconds": wall_seconds,
         **dict(timing or {}),
@@ -266,6 +267,15 @@ def summarize(
     if error is not None:
         summary["error"] = error
     return summary
+
+
+def _protocol_bytes(rounds: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Secure aggregation's own messages (keys, shares, unmasking; issue 22), summed over
+    the rounds, when the run used it (nothing otherwise)."""
+    keys = ("secagg_uplink_bytes", "secagg_downlink_bytes")
+    if not any(key in r for r in rounds for key in keys):
+        return {}
+    return {key: sum(int(r.get(key, 0)) for r in rounds) for key in keys}
 
 
 def record_outputs_seconds(

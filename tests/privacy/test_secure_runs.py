@@ -19,6 +19,7 @@ from fedkd.apps.server import prepare_run, run_federation
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
 from fedkd.privacy.secagg import UnmaskRequest
+from fedkd.run.progress import summary_table
 from fedkd.wire import keys, secagg_records
 from fedkd.wire.payloads.secure_sum import MASKED, MASKED_EVALUATION
 
@@ -133,7 +134,7 @@ def test_what_the_server_receives_is_uniform_in_the_modulus(in_process_grid, tmp
 def test_the_ledger_marks_the_masked_sum_and_nothing_in_the_clear(
     in_process_grid, tmp_path
 ) -> None:
-    _, _, summary = run(in_process_grid, tmp_path, "s", "secagg.enabled=true")
+    strategy, _, summary = run(in_process_grid, tmp_path, "s", "secagg.enabled=true")
     privacy = summary["privacy"]
     rows = {(r["message"], r["key"]): r["protection"] for r in privacy["releases"]}
     assert privacy["secure_aggregation"]["enabled"] is True
@@ -141,6 +142,11 @@ def test_the_ledger_marks_the_masked_sum_and_nothing_in_the_clear(
     assert rows[("query", "secagg/ciphertexts")] == "secure_aggregation"
     assert rows[("query", "secagg/public-keys")] == "public"
     assert not [k for (m, k) in rows if k.endswith(keys.PROXY_PROBS) or k.endswith(keys.TEST_PROBS)]
+    # the protocol's own bytes are reported beside the method's, and in the results table
+    sent = summary["communication"]["secagg_uplink_bytes"]
+    assert sent == sum(strategy.round_metrics[r]["secagg_uplink_bytes"] for r in (1, 2)) > 0
+    labels = list(summary_table(summary).columns[0].cells)
+    assert "secure aggregation messages" in labels
 
 
 def test_too_many_dropouts_release_nothing_and_skip_the_round(in_process_grid, tmp_path) -> None:
