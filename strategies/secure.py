@@ -27,7 +27,6 @@ from flwr.serverapp import Grid
 from fedkd.errors import ConfigError
 from fedkd.privacy.mechanisms import logit_dp_noise_std
 from fedkd.run.console import phase
-from fedkd.wire import keys
 from fedkd.wire.payloads import Expectation, Payload, resolve
 from fedkd.wire.payloads.base import NOISE_BOUND_STDS
 from fedkd.wire.payloads.secure_sum import SecureSum, SumLayout
@@ -143,20 +142,17 @@ class SecureAggregation:
             len(self.assets.data.client_data(p).train_y)
             for p in range(self.assets.setup.num_clients)
         ]
-        max_weight = float(max(examples)) if rule.size_weighted or self._counts(layout) else 1.0
+        max_examples = float(max(examples))
         by_name = {p.name: p for p in self.wire_payloads()}
         bound = max(
-            by_name[name].sum_bound(rule, value_bound=value_bound, max_weight=max_weight)
-            for name in layout.payload_names()
+            rule.weight_bound(max_examples),  # the weight word
+            *(
+                by_name[name].sum_bound(rule, value_bound=value_bound, max_examples=max_examples)
+                for name in layout.payload_names()
+            ),
         )
-        bound = max(bound, max_weight)
         fit_encoding(bound, sampled, self.secagg.frac_bits)
         return bound
-
-    @staticmethod
-    def _counts(layout: SumLayout) -> bool:
-        """Whether the layout sums per-class counts (label logits, prototypes)."""
-        return any(s.key in (keys.LABEL_COUNTS, keys.PROTOTYPE_COUNTS) for s in layout.method)
 
     def open_secure_round(  # type: ignore[misc]
         self: FedKDStrategy, grid: Grid, state: RoundState, query_config: dict[str, Any]
@@ -233,7 +229,8 @@ class SecureAggregation:
             self.secure_session = None
             phase(f"round {state.server_round}: aggregating the replies")
         state.secure = result
-        survivors = [r for r in valid if r.partition_id in set(result.partitions)]
+        kept = set(result.partitions)
+        survivors = [r for r in valid if r.partition_id in kept]
         return [
             ClientReply(
                 partition_id=-1,

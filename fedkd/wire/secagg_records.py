@@ -42,7 +42,6 @@ SECAGG = "secagg"
 #: Query config: which protocol stage a message asks for.
 STAGE = "secagg-stage"
 ADVERTISE, SHARE, UNMASK = "advertise", "share", "unmask"
-STAGES = (ADVERTISE, SHARE, UNMASK)
 #: Config keys of the parameters (advertise) and of the session (every stage, train too).
 SESSION = "secagg-session"
 LENGTH, BOUND, CLIENTS = "secagg-length", "secagg-bound", "secagg-clients"

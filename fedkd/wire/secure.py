@@ -215,6 +215,11 @@ class SumRule:
         rows = np.exp(scores)
         return rows / rows.sum(axis=-1, keepdims=True)
 
+    def weight_bound(self, max_examples: float) -> float:
+        """The largest weight a client gives its rows: its example count when size-weighted,
+        else 1."""
+        return max_examples if self.size_weighted else 1.0
+
     def row_bound(self, value_bound: float) -> float:
         """Largest ``|summand|`` of a row entry of weight 1: ``value_bound`` for raw
         values, 1 for probabilities, ``-log(floor)`` for logits."""

@@ -25,9 +25,9 @@ from fedkd.errors import ConfigError
 from fedkd.privacy.secagg import (
     MaskedInput,
     ProtocolError,
+    SecAggError,
     SecAggParams,
     SecAggServer,
-    TooManyDropouts,
     UnmaskReply,
 )
 from fedkd.privacy.secagg.protocol import SESSION_BYTES
@@ -133,15 +133,15 @@ class SecureSession:
             )
         try:
             request = self.server.collect_masked_inputs(inputs)
-        except TooManyDropouts as exc:
+        except SecAggError as exc:
             raise SecureRoundFailed(str(exc)) from exc
         record = secagg_records.request_record(request)
         replies = send(self._queries(secagg_records.UNMASK, request.survivors, lambda _: record))
         answers = self._decoded(replies, secagg_records.unmask_from, "unmask shares")
         answers = [a for a in answers if self._asked(a)]
-        try:
+        try:  # a share that does not reconstruct (hostile or corrupt) stops the round only
             total = self.server.unmask(answers)
-        except (TooManyDropouts, ProtocolError) as exc:
+        except SecAggError as exc:
             raise SecureRoundFailed(str(exc)) from exc
         survivors = sorted(request.survivors)
         rule = self.round_params.rule
@@ -283,7 +283,10 @@ def open_session(
     )
     adverts = session._decoded(replies, secagg_records.advertise_from, "keys")
     _check_lost(sampled - len(adverts), session.max_dropouts, "advertising keys")
-    broadcasts = session.server.collect_keys(adverts)
+    try:
+        broadcasts = session.server.collect_keys(adverts)
+    except SecAggError as exc:
+        raise SecureRoundFailed(str(exc)) from exc
     replies = send(
         session._queries(
             secagg_records.SHARE,
@@ -298,7 +301,7 @@ def open_session(
     _check_lost(sampled - len(bundles), session.max_dropouts, "sharing keys")
     try:
         routed = session.server.route_shares(bundles)
-    except TooManyDropouts as exc:
+    except SecAggError as exc:
         raise SecureRoundFailed(str(exc)) from exc
     session.routed = {p: secagg_records.shares_record(r) for p, r in routed.items()}
     routed_bytes = sum(record.count_bytes() for record in session.routed.values())

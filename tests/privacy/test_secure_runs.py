@@ -18,7 +18,8 @@ from fedkd.apps.secure_client import STATE
 from fedkd.apps.server import prepare_run, run_federation
 from fedkd.config import compose_config
 from fedkd.errors import ConfigError
-from fedkd.privacy.secagg import UnmaskRequest
+from fedkd.privacy.secagg import UnmaskReply, UnmaskRequest
+from fedkd.privacy.secagg.shamir import Share
 from fedkd.run.progress import summary_table
 from fedkd.wire import keys, secagg_records
 from fedkd.wire.payloads.secure_sum import MASKED, MASKED_EVALUATION
@@ -162,6 +163,33 @@ def test_too_many_dropouts_release_nothing_and_skip_the_round(in_process_grid, t
     assert "more than secagg.max_dropouts=1" in row["secagg_failed"]
     assert "skipped" in row and strategy.round_targets is None
     assert summary["status"] == "completed"
+
+
+def test_a_hostile_unmask_share_stops_the_round_not_the_server(
+    in_process_grid, tmp_path, monkeypatch
+) -> None:
+    """Client 0 answers the unmask request with random field elements instead of its
+    shares: the secrets no longer reconstruct, the round releases nothing and is skipped,
+    and the run goes on (the server never raises)."""
+    honest = secagg_records.unmask_record
+    rng = np.random.default_rng(0)
+
+    def hostile(reply: UnmaskReply) -> Any:
+        if reply.client_id == 0:
+            forged = {
+                owner: Share(share.x, int(rng.integers(1, 2**62)) << 400)
+                for owner, share in reply.self_mask_shares.items()
+            }
+            reply = UnmaskReply(reply.client_id, forged, reply.mask_key_shares)
+        return honest(reply)
+
+    monkeypatch.setattr(secagg_records, "unmask_record", hostile)
+    strategy, _, summary = run(in_process_grid, tmp_path, "s", "secagg.enabled=true")
+    assert summary["status"] == "completed"
+    for server_round in (1, 2):
+        row = strategy.round_metrics[server_round]
+        assert "secagg_failed" in row and "skipped" in row
+    assert strategy.round_targets is None
 
 
 def test_client_sessions_never_leave_and_are_answered_once(in_process_grid, tmp_path) -> None:

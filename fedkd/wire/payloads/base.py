@@ -456,8 +456,9 @@ class Payload:
         (what :meth:`decode` returns for one reply that stands for all of them)."""
         raise NotImplementedError(f"payload {self.name} cannot be securely aggregated")
 
-    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
-        """The largest ``|summand|`` an honest client sends (the fixed-point bound)."""
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_examples: float) -> float:
+        """The largest ``|summand|`` an honest client sends (the fixed-point bound), given
+        a mechanism's ``value_bound`` and the largest example count of any client."""
         raise NotImplementedError(f"payload {self.name} cannot be securely aggregated")
 
     # ------------------------------------------------------------------ server side

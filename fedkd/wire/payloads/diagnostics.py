@@ -88,8 +88,9 @@ class TestPredictions(Payload):
         rows = rule.evaluation().from_space(sums[keys.TEST_PROBS] / weight)
         return SummedTestPredictions(rows.astype(np.float32), sums[TEST_VOTES], count)
 
-    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
-        return max(rule.evaluation().row_bound(value_bound) * max_weight, 1.0)
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_examples: float) -> float:
+        rows = rule.evaluation().row_bound(value_bound) * rule.weight_bound(max_examples)
+        return max(rows, 1.0)  # the votes are 0 or 1
 
     def decode(self, content: RecordDict, expect: Expectation) -> np.ndarray:
         arrays = self.arrays(content)

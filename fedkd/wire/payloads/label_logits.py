@@ -153,8 +153,8 @@ class LabelLogits(Payload):
         means = count_weighted_means(sums, keys.LABEL_COUNTS)
         return means[keys.LABEL_LOGITS], means[keys.LABEL_COUNTS]
 
-    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
-        return MAX_ABS_VALUE * max_weight
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_examples: float) -> float:
+        return MAX_ABS_VALUE * max_examples  # logits times a count
 
     def decode(self, content: RecordDict, expect: Expectation) -> tuple[np.ndarray, np.ndarray]:
         """``(logits (C, C), counts (C,))`` as float64."""

@@ -172,8 +172,8 @@ class Prototypes(Payload):
         means = count_weighted_means(sums, keys.PROTOTYPE_COUNTS)
         return tuple(means[name] for name in self.keys)  # type: ignore[return-value]
 
-    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
-        return MAX_ABS_VALUE * max_weight
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_examples: float) -> float:
+        return MAX_ABS_VALUE * max_examples  # embeddings times a count
 
     def validate(self, content: RecordDict, expect: Expectation) -> str | None:
         arrays = self.arrays(content)

@@ -321,8 +321,9 @@ class ProxyPredictions(Payload):
         under a mechanism, whose release reads the sum instead)."""
         return rule.from_space(sums[keys.PROXY_PROBS] / weight).astype(np.float32)
 
-    def sum_bound(self, rule: SumRule, *, value_bound: float, max_weight: float) -> float:
-        return rule.row_bound(value_bound) * max_weight + NOISE_BOUND_STDS * rule.noise_std
+    def sum_bound(self, rule: SumRule, *, value_bound: float, max_examples: float) -> float:
+        weight = rule.weight_bound(max_examples)
+        return rule.row_bound(value_bound) * weight + NOISE_BOUND_STDS * rule.noise_std
 
     # ------------------------------------------------------------------ server
     def raw_rows(self, content: RecordDict, expect: Expectation) -> np.ndarray:
